@@ -1,0 +1,50 @@
+"""Atomic file writes: a file appears under its final name only once it is complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_path(final_path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``final_path``; rename it into place on success.
+
+    The temporary file lives in the same folder (same file system, so the rename is atomic)
+    and keeps the final suffix (``.nii.gz``, ``.seg.nrrd``, ``.stl``) because writers such as
+    SimpleITK choose the format from it. On any exception the temporary file is removed and
+    ``final_path`` is left untouched.
+
+    Parameters
+    ----------
+    final_path : path-like
+        Where the finished file must appear.
+    overwrite : bool, optional
+        If False, refuse (``FileExistsError``) when ``final_path`` already exists.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> target.read_text()
+    'done'
+    """
+    final = Path(final_path)
+    if not overwrite and final.exists():
+        raise FileExistsError(f"refusing to overwrite existing file: {final}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(final.suffixes) or ".tmp"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name.split('.')[0]}.", suffix=suffix, dir=final.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``segdeep`` CLI; each module defines ``add_parser(subparsers)``."""

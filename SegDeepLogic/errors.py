@@ -1,0 +1,31 @@
+"""Exception types raised by the SegDeep engine.
+
+Every error a user can trigger with bad input derives from :class:`SegDeepError`, so the CLI
+and the Slicer module can show its message and exit cleanly instead of printing a traceback.
+"""
+
+from __future__ import annotations
+
+
+class SegDeepError(Exception):
+    """Base class of every error caused by the user's input or environment."""
+
+
+class VolumeError(SegDeepError, ValueError):
+    """The image is unusable: wrong dimensionality, empty, non-finite, bad spacing, ..."""
+
+
+class VolumeReadError(SegDeepError, OSError):
+    """The file or folder is missing or cannot be read as an image."""
+
+
+class GeometryMismatchError(SegDeepError, ValueError):
+    """Two images that must share a voxel grid do not (size, spacing, origin or direction)."""
+
+
+class MeshError(SegDeepError, ValueError):
+    """A surface could not be built or written (for example from an empty mask)."""
+
+
+class CancelledError(SegDeepError):
+    """The user cancelled a long-running operation; nothing was written."""

@@ -1,0 +1,178 @@
+"""Reading and writing volumes with their geometry (SimpleITK underneath).
+
+Reads NRRD, NIfTI, MHA/MHD and DICOM series folders; writes NRRD and NIfTI (and MHA). Files
+are written atomically: a reader never sees a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .atomic import atomic_path
+from .errors import VolumeError, VolumeReadError
+from .volume import Volume
+
+READ_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+WRITE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
+
+
+class HounsfieldWarning(UserWarning):
+    """The intensities do not look like CT Hounsfield units."""
+
+
+def _suffix(path: Path) -> str:
+    name = path.name.lower()
+    for s in (".seg.nrrd", ".nii.gz"):
+        if name.endswith(s):
+            return s
+    return path.suffix.lower()
+
+
+def from_sitk(image: sitk.Image) -> Volume:
+    """Convert a SimpleITK image to a :class:`Volume` (geometry copied, LPS)."""
+    if image.GetDimension() != 3:
+        raise VolumeError(f"expected a 3D image, got a {image.GetDimension()}D image of size {image.GetSize()}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise VolumeError(
+            f"expected a single-component (scalar) image, got {image.GetNumberOfComponentsPerPixel()} components "
+            "per voxel (RGB or vector image); convert it to a scalar CT volume first"
+        )
+    array = sitk.GetArrayFromImage(image)
+    return Volume(array, image.GetSpacing(), image.GetOrigin(), np.array(image.GetDirection()).reshape(3, 3))
+
+
+def to_sitk(volume: Volume) -> sitk.Image:
+    """Convert a :class:`Volume` to a SimpleITK image with the same geometry."""
+    array = volume.array
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array))
+    image.SetSpacing(volume.spacing)
+    image.SetOrigin(volume.origin)
+    image.SetDirection(tuple(volume.direction.ravel()))
+    return image
+
+
+def validate_volume(volume: Volume, *, name: str = "volume") -> Volume:
+    """Reject volumes no segmentation can work on; return ``volume`` unchanged otherwise.
+
+    Raises :class:`VolumeError` for empty or single-voxel volumes, a 2D image stored as a 3D
+    volume with one slice, and non-finite values.
+    """
+    shape = volume.shape_ijk
+    if volume.array.size == 0:
+        raise VolumeError(f"{name} is empty (size {shape})")
+    if volume.array.size == 1:
+        raise VolumeError(f"{name} has a single voxel (size {shape}); a 3D volume is required")
+    if sum(n > 1 for n in shape) < 3:
+        raise VolumeError(
+            f"{name} is not a 3D volume: size {shape} voxels (i, j, k) has fewer than 3 axes longer than 1 (a 2D image?)"
+        )
+    if np.issubdtype(volume.array.dtype, np.floating) and not np.all(np.isfinite(volume.array)):
+        n_bad = int(np.count_nonzero(~np.isfinite(volume.array)))
+        raise VolumeError(f"{name} contains {n_bad} non-finite voxel values (NaN or infinity)")
+    if not (np.issubdtype(volume.array.dtype, np.number) or volume.array.dtype == bool):
+        raise VolumeError(f"{name} has a non-numeric voxel type {volume.array.dtype}")
+    return volume
+
+
+def check_hounsfield(volume: Volume, *, name: str = "volume") -> bool:
+    """Warn (:class:`HounsfieldWarning`) when intensities do not look like CT Hounsfield units.
+
+    A CT in HU has air near -1000 (outside the body, in the airways) and no values far below
+    -1024. Returns True when the intensities look like HU.
+    """
+    a = volume.array
+    sample = a[:: max(1, a.shape[0] // 64), :: max(1, a.shape[1] // 128), :: max(1, a.shape[2] // 128)].astype(np.float32)
+    lo, hi = float(sample.min()), float(sample.max())
+    air_fraction = float(np.mean((sample > -1100) & (sample < -850)))
+    problems = []
+    if lo < -1100 - 1e-3 and lo > -3100:
+        pass  # padding values such as -2000 or -3024 are common outside the scan circle
+    elif lo < -3100:
+        problems.append(f"minimum {lo:.0f} is far below air (-1000 HU)")
+    if air_fraction < 0.001:
+        problems.append(f"no air peak near -1000 HU (only {100 * air_fraction:.2f}% of voxels in [-1100, -850])")
+    if hi - lo < 500:
+        problems.append(f"intensity range {lo:.0f}..{hi:.0f} is too narrow for CT")
+    if problems:
+        warnings.warn(
+            f"{name} does not look like a CT in Hounsfield units: {'; '.join(problems)}. "
+            "HU thresholds and the network assume calibrated HU; check the rescale slope/intercept.",
+            HounsfieldWarning,
+            stacklevel=2,
+        )
+        return False
+    return True
+
+
+def read_volume(path: str | os.PathLike, *, check_hu: bool = False) -> Volume:
+    """Read a 3D scalar image file (NRRD, NIfTI, MHA/MHD) or a DICOM series folder.
+
+    Parameters
+    ----------
+    path : path-like
+        Image file, or a folder holding one DICOM series (the largest is taken if several).
+    check_hu : bool, optional
+        Also warn (:class:`HounsfieldWarning`) if the values do not look like Hounsfield units.
+
+    Returns
+    -------
+    Volume
+        The voxel array with spacing, origin and direction in LPS millimetres.
+
+    Examples
+    --------
+    >>> vol = read_volume("Resources/SampleData/openkbp_pt_236/ct.nii.gz")  # doctest: +SKIP
+    >>> vol.shape_ijk  # doctest: +SKIP
+    (128, 128, 128)
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VolumeReadError(f"no such file or folder: {path}")
+    if path.is_dir():
+        image = _read_dicom_folder(path)
+    else:
+        try:
+            image = sitk.ReadImage(str(path))
+        except RuntimeError as exc:
+            first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
+            raise VolumeReadError(
+                f"cannot read {path} as an image (supported: {', '.join(READ_SUFFIXES)}, DICOM folder): {first}"
+            ) from exc
+    volume = validate_volume(from_sitk(image), name=str(path))
+    if check_hu:
+        check_hounsfield(volume, name=str(path))
+    return volume
+
+
+def _read_dicom_folder(folder: Path) -> sitk.Image:
+    reader = sitk.ImageSeriesReader()
+    series = reader.GetGDCMSeriesIDs(str(folder))
+    if not series:
+        raise VolumeReadError(f"folder {folder} holds no DICOM series")
+    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
+    reader.SetFileNames(files)
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise VolumeReadError(f"cannot read the DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from exc
+
+
+def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True, overwrite: bool = True) -> Path:
+    """Write ``volume`` atomically as NRRD, NIfTI (.nii/.nii.gz) or MHA, keeping its geometry.
+
+    Boolean masks are written as uint8. Returns the final path.
+    """
+    path = Path(path)
+    if _suffix(path) not in WRITE_SUFFIXES:
+        raise VolumeError(f"cannot write {path.name}: use one of {', '.join(WRITE_SUFFIXES)}")
+    image = to_sitk(volume)
+    with atomic_path(path, overwrite=overwrite) as tmp:
+        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    return path
