@@ -14,6 +14,17 @@ from tqdm import tqdm
 
 from ..atomic import atomic_path
 from ..progress import ProgressCallback
+from ..segmentation_io import (
+    Segmentation,
+    SegmentationFileError,
+    SegmentInfo,
+    read_labelmap_nifti,
+    read_seg_nrrd,
+    sidecar_paths,
+    write_labelmap_nifti,
+    write_seg_nrrd,
+)
+from ..volume import Volume
 
 
 @contextlib.contextmanager
@@ -26,12 +37,12 @@ def progress_bar(description: str, *, enabled: bool = True) -> Iterator[Progress
         file=sys.stderr,
         disable=not enabled,
         leave=False,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
     )
 
     def update(fraction: float, stage: str) -> None:
         bar.n = round(100 * fraction, 1)
-        bar.set_postfix_str(stage, refresh=False)
+        bar.set_description_str(f"{description} ({stage})", refresh=False)
         bar.refresh()
 
     try:
@@ -73,3 +84,47 @@ def _csv_value(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return " ".join(str(v) for v in value)
     return value
+
+
+# --- segmentation files ------------------------------------------------------------------------
+SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def load_segmentation(path: str | Path) -> Segmentation:
+    """Read a Slicer ``.seg.nrrd`` or a label map (NIfTI/NRRD/MHA, with or without sidecar).
+
+    A single-label file without a sidecar (such as ``mandible.nii.gz``) gets a segment named
+    after the file.
+    """
+    path = Path(path)
+    if path.name.lower().endswith(".seg.nrrd"):
+        return read_seg_nrrd(path)
+    seg = read_labelmap_nifti(path)
+    if len(seg.segments) == 1 and seg.segments[0].name.startswith("Label ") and not sidecar_paths(path)["json"].exists():
+        stem = path.name.split(".")[0]
+        seg = Segmentation(seg.labelmap, [SegmentInfo(stem, seg.segments[0].value, seg.segments[0].color)])
+    return seg
+
+
+def select_mask(seg: Segmentation, label: str | None, *, path: str | Path) -> tuple[str, Volume]:
+    """The mask of segment ``label`` (a name or a label value); all non-zero voxels if None."""
+    if label is None:
+        names = ", ".join(seg.names) or "no segment"
+        if len(seg.segments) == 1:
+            return seg.segments[0].name, seg.mask(seg.segments[0].name)
+        return f"all ({names})", seg.labelmap.with_array(seg.labelmap.array != 0)
+    for s in seg.segments:
+        if s.name == label or (label.isdigit() and s.value == int(label)):
+            return s.name, seg.mask(s.name)
+    raise SegmentationFileError(f"{path} has no segment {label!r}; its segments are: {', '.join(seg.names) or '(none)'}")
+
+
+def save_segmentation(labelmap: Volume, segments: list[SegmentInfo], path: str | Path, *, overwrite: bool) -> list[Path]:
+    """Write ``.seg.nrrd`` (Slicer) or a NIfTI label map with sidecars, chosen by suffix."""
+    path = Path(path)
+    name = path.name.lower()
+    if name.endswith(".seg.nrrd"):
+        return [write_seg_nrrd(labelmap, segments, path, overwrite=overwrite)]
+    if name.endswith((".nii.gz", ".nii")):
+        return list(write_labelmap_nifti(labelmap, segments, path, overwrite=overwrite).values())
+    raise SegmentationFileError(f"cannot write {path.name}: use a .seg.nrrd (3D Slicer) or .nii.gz (label map) file name")
