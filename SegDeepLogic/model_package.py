@@ -1,0 +1,964 @@
+"""Model packages: a network's weights with the card that says how to use them.
+
+A *model package* is a folder (or a ``.zip`` archive of one) holding
+
+* ``model.json`` -- the :class:`ModelCard`: architecture and its parameters, label names,
+  values, colours and terminology, the voxel spacing, axis orientation, intensity
+  normalisation and patch size the network expects, how it was trained and validated, its
+  licence, and the SHA-256 of the weights file;
+* the weights file -- ``weights.safetensors`` (preferred) or a PyTorch ``.pt``/``.pth``
+  state dict.
+
+Loading never executes code from the package: safetensors holds raw tensors only, and
+``.pt``/``.pth`` files are read with ``torch.load(..., weights_only=True)``, which refuses
+pickled objects that would need code to rebuild (:class:`ModelPackageError` says so). The
+weights' SHA-256 is checked against the card, and the weights against the card's architecture
+(names and shapes), before the network is returned.
+
+Label values and output channels
+--------------------------------
+Output channel 0 of the network is the background and channel ``k >= 1`` the logit of
+``labels[k - 1]`` (the card's list order); that label's ``value`` is what a label map stores
+for it, so values need not be contiguous. A network therefore has ``1 + len(labels)`` output
+channels (:attr:`ModelCard.num_classes`), and ``channel_values[argmax]`` is the label map
+(:attr:`ModelCard.channel_values`).
+
+Examples
+--------
+>>> import tempfile
+>>> from SegDeepLogic.networks import UNet3D
+>>> card = ModelCard(
+...     name="demo", version="1", architecture="unet3d",
+...     architecture_params={"in_channels": 1, "out_channels": 2, "channels": [4, 8]},
+...     labels=[{"name": "bone", "value": 1, "color": [0.9, 0.85, 0.6]}],
+...     spacing_ijk_mm=[2, 2, 2], orientation="LPS",
+...     intensity={"clip_hu": [-1024, 2000], "subtract": 0, "divide": 1000},
+...     patch_size_kji=[16, 16, 16], license="CC0-1.0")
+>>> folder = save_model_package(UNet3D(1, 2, channels=(4, 8)), card, tempfile.mkdtemp() + "/demo")
+>>> package = load_model_package(folder)
+>>> package.label_names, package.card.num_classes, package.network.training
+(['bone'], 2, False)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import warnings
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import SegDeepError
+
+__all__ = [
+    "CARD_FILE",
+    "FORMAT_VERSION",
+    "ModelCard",
+    "ModelPackage",
+    "ModelPackageError",
+    "bundled_model_dir",
+    "file_sha256",
+    "list_bundled_models",
+    "load_model_card",
+    "load_model_package",
+    "save_model_package",
+]
+
+FORMAT_VERSION = 1
+"""The model-card format this version of SegDeep reads and writes."""
+CARD_FILE = "model.json"
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth")
+MAX_CARD_BYTES = 1 << 20  # a card is a few KB; refuse anything that could exhaust memory
+MAX_ARCHIVE_WEIGHTS_BYTES = 4 << 30  # what an archive may unpack into the temporary folder
+_ORIENTATION_AXES = ("LR", "PA", "IS")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+class ModelPackageError(SegDeepError, ValueError):
+    """A model package is missing, unreadable, inconsistent or unsafe to load."""
+
+
+# --- card validation helpers ------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), type(value).__name__
+    )
+
+
+class _Checker:
+    """Builds card error messages that name the card and the offending key."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, message: str) -> ModelPackageError:
+        return ModelPackageError(f"{self.source}: '{key}' {message}")
+
+    def string(self, key: str, value: Any, *, empty: bool = False) -> str:
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {_type_name(value)} {value!r}")
+        if not empty and not value.strip():
+            raise self.fail(key, "must not be empty")
+        return value
+
+    def json_object(self, key: str, value: Any) -> dict[str, Any]:
+        if not isinstance(value, Mapping):
+            raise self.fail(key, f"must be a JSON object, got {_type_name(value)}")
+        try:  # a deep copy that also proves the content can be written back as JSON
+            return json.loads(json.dumps(dict(value), allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise self.fail(key, f"must hold only JSON values (strings, numbers, lists, objects): {exc}") from exc
+
+    def number(self, key: str, value: Any) -> float:
+        if not _is_number(value) or not math.isfinite(float(value)):
+            raise self.fail(key, f"must be a finite number, got {value!r}")
+        return float(value)
+
+    def numbers(self, key: str, value: Any, n: int) -> list[float]:
+        if not isinstance(value, list | tuple | np.ndarray) or len(value) != n:
+            raise self.fail(key, f"must be a list of {n} numbers, got {value!r}")
+        return [self.number(f"{key}[{i}]", v) for i, v in enumerate(value)]
+
+
+# --- the card ---------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelCard:
+    """What a network segments and how to feed it: the content of ``model.json``.
+
+    Every field is validated on construction (:class:`ModelPackageError` names the key and the
+    problem). Field names are the JSON keys.
+
+    Parameters
+    ----------
+    format_version : int
+        Card format, :data:`FORMAT_VERSION` (1).
+    name, version, description : str
+        Model name (non-empty), version string and a one-paragraph description.
+    architecture : str
+        Key of :data:`SegDeepLogic.networks.ARCHITECTURES` (e.g. ``"unet3d"``).
+    architecture_params : dict
+        Keyword arguments of the architecture; ``in_channels``/``out_channels``, when given,
+        must match ``in_channels`` and :attr:`num_classes` (``1 + len(labels)``).
+    in_channels : int
+        Input channels; SegDeep feeds one CT channel, so 1.
+    labels : list of dict
+        ``{"name": str, "value": int >= 1, "color": [r, g, b] in 0..1, "terminology": str}``
+        (terminology optional, e.g. ``"SCT^91609006^Mandible"``). Value 0 is the background;
+        values and names are unique. Stored normalised (``terminology`` None when absent).
+    spacing_ijk_mm : 3 floats
+        Voxel size (mm, i/j/k order) the network was trained at.
+    orientation : str
+        ITK/DICOMOrient code of the axes the network expects (e.g. ``"LPI"``: i towards
+        Left, j towards Posterior, k towards Inferior).
+    intensity : dict
+        ``{"clip_hu": [lo, hi], "subtract": s, "divide": d}``; the network input is
+        ``(clip(HU, lo, hi) - s) / d`` (:meth:`normalize_intensity`), ``d > 0``.
+    patch_size_kji : 3 ints
+        Sliding-window size in array order (D, H, W); divisible as the architecture requires.
+    training, validation_metrics : dict
+        Free-form provenance: data, citation, split, settings, code version; metric values.
+    license : str
+        Licence of the weights (SPDX identifier or text).
+    weights_file : str
+        Name of the weights file in the package (no folders), ``.safetensors``, ``.pt`` or
+        ``.pth``.
+    weights_sha256 : str
+        Lower-case hex SHA-256 of the weights file; ``""`` for a card not yet saved
+        (:func:`save_model_package` fills it in).
+    limitations : str, optional
+        Known failure modes, intended use.
+    extra : dict, optional
+        Anything else (kept and written back).
+    """
+
+    format_version: int = FORMAT_VERSION
+    name: str
+    version: str
+    description: str = ""
+    architecture: str
+    architecture_params: dict[str, Any]
+    in_channels: int = 1
+    labels: list[dict[str, Any]]
+    spacing_ijk_mm: tuple[float, float, float]
+    orientation: str
+    intensity: dict[str, Any]
+    patch_size_kji: tuple[int, int, int]
+    training: dict[str, Any] = dataclasses.field(default_factory=dict)
+    validation_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    license: str
+    weights_file: str = "weights.safetensors"
+    weights_sha256: str = ""
+    limitations: str = ""
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    _OPTIONAL_KEYS = frozenset({"limitations", "extra"})
+
+    def __post_init__(self) -> None:
+        self._validate("model card")
+
+    # Validation lives in one method so that from_dict can name the file in every message.
+    def _validate(self, source: str) -> None:
+        check = _Checker(source)
+        put = object.__setattr__  # frozen dataclass: store the normalised values
+
+        if not _is_int(self.format_version):
+            raise check.fail("format_version", f"must be an integer, got {self.format_version!r}")
+        if self.format_version != FORMAT_VERSION:
+            raise check.fail(
+                "format_version",
+                f"is {self.format_version}; this SegDeep reads format {FORMAT_VERSION}"
+                + (" (the package needs a newer SegDeep)" if self.format_version > FORMAT_VERSION else ""),
+            )
+        put(self, "format_version", int(self.format_version))
+        check.string("name", self.name)
+        check.string("version", self.version)
+        check.string("description", self.description, empty=True)
+        check.string("license", self.license)
+        check.string("limitations", self.limitations, empty=True)
+        put(self, "training", check.json_object("training", self.training))
+        put(self, "validation_metrics", check.json_object("validation_metrics", self.validation_metrics))
+        put(self, "extra", check.json_object("extra", self.extra))
+
+        if not _is_int(self.in_channels) or self.in_channels != 1:
+            raise check.fail("in_channels", f"must be 1 (SegDeep feeds the network one CT channel), got {self.in_channels!r}")
+        put(self, "in_channels", 1)
+
+        put(self, "labels", self._validated_labels(check))
+
+        spacing = check.numbers("spacing_ijk_mm", self.spacing_ijk_mm, 3)
+        if min(spacing) <= 0:
+            raise check.fail("spacing_ijk_mm", f"must be positive in every axis, got {spacing} mm")
+        put(self, "spacing_ijk_mm", tuple(spacing))
+
+        orientation = check.string("orientation", self.orientation)
+        letters = orientation.upper()
+        axes_used = [next((a for a in _ORIENTATION_AXES if ch in a), None) for ch in letters]
+        if len(letters) != 3 or None in axes_used or len(set(axes_used)) != 3:
+            raise check.fail(
+                "orientation",
+                f"must be a 3-letter axis code using one of L/R, one of P/A and one of I/S (e.g. 'LPS', 'RAS', 'LPI'), got {orientation!r}",
+            )
+        put(self, "orientation", letters)
+
+        put(self, "intensity", self._validated_intensity(check))
+
+        patch = self.patch_size_kji
+        if not isinstance(patch, list | tuple | np.ndarray) or len(patch) != 3 or not all(_is_int(p) and p >= 1 for p in patch):
+            raise check.fail("patch_size_kji", f"must be 3 positive integers (D, H, W), got {patch!r}")
+        put(self, "patch_size_kji", tuple(int(p) for p in patch))
+
+        weights_file = check.string("weights_file", self.weights_file)
+        if PurePosixPath(weights_file).name != weights_file or "\\" in weights_file or weights_file in (".", ".."):
+            raise check.fail("weights_file", f"must be a plain file name inside the package (no folders), got {weights_file!r}")
+        if not weights_file.lower().endswith(WEIGHT_SUFFIXES):
+            raise check.fail("weights_file", f"must end with one of {', '.join(WEIGHT_SUFFIXES)}, got {weights_file!r}")
+        sha = check.string("weights_sha256", self.weights_sha256, empty=True).strip().lower()
+        if sha and not _HEX64.fullmatch(sha):
+            raise check.fail("weights_sha256", f"must be 64 hexadecimal digits (a SHA-256), got {self.weights_sha256!r}")
+        put(self, "weights_sha256", sha)
+
+        self._validate_architecture(check)
+
+    def _validated_labels(self, check: _Checker) -> list[dict[str, Any]]:
+        labels = self.labels
+        if not isinstance(labels, list | tuple) or not labels:
+            raise check.fail("labels", f"must be a non-empty list of label objects, got {labels!r}")
+        allowed = {"name", "value", "color", "terminology"}
+        result: list[dict[str, Any]] = []
+        for n, label in enumerate(labels):
+            key = f"labels[{n}]"
+            if not isinstance(label, Mapping):
+                raise check.fail(key, f"must be an object with name, value and color, got {_type_name(label)}")
+            missing = [k for k in ("name", "value", "color") if k not in label]
+            if missing:
+                raise check.fail(key, f"is missing {', '.join(missing)}")
+            unknown = sorted(set(label) - allowed)
+            if unknown:
+                raise check.fail(key, f"has unknown key(s) {unknown}; allowed: {sorted(allowed)}")
+            name = check.string(f"{key}.name", label["name"])
+            value = label["value"]
+            if not _is_int(value):
+                raise check.fail(f"{key}.value", f"must be an integer, got {value!r}")
+            if value < 1:
+                raise check.fail(
+                    f"{key}.value", f"must be >= 1 (0 is the background, which is not listed as a label), got {value}"
+                )
+            color = check.numbers(f"{key}.color", label["color"], 3)
+            if not all(0.0 <= c <= 1.0 for c in color):
+                raise check.fail(f"{key}.color", f"must be 3 numbers (r, g, b) between 0 and 1, got {color}")
+            terminology = label.get("terminology")
+            if terminology is not None:
+                check.string(f"{key}.terminology", terminology)
+            result.append({"name": name, "value": int(value), "color": color, "terminology": terminology})
+        for field in ("value", "name"):
+            seen: dict[Any, int] = {}
+            for n, label in enumerate(result):
+                if label[field] in seen:
+                    raise check.fail(
+                        f"labels[{n}].{field}",
+                        f"{label[field]!r} is already used by labels[{seen[label[field]]}]; label {field}s must be unique",
+                    )
+                seen[label[field]] = n
+        return result
+
+    def _validated_intensity(self, check: _Checker) -> dict[str, Any]:
+        intensity = self.intensity
+        if not isinstance(intensity, Mapping):
+            raise check.fail("intensity", f"must be an object {{clip_hu, subtract, divide}}, got {_type_name(intensity)}")
+        expected = {"clip_hu", "subtract", "divide"}
+        missing, unknown = sorted(expected - set(intensity)), sorted(set(intensity) - expected)
+        if missing or unknown:
+            raise check.fail("intensity", f"must have exactly the keys {sorted(expected)}; missing {missing}, unknown {unknown}")
+        lo, hi = check.numbers("intensity.clip_hu", intensity["clip_hu"], 2)
+        if not lo < hi:
+            raise check.fail("intensity.clip_hu", f"must be [lower, upper] with lower < upper, got {[lo, hi]}")
+        subtract = check.number("intensity.subtract", intensity["subtract"])
+        divide = check.number("intensity.divide", intensity["divide"])
+        if divide <= 0:
+            raise check.fail("intensity.divide", f"must be positive, got {divide}")
+        return {"clip_hu": [lo, hi], "subtract": subtract, "divide": divide}
+
+    def _validate_architecture(self, check: _Checker) -> None:
+        from .networks import ARCHITECTURES, network_size_divisor
+
+        architecture = check.string("architecture", self.architecture)
+        if architecture not in ARCHITECTURES:
+            raise check.fail(
+                "architecture",
+                f"is {architecture!r}, an unknown architecture; known architectures: {', '.join(sorted(ARCHITECTURES))}",
+            )
+        params = check.json_object("architecture_params", self.architecture_params)
+        object.__setattr__(self, "architecture_params", params)
+        if "in_channels" in params and params["in_channels"] != self.in_channels:
+            raise check.fail(
+                "architecture_params", f"in_channels={params['in_channels']!r} differs from in_channels={self.in_channels}"
+            )
+        if "out_channels" in params and params["out_channels"] != self.num_classes:
+            raise check.fail(
+                "architecture_params",
+                f"out_channels={params['out_channels']!r} but the {len(self.labels)} label(s) need {self.num_classes} output "
+                "channels (channel 0 the background, channel k the k-th label)",
+            )
+        try:
+            divisor = network_size_divisor(architecture, params)
+        except ModelPackageError as exc:
+            raise check.fail("architecture_params", f"is invalid: {exc}") from exc
+        if any(p % d for p, d in zip(self.patch_size_kji, divisor, strict=True)):
+            raise check.fail(
+                "patch_size_kji",
+                f"{list(self.patch_size_kji)} is not divisible by {list(divisor)} (D, H, W), as architecture "
+                f"{architecture!r} with these parameters requires",
+            )
+
+    # --- construction from / conversion to JSON ------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "model card") -> ModelCard:
+        """Validate a parsed ``model.json`` and build the card.
+
+        Parameters
+        ----------
+        data : dict
+            The parsed JSON object.
+        source : str
+            How to name the card in error messages (e.g. its path).
+
+        Raises
+        ------
+        ModelPackageError
+            Missing or unknown key, wrong type, or invalid value; the message names the key.
+
+        Examples
+        --------
+        >>> card = ModelCard.from_dict(_EXAMPLE_CARD)
+        >>> card.label_names, card.num_classes, card.spacing_ijk_mm
+        (['bone'], 2, (2.0, 2.0, 2.0))
+        >>> ModelCard.from_dict({**_EXAMPLE_CARD, "spacing_ijk_mm": [1, 0, 1]}, source="my/model.json")
+        Traceback (most recent call last):
+          ...
+        SegDeepLogic.model_package.ModelPackageError: my/model.json: 'spacing_ijk_mm' must be positive in every axis, got [1.0, 0.0, 1.0] mm
+        """
+        if not isinstance(data, Mapping):
+            raise ModelPackageError(f"{source}: must be a JSON object, got {_type_name(data)}")
+        fields = [f.name for f in dataclasses.fields(cls)]
+        missing = [k for k in fields if k not in data and k not in cls._OPTIONAL_KEYS]
+        if missing:
+            raise ModelPackageError(f"{source}: missing key(s) {', '.join(repr(k) for k in missing)}")
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ModelPackageError(f"{source}: unknown key(s) {unknown}; put additional information under 'extra'")
+        card = object.__new__(cls)
+        for key in fields:
+            default = "" if key == "limitations" else {}
+            object.__setattr__(card, key, data.get(key, default))
+        card._validate(source)
+        return card
+
+    def to_dict(self) -> dict[str, Any]:
+        """The card as a JSON-ready dict (the content of ``model.json``); inverse of :meth:`from_dict`."""
+        data: dict[str, Any] = {}
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            data[field.name] = list(value) if isinstance(value, tuple) else value
+        data["labels"] = [{k: v for k, v in label.items() if v is not None} for label in self.labels]
+        return json.loads(json.dumps(data))  # a deep copy: callers may edit it freely
+
+    # --- derived values ------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Output channels of the network: the background and one per label (``1 + len(labels)``)."""
+        return 1 + len(self.labels)
+
+    @property
+    def channel_values(self) -> list[int]:
+        """Label-map value of each output channel: ``[0, labels[0].value, labels[1].value, ...]``.
+
+        ``np.asarray(card.channel_values)[logits.argmax(0)]`` turns the network output into a
+        label map.
+        """
+        return [0, *self.label_values]
+
+    @property
+    def label_names(self) -> list[str]:
+        return [label["name"] for label in self.labels]
+
+    @property
+    def label_values(self) -> list[int]:
+        return [label["value"] for label in self.labels]
+
+    @property
+    def label_colors(self) -> list[tuple[float, float, float]]:
+        return [tuple(label["color"]) for label in self.labels]  # type: ignore[misc]
+
+    @property
+    def size_divisor(self) -> tuple[int, int, int]:
+        """What every input size (D, H, W) must be divisible by for this architecture."""
+        from .networks import network_size_divisor
+
+        return network_size_divisor(self.architecture, self.architecture_params)
+
+    def normalize_intensity(self, hu: Any) -> Any:
+        """Map Hounsfield units to network input: ``(clip(hu, lo, hi) - subtract) / divide``.
+
+        Accepts a NumPy array or a torch tensor and returns float32 of the same kind.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> card = ModelCard.from_dict(_EXAMPLE_CARD)
+        >>> card.normalize_intensity(np.array([-2000, 0, 500, 3000])).tolist()
+        [-1.0, 0.0, 0.5, 1.0]
+        """
+        lo, hi = self.intensity["clip_hu"]
+        subtract, divide = self.intensity["subtract"], self.intensity["divide"]
+        if isinstance(hu, torch.Tensor):
+            return (hu.to(torch.float32).clamp(lo, hi) - subtract) / divide
+        out = np.clip(np.asarray(hu, dtype=np.float32), lo, hi)
+        out -= np.float32(subtract)
+        out /= np.float32(divide)
+        return out
+
+
+_EXAMPLE_CARD: dict[str, Any] = {  # used by doctests
+    "format_version": 1,
+    "name": "example",
+    "version": "1",
+    "description": "",
+    "architecture": "unet3d",
+    "architecture_params": {"in_channels": 1, "out_channels": 2, "channels": [4, 8]},
+    "in_channels": 1,
+    "labels": [{"name": "bone", "value": 1, "color": [1, 1, 0.8]}],
+    "spacing_ijk_mm": [2, 2, 2],
+    "orientation": "LPS",
+    "intensity": {"clip_hu": [-1000, 1000], "subtract": 0, "divide": 1000},
+    "patch_size_kji": [8, 8, 8],
+    "training": {},
+    "validation_metrics": {},
+    "license": "CC0-1.0",
+    "weights_file": "weights.safetensors",
+    "weights_sha256": "",
+}
+
+
+# --- the loaded package -----------------------------------------------------------------------
+@dataclasses.dataclass(repr=False)
+class ModelPackage:
+    """A loaded model: its card and its network (eval mode, float32, on the CPU).
+
+    Attributes
+    ----------
+    card : ModelCard
+    network : torch.nn.Module
+        Ready for inference; move it with ``package.network.to(device)``.
+    path : Path
+        The package folder or ``.zip`` archive it was loaded from.
+    weights_sha256 : str
+        SHA-256 of the weights file as read (equal to the card's when verified).
+    """
+
+    card: ModelCard
+    network: nn.Module
+    path: Path
+    weights_sha256: str
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    @property
+    def labels(self) -> list[dict[str, Any]]:
+        return self.card.labels
+
+    @property
+    def label_names(self) -> list[str]:
+        return self.card.label_names
+
+    @property
+    def label_values(self) -> list[int]:
+        return self.card.label_values
+
+    @property
+    def label_colors(self) -> list[tuple[float, float, float]]:
+        return self.card.label_colors
+
+    @property
+    def num_classes(self) -> int:
+        return self.card.num_classes
+
+    @property
+    def channel_values(self) -> list[int]:
+        return self.card.channel_values
+
+    @property
+    def spacing_ijk_mm(self) -> tuple[float, float, float]:
+        return self.card.spacing_ijk_mm
+
+    @property
+    def patch_size_kji(self) -> tuple[int, int, int]:
+        return self.card.patch_size_kji
+
+    @property
+    def orientation(self) -> str:
+        return self.card.orientation
+
+    def normalize_intensity(self, hu: Any) -> Any:
+        """See :meth:`ModelCard.normalize_intensity`."""
+        return self.card.normalize_intensity(hu)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelPackage(name={self.card.name!r}, version={self.card.version!r}, architecture={self.card.architecture!r}, "
+            f"labels={self.label_names}, spacing_ijk_mm={self.spacing_ijk_mm}, path='{self.path}')"
+        )
+
+
+# --- hashing and file access ------------------------------------------------------------------
+def file_sha256(path: str | os.PathLike) -> str:
+    """Lower-case hex SHA-256 of a file, read in chunks.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> p = pathlib.Path(tempfile.mkdtemp()) / "empty"
+    >>> _ = p.write_bytes(b"")
+    >>> file_sha256(p)[:16]
+    'e3b0c44298fc1c14'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_card(data: bytes, source: str) -> ModelCard:
+    if len(data) > MAX_CARD_BYTES:
+        raise ModelPackageError(f"{source}: the card is {len(data)} bytes; a model card is at most {MAX_CARD_BYTES} bytes")
+    try:
+        parsed = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ModelPackageError(f"{source}: not UTF-8 text ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise ModelPackageError(f"{source}: invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from exc
+    return ModelCard.from_dict(parsed, source=source)
+
+
+def _safe_member_name(info: zipfile.ZipInfo) -> PurePosixPath:
+    """The member's path, or an error for anything that could escape a folder when extracted."""
+    name = info.filename
+    path = PurePosixPath(name)
+    is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
+    if not name or "\\" in name or path.is_absolute() or re.match(r"^[A-Za-z]:", name) or ".." in path.parts or is_link:
+        raise ModelPackageError(
+            f"unsafe entry {name!r} in the model archive: absolute paths, '..' components, drive letters, backslashes and "
+            "links are refused"
+        )
+    return path
+
+
+@contextlib.contextmanager
+def _opened_package(path: str | os.PathLike, *, with_weights: bool) -> Iterator[tuple[ModelCard, Path | None, Path]]:
+    """Yield (card, weights file or None, package path) for a folder, a model.json or a .zip.
+
+    An archive is checked entry by entry first; the card is read from memory and the weights
+    file, when asked for, is copied into a private temporary folder under a name we choose
+    (never one taken from the archive), removed on exit.
+    """
+    package = Path(path)
+    if not package.exists():
+        raise ModelPackageError(f"model package not found: {package}")
+    if package.is_file() and package.name == CARD_FILE:
+        package = package.parent
+    if package.is_dir():
+        card_path = package / CARD_FILE
+        if not card_path.is_file():
+            raise ModelPackageError(
+                f"no {CARD_FILE} in {package}; a model package is a folder holding {CARD_FILE} and the weights file"
+            )
+        card = _read_card(card_path.read_bytes(), str(card_path))
+        weights = package / card.weights_file
+        if with_weights and not weights.is_file():
+            present = sorted(p.name for p in package.iterdir())
+            raise ModelPackageError(
+                f"weights file {card.weights_file!r} named by {card_path} is missing; the folder has {present}"
+            )
+        yield card, (weights if with_weights else None), package
+        return
+    if package.suffix.lower() != ".zip":
+        raise ModelPackageError(f"{package} is not a model package: expected a folder with {CARD_FILE} or a .zip archive of one")
+    try:
+        archive = zipfile.ZipFile(package)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelPackageError(f"cannot open model archive {package}: {exc}") from exc
+    with archive, tempfile.TemporaryDirectory(prefix="segdeep-model-") as tmp:
+        members = {_safe_member_name(info): info for info in archive.infolist()}
+        # The card sits at the root or in one top-level folder (a zipped package folder).
+        cards = [p for p in members if p.name == CARD_FILE and len(p.parts) <= 2 and not members[p].is_dir()]
+        if len(cards) != 1:
+            raise ModelPackageError(
+                f"model archive {package} must hold exactly one {CARD_FILE} at its root or in one top-level folder; found "
+                f"{[str(c) for c in cards] or 'none'}"
+            )
+        source = f"{package}!{cards[0]}"
+        info = members[cards[0]]
+        if info.file_size > MAX_CARD_BYTES:
+            raise ModelPackageError(
+                f"{source}: the card is {info.file_size} bytes; a model card is at most {MAX_CARD_BYTES} bytes"
+            )
+        try:
+            card = _read_card(archive.read(info), source)
+            weights = None
+            if with_weights:
+                member = cards[0].parent / card.weights_file
+                if member not in members:
+                    raise ModelPackageError(f"weights file {str(member)!r} named by {source} is missing from the archive")
+                if members[member].file_size > MAX_ARCHIVE_WEIGHTS_BYTES:
+                    raise ModelPackageError(
+                        f"{package}: {member} would unpack to {members[member].file_size} bytes, more than the "
+                        f"{MAX_ARCHIVE_WEIGHTS_BYTES} accepted from an archive; unzip the package and load the folder"
+                    )
+                weights = Path(tmp) / card.weights_file  # a validated plain file name
+                with archive.open(members[member]) as src, open(weights, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError) as exc:
+            raise ModelPackageError(f"model archive {package} is corrupt: {exc}") from exc
+        yield card, weights, package
+
+
+def load_model_card(path: str | os.PathLike) -> ModelCard:
+    """Read and validate only the card of a package (folder, ``model.json`` or ``.zip``).
+
+    Cheap: no weights are read. Use it to list models with their labels and licences.
+    """
+    with _opened_package(path, with_weights=False) as (card, _, _):
+        return card
+
+
+# --- weights ----------------------------------------------------------------------------------
+def _read_state_dict(weights: Path, source: str) -> dict[str, torch.Tensor]:
+    if weights.suffix.lower() == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(weights), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise ModelPackageError(f"cannot read the weights {source} as safetensors: {exc}") from exc
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch warns about pickle protocols; our error says what matters
+            data = torch.load(weights, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        detail = next((line.strip() for line in str(exc).splitlines() if "GLOBAL" in line or "Unsupported" in line), "")
+        raise ModelPackageError(
+            f"refused to load the weights {source}: the file holds pickled Python objects that would have to run code to "
+            f"be rebuilt{f' ({detail})' if detail else ''}. SegDeep loads only plain tensors; convert trusted weights to "
+            "safetensors (save_model_package does)."
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise ModelPackageError(f"cannot read the weights {source} as a PyTorch state dict: {exc}") from exc
+    if isinstance(data, Mapping) and "state_dict" in data and isinstance(data["state_dict"], Mapping):
+        data = data["state_dict"]  # a checkpoint dict {"state_dict": ..., "epoch": ...}
+    if not isinstance(data, Mapping) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()):
+        raise ModelPackageError(f"the weights {source} are not a state dict (a mapping of parameter names to tensors)")
+    return dict(data)
+
+
+def _few(items: list[str], n: int = 5) -> str:
+    return ", ".join(items[:n]) + (f" (and {len(items) - n} more)" if len(items) > n else "")
+
+
+def _check_weights(network: nn.Module, state: Mapping[str, torch.Tensor], card: ModelCard, source: str) -> None:
+    """Raise a ModelPackageError naming the mismatches between ``state`` and ``network``."""
+    expected = network.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if missing or unexpected or shapes:
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing: {_few(missing)}")
+        if unexpected:
+            problems.append(f"{len(unexpected)} unexpected: {_few(unexpected)}")
+        if shapes:
+            problems.append(f"{len(shapes)} with another shape (file vs card): {_few(shapes)}")
+        raise ModelPackageError(
+            f"the weights {source} do not match architecture {card.architecture!r} with the card's architecture_params: "
+            + "; ".join(problems)
+        )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelPackageError(f"the weights {source} contain NaN or infinite values in {_few(bad)}")
+
+
+def load_model_package(path: str | os.PathLike, *, verify_hash: bool = True) -> ModelPackage:
+    """Load a model package: validated card, verified weights, network ready for inference.
+
+    Parameters
+    ----------
+    path : str or Path
+        A package folder (holding ``model.json`` and the weights file), its ``model.json``, or
+        a ``.zip`` archive of such a folder. Archives are read in place (the weights go through
+        a private temporary folder); entries with absolute paths, ``..`` or links are refused.
+    verify_hash : bool
+        Check the weights file's SHA-256 against the card (default). Turn it off only for
+        packages you are developing.
+
+    Returns
+    -------
+    ModelPackage
+        With the network in eval mode, float32, on the CPU.
+
+    Raises
+    ------
+    ModelPackageError
+        Missing package, card or weights file; invalid JSON or card; SHA-256 mismatch;
+        unknown architecture; weights that do not fit the architecture; pickled code.
+
+    Examples
+    --------
+    >>> package = load_model_package(bundled_model_dir().parents[1] / "Testing" / "Data" / "test_model")
+    >>> package.label_names, package.patch_size_kji
+    (['bone', 'soft_tissue'], (32, 32, 32))
+    """
+    from .networks import build_network
+
+    with _opened_package(path, with_weights=True) as (card, weights, package):
+        assert weights is not None
+        source = f"{package}: {card.weights_file}"
+        actual = file_sha256(weights)
+        if verify_hash:
+            if not card.weights_sha256:
+                raise ModelPackageError(
+                    f"{package}: the card has no weights_sha256, so the weights cannot be verified; save the package with "
+                    "save_model_package, or load it with verify_hash=False"
+                )
+            if actual != card.weights_sha256:
+                raise ModelPackageError(
+                    f"SHA-256 mismatch for {source}: the card expects {card.weights_sha256}, the file has {actual}. The file is "
+                    "corrupt or was replaced; download the package again (or re-save it if you changed the weights)"
+                )
+        state = _read_state_dict(weights, source)
+    network = build_network(card.architecture, card.architecture_params)
+    _check_weights(network, state, card, source)
+    network.load_state_dict(state, strict=True)
+    network = network.to(device="cpu", dtype=torch.float32).eval()
+    return ModelPackage(card=card, network=network, path=package, weights_sha256=actual)
+
+
+# --- saving -----------------------------------------------------------------------------------
+def _cpu_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
+    # Own contiguous CPU copies: safetensors refuses tensors that share memory; floats are
+    # stored as float32 so that every device can read them.
+    state = {}
+    for key, value in network.state_dict().items():
+        value = value.detach().to("cpu")
+        if value.is_floating_point():
+            value = value.to(torch.float32)
+        state[key] = value.contiguous().clone()
+    return state
+
+
+def save_model_package(
+    network: nn.Module,
+    card: ModelCard,
+    folder: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    archive: bool = False,
+) -> Path:
+    """Write ``network``'s weights (safetensors) and ``card`` as a model package, atomically.
+
+    The package is assembled in a temporary folder next to the destination and renamed into
+    place, so a reader never sees a half-written package under the final name, and a failure
+    leaves nothing behind. The card is written with the computed ``weights_sha256`` (and
+    ``weights_file`` set to a ``.safetensors`` name).
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        The trained network; its state dict must fit ``card``'s architecture.
+    card : ModelCard
+    folder : str or Path
+        Destination folder; with ``archive=True`` the ``.zip`` file (``.zip`` is appended if
+        missing).
+    overwrite : bool
+        Replace an existing package (only a folder holding ``model.json``, an empty folder or
+        a ``.zip`` file is ever replaced).
+    archive : bool
+        Write a single ``.zip`` file instead of a folder.
+
+    Returns
+    -------
+    Path
+        The package folder or archive.
+
+    Raises
+    ------
+    FileExistsError
+        The destination exists and ``overwrite`` is False.
+    ModelPackageError
+        The weights do not match the card's architecture, or the destination is not a
+        package that may be replaced.
+    """
+    from .networks import build_network
+
+    if not isinstance(card, ModelCard):
+        raise TypeError(f"card must be a ModelCard, got {type(card).__name__}")
+    if not isinstance(network, nn.Module):
+        raise TypeError(f"network must be a torch.nn.Module, got {type(network).__name__}")
+    final = Path(folder)
+    if archive and final.suffix.lower() != ".zip":
+        final = final.with_name(final.name + ".zip")
+    if final.exists() or final.is_symlink():
+        if not overwrite:
+            raise FileExistsError(f"refusing to overwrite existing model package: {final}")
+        _check_replaceable(final, archive)
+
+    state = _cpu_state_dict(network)
+    _check_weights(build_network(card.architecture, card.architecture_params), state, card, "to save")
+    weights_file = card.weights_file if card.weights_file.lower().endswith(".safetensors") else "weights.safetensors"
+
+    from safetensors.torch import save_file
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    try:
+        save_file(state, str(staging / weights_file), metadata={"format": "pt", "segdeep_model": card.name})
+        saved = dataclasses.replace(card, weights_file=weights_file, weights_sha256=file_sha256(staging / weights_file))
+        (staging / CARD_FILE).write_text(json.dumps(saved.to_dict(), indent=2) + "\n", encoding="utf-8")
+        _apply_default_permissions(staging)
+        if archive:
+            zipped = staging / "package.zip"
+            with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                zf.write(staging / CARD_FILE, CARD_FILE)
+                zf.write(staging / weights_file, weights_file)
+            os.replace(zipped, final)  # atomic, and replaces an existing archive in one step
+        else:
+            _move_into_place(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _apply_default_permissions(folder: Path) -> None:
+    # mkdtemp (and safetensors) create owner-only entries; a package should get the usual
+    # permissions of new files. A freshly created probe file reveals them without touching
+    # the process-wide umask.
+    probe = folder / ".probe"
+    probe.touch()
+    file_mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    folder.chmod(file_mode | (file_mode & 0o444) >> 2)  # directories: x wherever r
+    for path in folder.iterdir():
+        path.chmod(file_mode)
+
+
+def _check_replaceable(final: Path, archive: bool) -> None:
+    # Guard against overwrite=True pointed at the wrong place (say, a home folder).
+    if final.is_symlink():
+        raise ModelPackageError(f"refusing to replace {final}: it is a symbolic link")
+    if archive:
+        if not final.is_file():
+            raise ModelPackageError(f"refusing to replace {final} with a model archive: it is not a file")
+    elif not final.is_dir() or not ((final / CARD_FILE).is_file() or not any(final.iterdir())):
+        raise ModelPackageError(f"refusing to replace {final}: it is not a model package folder (no {CARD_FILE})")
+
+
+def _move_into_place(staging: Path, final: Path) -> None:
+    """Rename the finished folder to ``final``, moving an old package aside first."""
+    if not final.exists():
+        os.rename(staging, final)
+        return
+    # A folder cannot be swapped in one atomic step: move the old one aside, rename the new
+    # one in, then delete the old one (restored if the rename fails).
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    old.rmdir()
+    os.rename(final, old)
+    try:
+        os.rename(staging, final)
+    except BaseException:
+        os.rename(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+# --- bundled models ---------------------------------------------------------------------------
+def bundled_model_dir() -> Path:
+    """``<repository>/Resources/Models``, where shipped model packages live (may not exist)."""
+    return Path(__file__).resolve().parents[1] / "Resources" / "Models"
+
+
+def list_bundled_models() -> list[Path]:
+    """Model packages shipped in :func:`bundled_model_dir`: folders with ``model.json`` and ``.zip`` files, sorted."""
+    folder = bundled_model_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(
+        p for p in folder.iterdir() if (p.is_dir() and (p / CARD_FILE).is_file()) or (p.is_file() and p.suffix.lower() == ".zip")
+    )
