@@ -112,3 +112,38 @@ def test_compare_on_different_grids_names_the_mismatch(tmp_path: Path, capsys: p
     write_volume(Volume(np.ones((4, 4, 4), np.uint8), spacing=(1, 1, 1)), small)
     assert main(["compare", str(small), str(MANDIBLE), "--no-progress"]) == 1
     assert "differ in size" in capsys.readouterr().err
+
+
+def test_threshold_then_export_gives_a_watertight_lps_stl_with_the_mask_extent(tmp_path: Path) -> None:
+    from SegDeepLogic.mesh_io import read_mesh
+    from SegDeepLogic.mesh_report import mesh_topology
+
+    bone = tmp_path / "bone.seg.nrrd"
+    main(["threshold", str(CT), "-o", str(bone), "--keep-largest", "--no-progress"])
+    report = tmp_path / "report.json"
+    assert main(["export", str(bone), "-o", str(tmp_path / "meshes"), "--report", str(report), "--no-progress"]) == 0
+    rows = json.loads(report.read_text())
+    assert rows["print_ready"] and rows["watertight"] and rows["space"] == "LPS"
+    mesh = read_mesh(tmp_path / "meshes" / "bone.stl")
+    assert mesh_topology(mesh.faces).watertight
+    mask = read_seg_nrrd(bone).mask("bone")
+    kji = np.argwhere(mask.array)
+    centres = mask.index_to_physical(kji[:, ::-1])  # LPS mm of every bone voxel centre
+    voxel = np.array(mask.spacing)
+    lo, hi = mesh.vertices.min(axis=0), mesh.vertices.max(axis=0)
+    # The voxel surface lies half a voxel outside the outermost voxel centres; smoothing moves it
+    # by less than half a voxel more, so the extent matches the mask to within one voxel per side.
+    np.testing.assert_array_less(np.abs(lo - (centres.min(axis=0) - voxel / 2)), voxel / 2)
+    np.testing.assert_array_less(np.abs(hi - (centres.max(axis=0) + voxel / 2)), voxel / 2)
+    # RAS export is the same surface with x and y negated.
+    assert main(["export", str(bone), "-o", str(tmp_path / "ras"), "--space", "RAS", "--report", "-", "--no-progress"]) == 0
+    ras = read_mesh(tmp_path / "ras" / "bone.stl", space="RAS")
+    np.testing.assert_allclose(ras.vertices.min(axis=0), [-hi[0], -hi[1], lo[2]], atol=1e-3)
+
+
+def test_export_of_an_unknown_segment_names_the_available_ones(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bone = tmp_path / "bone.seg.nrrd"
+    main(["threshold", str(CT), "-o", str(bone), "--no-progress"])
+    assert main(["export", str(bone), "-o", str(tmp_path / "m"), "--segments", "skull", "--no-progress"]) == 1
+    assert "bone" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists() or not any((tmp_path / "m").iterdir())
