@@ -33,11 +33,15 @@ def main(ct_path: str, seg_path: str, ref_path: str, stl_path: str, out_path: st
     ref = load_segmentation(ref_path).labelmap.array > 0
     sk, sj, si = ct.spacing_kji
     kc, jc, ic = (int(round(x)) for x in np.argwhere(ref).mean(axis=0))
+    body = np.argwhere(ct.array > -500)  # crop the views to the body (plus a margin)
+    (k0, j0, i0), (k1, j1, i1) = np.maximum(body.min(0) - 4, 0), body.max(0) + 5
+    crop = (slice(k0, k1), slice(j0, j1), slice(i0, i1))
+    arr = ct.array
     fig = plt.figure(figsize=(13, 4.6), dpi=110)
     views = [
-        (f"axial (k = {kc})", ct.array[kc], seg[kc], ref[kc], sj / si),
-        (f"coronal (j = {jc})", ct.array[:, jc, :], seg[:, jc, :], ref[:, jc, :], sk / si),
-        (f"sagittal (i = {ic})", ct.array[:, :, ic], seg[:, :, ic], ref[:, :, ic], sk / sj),
+        (f"axial (k = {kc})", *(a[kc, crop[1], crop[2]] for a in (arr, seg, ref)), sj / si),
+        (f"coronal (j = {jc})", *(a[crop[0], jc, crop[2]] for a in (arr, seg, ref)), sk / si),
+        (f"sagittal (i = {ic})", *(a[crop[0], crop[1], ic] for a in (arr, seg, ref)), sk / sj),
     ]
     for n, (title, img, s, r, aspect) in enumerate(views):
         ax = fig.add_subplot(1, 4, n + 1)
