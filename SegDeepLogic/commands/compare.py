@@ -7,10 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from ..metrics import compare_masks, disagreement_masks
 from ..segmentation_io import SegmentInfo
+from ..threshold import grow_mask
 from ._common import load_segmentation, progress_bar, save_segmentation, select_mask, write_table
 
 
@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if args.roi:
         _, roi = select_mask(load_segmentation(args.roi), None, path=args.roi)
         roi.require_same_grid(mask_a, "the ROI and the segmentations")
-        roi_array = grow_mm(roi.array != 0, roi.spacing_kji, args.roi_margin_mm)
+        roi_array = grow_mask(roi.with_array(roi.array != 0), args.roi_margin_mm).array
         mask_a = mask_a.with_array(mask_a.array & roi_array)
         mask_b = mask_b.with_array(mask_b.array & roi_array)
     with progress_bar("compare", enabled=not args.no_progress) as progress:
@@ -69,12 +69,3 @@ def run(args: argparse.Namespace) -> int:
     if args.output != "-":
         print(f"Dice {result.dice:.4f}, HD95 {result.hd95_mm:.2f} mm -> {args.output}", file=sys.stderr)
     return 0
-
-
-def grow_mm(mask: np.ndarray, spacing_kji: tuple[float, float, float], margin_mm: float) -> np.ndarray:
-    """Grow ``mask`` by ``margin_mm`` (Euclidean distance in mm, anisotropic spacing honoured)."""
-    if margin_mm <= 0:
-        return mask
-    if not mask.any():
-        return mask
-    return ndimage.distance_transform_edt(~mask, sampling=spacing_kji) <= margin_mm
