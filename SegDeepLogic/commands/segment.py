@@ -1,0 +1,131 @@
+"""``segdeep segment``: U-Net segmentation of a CT with a model package."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..progress import CancelToken
+from ..refine import RefineOptions
+from ._common import progress_bar, write_table
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "segment",
+        help="segment a CT with a U-Net model package (sliding window, optional TTA, refinement, uncertainty)",
+        description="Segment a CT with a U-Net model package and write a 3D Slicer .seg.nrrd (segment names and colours "
+        "from the model card) or a NIfTI label map on the CT's exact grid. The first Ctrl-C stops cleanly "
+        "between sliding windows; nothing is written unless the whole segmentation succeeded.",
+    )
+    p.add_argument("ct", help="CT volume (NRRD, NIfTI, MHA/MHD or a DICOM series folder)")
+    p.add_argument("-o", "--output", required=True, help="output segmentation: .seg.nrrd (3D Slicer) or .nii.gz label map")
+    p.add_argument("--model", default=None, help="model package folder or .zip (default: the first bundled in Resources/Models)")
+    p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
+    p.add_argument(
+        "--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="auto: bf16/fp16 on GPUs, fp32 on CPU"
+    )
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=None, help="windows per network call (default: by patch size and device)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for the network (default: one per core)")
+    p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips, 8x slower)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="label a voxel only where its label's probability reaches this value (default: argmax)",
+    )
+    p.add_argument("--keep-largest", action="store_true", help="keep only the largest connected component of each label")
+    p.add_argument("--min-island-mm3", type=float, default=0.0, help="remove components smaller than this (mm³), per label")
+    p.add_argument("--refine", action="store_true", help="refine bone labels at the CT's resolution with a HU threshold")
+    p.add_argument(
+        "--refine-labels", nargs="+", default=None, metavar="NAME", help="labels to refine (default: those named after a bone)"
+    )
+    p.add_argument(
+        "--refine-hu", type=float, default=RefineOptions.lower_hu, help="bone threshold for --refine (HU, default 226)"
+    )
+    p.add_argument(
+        "--refine-grow-mm",
+        type=float,
+        default=None,
+        help="how far --refine may grow the network's mask (mm; default: the model's voxel size, at least 3)",
+    )
+    p.add_argument("--uncertainty", default=None, metavar="PATH", help="also write the uncertainty map (entropy 0..1) here")
+    p.add_argument(
+        "--format", dest="output_format", default=None, choices=["seg.nrrd", "nii.gz"], help="output format (default: by suffix)"
+    )
+    p.add_argument("--json", default=None, help="write a summary (volumes, uncertainty, timings, fallbacks) here ('-' = stdout)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+@contextlib.contextmanager
+def _ctrl_c_cancels(token: CancelToken) -> Iterator[None]:
+    """First Ctrl-C: cancel cooperatively (stops between windows); second: interrupt at once."""
+
+    def handler(signum: int, frame: Any) -> None:
+        if token.cancelled:
+            raise KeyboardInterrupt
+        token.cancel()
+        print("\nsegdeep segment: cancelling (Ctrl-C again to stop at once)...", file=sys.stderr)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: leave Ctrl-C alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..segment import segment_file  # torch is imported only when this command runs
+
+    refine_options = None
+    if args.refine_hu != RefineOptions.lower_hu or args.refine_grow_mm is not None:
+        refine_options = RefineOptions(lower_hu=args.refine_hu, grow_mm=args.refine_grow_mm or RefineOptions.grow_mm)
+    token = CancelToken()
+    with _ctrl_c_cancels(token), progress_bar("segment", enabled=not args.no_progress) as progress:
+        result, written = segment_file(
+            args.ct,
+            args.output,
+            args.model,
+            output_format=args.output_format,
+            uncertainty_path=args.uncertainty,
+            overwrite=args.overwrite,
+            progress=progress,
+            cancel=token,
+            device=args.device,
+            precision=args.precision,
+            overlap=args.overlap,
+            batch_size=args.batch_size,
+            num_threads=args.threads,
+            tta=args.tta,
+            thresholds=args.threshold,
+            keep_largest=args.keep_largest,
+            min_island_mm3=args.min_island_mm3,
+            refine=args.refine,
+            refine_labels=args.refine_labels,
+            refine_options=refine_options,
+            uncertainty=bool(args.uncertainty or args.json),
+        )
+    summary = {"input": str(args.ct), "output": [str(p) for p in written], **result.summary()}
+    if args.json:
+        write_table([summary], args.json, "json")
+    for message in result.fallbacks:
+        print(f"fallback: {message}", file=sys.stderr)
+    volumes = ", ".join(f"{s['name']} {s['volume_mm3'] / 1000:.1f} mL" for s in summary["segments"])
+    total = sum(result.timings_s.values())
+    print(
+        f"{Path(args.ct).name}: {volumes} on {result.device} ({result.precision}) in {total:.1f} s -> {', '.join(summary['output'])}",
+        file=sys.stderr,
+    )
+    return 0
