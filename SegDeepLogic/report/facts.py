@@ -1,0 +1,704 @@
+"""Collect the facts of a per-case report: volumes, comparisons, meshes, uncertainty, provenance.
+
+:func:`build_report` runs (or takes) the network segmentation of a CT, compares every
+structure with a Hounsfield threshold (bone-like structures only, inside a region around the
+structure) and with an optional reference segmentation, builds the printable mesh of every
+structure with its print-readiness report, draws the pictures and records where everything
+came from. The result, :class:`ReportFacts`, holds a JSON-ready dictionary (``facts.data``),
+the PNG pictures and the meshes to export; :func:`SegDeepLogic.report.write_report` writes it.
+
+Work is done on crops around each structure (the structure's bounding box grown by the
+threshold margin), so a 512×512×300 CT costs little more than a small one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import importlib.metadata
+import itertools
+import math
+import os
+import platform
+import re
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .. import __version__
+from ..errors import SegDeepError
+from ..io import read_volume
+from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
+from ..mesh_io import MESH_FORMATS, safe_filename
+from ..mesh_report import mesh_report, surface_deviation_mm
+from ..metrics import DEFINITIONS, ROLES, compare_masks
+from ..progress import CancelToken, ProgressCallback, report
+from ..segmentation_io import Segmentation, SegmentInfo, read_labelmap_nifti, read_seg_nrrd
+from ..threshold import PRESETS, grow_mask, threshold_segment
+from ..volume import Volume
+from . import figures
+
+__all__ = [
+    "BONE_KEYWORDS",
+    "ReportError",
+    "ReportFacts",
+    "build_report",
+    "is_bone_like",
+    "orientation_code",
+    "parse_threshold",
+    "to_lps",
+]
+
+BONE_KEYWORDS = ("bone", "mandible", "maxilla", "skull", "cranium", "vertebra", "femur", "tibia", "pelvis", "rib", "teeth")
+"""Structures whose name contains one of these get the threshold comparison (same list as
+:data:`SegDeepLogic.segment.BONE_KEYWORDS`, repeated here so the report does not import torch)."""
+
+THRESHOLD_REASON = (
+    "A Hounsfield threshold selects every voxel in its HU range, whatever the anatomy: it is a meaningful "
+    "reference only for bone (high HU, sharp contrast), not for soft-tissue organs whose HU overlap their "
+    "neighbours'. It also selects every other bone, so each structure is compared with the threshold mask "
+    "restricted to a region around it (the structure grown by {margin:g} mm)."
+)
+
+
+class ReportError(SegDeepError, ValueError):
+    """Invalid report inputs (unknown structure, incompatible segmentation, bad threshold)."""
+
+
+@dataclasses.dataclass
+class ReportFacts:
+    """Everything a report shows.
+
+    Attributes
+    ----------
+    data : dict
+        JSON-ready facts (numbers, parameters, provenance); written as the report's JSON file.
+    images : dict of str to bytes
+        PNG pictures by id (``data["structures"][n]["images"]`` lists each structure's ids).
+    meshes : list of (Path, Mesh)
+        Surfaces to write with the report (empty unless ``export_dir`` was given).
+    """
+
+    data: dict[str, Any]
+    images: dict[str, bytes] = dataclasses.field(default_factory=dict)
+    meshes: list[tuple[Path, Mesh]] = dataclasses.field(default_factory=list)
+
+
+# --- small helpers -----------------------------------------------------------------------------
+def parse_threshold(spec: str | tuple[float | None, float | None] | None) -> dict[str, Any]:
+    """Keyword arguments of :func:`~SegDeepLogic.threshold.threshold_segment` for a threshold spec.
+
+    Parameters
+    ----------
+    spec : str, (lower, upper) or None
+        A preset name (``"bone"``), ``"LOWER:UPPER"`` in HU (either side may be empty), one
+        number (lower bound), a tuple, or None for the ``bone`` preset.
+
+    Examples
+    --------
+    >>> parse_threshold("bone")
+    {'preset': 'bone'}
+    >>> parse_threshold("300:"), parse_threshold("300:2000"), parse_threshold((None, 500))
+    ({'lower_hu': 300.0, 'upper_hu': None}, {'lower_hu': 300.0, 'upper_hu': 2000.0}, {'lower_hu': None, 'upper_hu': 500.0})
+    """
+    if spec is None:
+        return {"preset": "bone"}
+    if isinstance(spec, tuple | list):
+        lower, upper = spec
+        return {"lower_hu": None if lower is None else float(lower), "upper_hu": None if upper is None else float(upper)}
+    text = str(spec).strip()
+    if text in PRESETS:
+        return {"preset": text}
+    parts = text.split(":") if ":" in text else [text, ""]
+    try:
+        lower, upper = (float(p) if p.strip() else None for p in parts)
+    except ValueError:
+        raise ReportError(
+            f"threshold must be a preset ({', '.join(PRESETS)}) or LOWER:UPPER in HU (e.g. 300:3071 or 300:), got {spec!r}"
+        ) from None
+    if lower is None and upper is None:
+        raise ReportError("threshold LOWER:UPPER needs at least one bound")
+    return {"lower_hu": lower, "upper_hu": upper}
+
+
+def _norm_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def is_bone_like(name: str) -> bool:
+    """True when a structure name contains a bone word of :data:`BONE_KEYWORDS`."""
+    low = name.lower()
+    return any(word in low for word in BONE_KEYWORDS)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _file_facts(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    if path is None:
+        return None
+    p = Path(path)
+    out: dict[str, Any] = {"path": str(p.resolve())}
+    if p.is_file():
+        out |= {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+    return out
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {"segdeep": __version__, "python": platform.python_version()}
+    for dist, key in (("torch", "torch"), ("numpy", "numpy"), ("SimpleITK", "SimpleITK"), ("vtk", "vtk")):
+        try:
+            out[key] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[key] = None
+    for dist in ("scipy", "matplotlib"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    out["platform"] = platform.platform()
+    return out
+
+
+def _json_ready(value: Any) -> Any:
+    """Recursively turn numpy values, tuples and paths into JSON types (non-finite floats -> None)."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, np.bool_ | bool):
+        return bool(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating):
+        v = float(value)
+        return v if math.isfinite(v) else None
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _crop(volume: Volume, box: tuple[slice, ...]) -> Volume:
+    start = [box[2].start, box[1].start, box[0].start]
+    return Volume(volume.array[box], volume.spacing, volume.index_to_physical(start), volume.direction)
+
+
+def _grow_box(box: tuple[slice, ...], margin: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
+    return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, margin, shape, strict=True))
+
+
+def _compare(a: Volume, b: Volume, tolerance_mm: float) -> dict[str, Any]:
+    d = compare_masks(a, b, tolerance_mm=tolerance_mm).to_dict()
+    d.pop("definitions", None)
+    d.pop("roles", None)
+    return d
+
+
+def _best_axes(direction: np.ndarray) -> tuple[tuple[int, ...], tuple[bool, ...]]:
+    """For world axes L, P, S: the nearest voxel axis (i=0, j=1, k=2) and whether it runs backwards."""
+    perm = max(itertools.permutations(range(3)), key=lambda p: sum(abs(direction[t, p[t]]) for t in range(3)))
+    return perm, tuple(bool(direction[t, perm[t]] < 0) for t in range(3))
+
+
+def orientation_code(direction: np.ndarray) -> str:
+    """DICOM orientation code (e.g. ``"LPS"``, ``"LPI"``): where each voxel axis i, j, k points.
+
+    Examples
+    --------
+    >>> orientation_code(np.diag([1.0, 1.0, -1.0]))
+    'LPI'
+    """
+    perm, flips = _best_axes(np.asarray(direction, dtype=float))
+    letters = [""] * 3
+    for t, (p, f) in enumerate(zip(perm, flips, strict=True)):
+        letters[p] = ("RAI" if f else "LPS")[t]
+    return "".join(letters)
+
+
+def to_lps(volume: Volume) -> Volume:
+    """``volume`` with its axes permuted/flipped so that i, j, k point to L, P, S (exact, no interpolation).
+
+    An oblique volume gets its nearest axes (as :func:`SegDeepLogic.segment.reorient_volume`).
+    """
+    perm, flips = _best_axes(volume.direction)
+    array = volume.array.transpose([2 - perm[2], 2 - perm[1], 2 - perm[0]])
+    flip_axes = tuple(2 - t for t in range(3) if flips[t])
+    if flip_axes:
+        array = np.flip(array, axis=flip_axes)
+    first = [0, 0, 0]
+    for p, f in zip(perm, flips, strict=True):
+        first[p] = volume.shape_ijk[p] - 1 if f else 0
+    direction = np.stack([volume.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip(perm, flips, strict=True)], axis=1)
+    spacing = tuple(volume.spacing[p] for p in perm)
+    return Volume(np.ascontiguousarray(array), spacing, volume.index_to_physical(first), direction)
+
+
+def _load_segmentation(seg: Any, ct: Volume, what: str) -> tuple[Segmentation, dict[str, Any] | None]:
+    """A Segmentation on the CT's grid, from a Segmentation, a SegmentationResult or a file."""
+    source = None
+    if isinstance(seg, str | os.PathLike):
+        path = Path(seg)
+        source = _file_facts(path)
+        if path.name.lower().endswith(".seg.nrrd"):
+            seg = read_seg_nrrd(path, reference=ct)
+        else:
+            seg = read_labelmap_nifti(path)
+            if len(seg.segments) == 1 and seg.segments[0].name.startswith("Label "):
+                s = seg.segments[0]
+                seg = Segmentation(seg.labelmap, [SegmentInfo(path.name.split(".")[0], s.value, s.color)])
+    elif hasattr(seg, "labels") and hasattr(seg, "segments"):  # a SegmentationResult
+        seg = Segmentation(seg.labels, seg.segments)
+    if not isinstance(seg, Segmentation):
+        raise ReportError(f"{what} must be a Segmentation, a SegmentationResult or a file path, got {type(seg).__name__}")
+    seg.labelmap.require_same_grid(ct, f"the {what} and the CT")
+    return seg, source
+
+
+# --- the report --------------------------------------------------------------------------------
+def build_report(
+    ct: Volume | str | os.PathLike,
+    *,
+    model: Any = None,
+    segmentation: Any = None,
+    reference: Any = None,
+    reference_labels: Mapping[str, str] | None = None,
+    uncertainty: Volume | str | os.PathLike | None = None,
+    threshold: str | tuple[float | None, float | None] | None = "bone",
+    threshold_structures: Sequence[str] | None = None,
+    threshold_margin_mm: float = 10.0,
+    tolerance_mm: float = 1.0,
+    export_dir: str | os.PathLike | None = None,
+    export_format: str = "stl",
+    space: str = "LPS",
+    smoothing: float = DEFAULT_SMOOTHING_FACTOR,
+    decimation: float = 0.0,
+    device: str = "auto",
+    tta: bool = False,
+    refine: bool = False,
+    segment_options: Mapping[str, Any] | None = None,
+    title: str | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> ReportFacts:
+    """Segment (or take a segmentation of) a CT and collect every fact of its report.
+
+    Parameters
+    ----------
+    ct : Volume or path
+        The CT in HU (a path is read with :func:`~SegDeepLogic.io.read_volume` and recorded).
+    model : ModelPackage, path or None
+        Model package for the network (None: the first bundled one). Ignored with ``segmentation``.
+    segmentation : Segmentation, SegmentationResult or path, optional
+        Use this result instead of running the network (a ``SegmentationResult`` also brings
+        its uncertainty, device, timings and parameters).
+    reference : Segmentation or path, optional
+        A reference segmentation (e.g. clinical contours) on the CT's grid.
+    reference_labels : mapping of str to str, optional
+        Network structure name -> reference segment name. By default segments are matched by
+        name (case and punctuation ignored); a reference with one segment matches a network
+        result with one structure.
+    uncertainty : Volume or path, optional
+        Uncertainty map (entropy 0..1, e.g. from ``segdeep segment --uncertainty``) to show with
+        a given ``segmentation``.
+    threshold : str or (lower, upper)
+        Threshold preset name or ``"LOWER:UPPER"`` HU (see :func:`parse_threshold`); default bone.
+    threshold_structures : sequence of str, optional
+        Structures compared with the threshold (default: the bone-like ones, :data:`BONE_KEYWORDS`).
+    threshold_margin_mm : float
+        The threshold mask is restricted to the structure grown by this distance (mm).
+    tolerance_mm : float
+        Surface Dice tolerance (mm).
+    export_dir : path, optional
+        Folder where :func:`write_report` writes the meshes (with the report, all or nothing).
+    export_format : {"stl", "obj", "ply"}
+        Mesh file format.
+    space : {"LPS", "RAS"}
+        Coordinate system of the mesh files.
+    smoothing, decimation : float
+        Mesh smoothing factor (0..1) and fraction of triangles removed.
+    device, tta, refine : optional
+        Network settings (see :func:`~SegDeepLogic.segment.segment_volume`).
+    segment_options : mapping, optional
+        Further keyword arguments of :func:`~SegDeepLogic.segment.segment_volume`.
+    title : str, optional
+        Report title (default from the CT file name).
+    progress, cancel : optional
+        Progress callback and cancellation token.
+
+    Returns
+    -------
+    ReportFacts
+    """
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    notes: list[str] = []
+    if export_format not in MESH_FORMATS:
+        raise ReportError(f"export_format must be one of {MESH_FORMATS}, got {export_format!r}")
+    if space not in ("LPS", "RAS"):
+        raise ReportError(f"space must be LPS or RAS, got {space!r}")
+    if threshold_margin_mm < 0:
+        raise ReportError(f"threshold_margin_mm must be >= 0, got {threshold_margin_mm}")
+    threshold_kwargs = parse_threshold(threshold)
+
+    # -- inputs -----------------------------------------------------------------------------
+    report(progress, 0.0, "reading the CT", cancel)
+    t = time.perf_counter()
+    ct_path = None
+    if not isinstance(ct, Volume):
+        ct_path = Path(ct)
+        ct = read_volume(ct_path)
+    timings["read"] = time.perf_counter() - t
+
+    result = None
+    network_timings: dict[str, float] = {}
+    seg_source: dict[str, Any] | None = None
+    if segmentation is None:
+        from ..segment import load_model, segment_volume  # torch only when the network runs
+
+        package = load_model(model)
+        options = dict(segment_options or {})
+        options.setdefault("uncertainty", True)
+
+        def network_progress(fraction: float, stage: str) -> None:
+            report(progress, 0.02 + 0.5 * fraction, f"network: {stage}", cancel)
+
+        t = time.perf_counter()
+        result = segment_volume(
+            ct, package, device=device, tta=tta, refine=refine, progress=network_progress, cancel=cancel, **options
+        )
+        timings["segmentation_total"] = time.perf_counter() - t
+        network_timings = {k: float(v) for k, v in result.timings_s.items()}
+        seg = Segmentation(result.labels, result.segments)
+        model_facts = {
+            "name": package.card.name,
+            "version": package.card.version,
+            "architecture": package.card.architecture,
+            "path": str(Path(package.path).resolve()),
+            "weights_sha256": package.weights_sha256,
+            "card_weights_sha256": package.card.weights_sha256,
+            "labels": package.card.label_names,
+            "spacing_ijk_mm": list(package.card.spacing_ijk_mm),
+            "orientation": package.card.orientation,
+            "patch_size_kji": list(package.card.patch_size_kji),
+        }
+        seg_facts: dict[str, Any] = {
+            "source": "network (run for this report)",
+            "model": model_facts,
+            "device": result.device,
+            "precision": result.precision,
+            "fallbacks": list(result.fallbacks),
+            "parameters": result.parameters,
+        }
+    else:
+        if hasattr(segmentation, "labels") and hasattr(segmentation, "timings_s"):
+            result = segmentation
+            network_timings = {k: float(v) for k, v in result.timings_s.items()}
+        t = time.perf_counter()
+        seg, seg_source = _load_segmentation(segmentation, ct, "segmentation")
+        timings["read_segmentation"] = time.perf_counter() - t
+        seg_facts = {
+            "source": "segmentation result given to the report" if result is not None else "segmentation file (network not run)",
+            "file": seg_source,
+            "model": (result.parameters.get("model") if result is not None else None),
+            "device": result.device if result is not None else None,
+            "precision": result.precision if result is not None else None,
+            "fallbacks": list(result.fallbacks) if result is not None else [],
+            "parameters": result.parameters if result is not None else None,
+        }
+    uncertainty_map = result.uncertainty if result is not None else None
+    uncertainty_rows = list(result.uncertainty_summary) if result is not None else []
+    if uncertainty is not None:
+        seg_facts["uncertainty_file"] = _file_facts(uncertainty) if not isinstance(uncertainty, Volume) else None
+        t = time.perf_counter()
+        uncertainty_map = uncertainty if isinstance(uncertainty, Volume) else read_volume(uncertainty)
+        timings["read_uncertainty"] = time.perf_counter() - t
+        uncertainty_map.require_same_grid(ct, "the uncertainty map and the CT")
+        from ..uncertainty import summarize_uncertainty
+
+        uncertainty_rows = summarize_uncertainty(seg.labelmap, uncertainty_map, seg.segments)
+        timings["uncertainty_summary"] = time.perf_counter() - t - timings["read_uncertainty"]
+    if uncertainty_map is None:
+        notes.append(
+            "No uncertainty map: the segmentation was given without one (pass the network's uncertainty map to show it)."
+        )
+
+    ref_seg = ref_source = None
+    t = time.perf_counter()
+    if reference is not None:
+        ref_seg, ref_source = _load_segmentation(reference, ct, "reference segmentation")
+    timings["read_reference"] = time.perf_counter() - t
+    matches = _match_reference(seg, ref_seg, reference_labels)
+
+    names = [s.name for s in seg.segments]
+    if threshold_structures is None:
+        chosen = [n for n in names if is_bone_like(n)]
+        how = f"automatic: structures whose name contains one of {', '.join(BONE_KEYWORDS)}"
+    else:
+        unknown = [n for n in threshold_structures if n not in names]
+        if unknown:
+            raise ReportError(f"unknown threshold structure(s) {unknown}; the segmentation has {names}")
+        chosen = list(threshold_structures)
+        how = "chosen by the user"
+    if not chosen:
+        notes.append("No structure is bone-like, so none is compared with the threshold (choose some with threshold_structures).")
+
+    # -- per structure ----------------------------------------------------------------------
+    t = time.perf_counter()
+    labels = seg.labelmap.array
+    present_boxes = ndi.find_objects(_integer(labels))
+    voxel_ml = ct.voxel_volume_mm3 / 1000.0
+    margin_vox = [int(math.ceil(threshold_margin_mm / s)) + 1 for s in ct.spacing_kji]
+    ref_boxes = None
+    if ref_seg is not None:
+        ref_boxes = ndi.find_objects(_integer(ref_seg.labelmap.array))
+    timings["bounding_boxes"] = time.perf_counter() - t
+    structures: list[dict[str, Any]] = []
+    images: dict[str, bytes] = {}
+    meshes: list[tuple[Path, Mesh]] = []
+    used_files: set[str] = set()
+    stage_time = dict.fromkeys(("threshold", "compare_threshold", "compare_reference", "meshes", "deviation", "figures"), 0.0)
+    n = len(seg.segments)
+    for index, s in enumerate(seg.segments):
+        report(progress, 0.55 + 0.4 * index / max(n, 1), f"structure {s.name}", cancel)
+        row: dict[str, Any] = {"name": s.name, "value": s.value, "color": list(s.color) if s.color else None, "images": []}
+        structures.append(row)
+        box = present_boxes[s.value - 1] if 0 < s.value <= len(present_boxes) else None
+        ref_value = None
+        if s.name in matches:
+            ref_value = ref_seg.segment(matches[s.name]).value  # type: ignore[union-attr]
+            row["reference_segment"] = matches[s.name]
+        if box is None:
+            row |= {"voxels": 0, "volume_ml": 0.0, "empty": True, "threshold_comparison": {"applies": False}}
+            ref_box = ref_boxes[ref_value - 1] if ref_value is not None and ref_value <= len(ref_boxes or []) else None
+            if ref_box is not None:  # the reference has it: say how much was missed
+                ref_crop = _crop(ref_seg.labelmap, ref_box)  # type: ignore[union-attr]
+                ref_mask = ref_crop.with_array(ref_crop.array == ref_value)
+                row["reference_comparison"] = _compare(ref_mask.with_array(np.zeros_like(ref_mask.array)), ref_mask, tolerance_mm)
+            notes.append(f"{s.name}: the network found nothing; no threshold comparison, mesh or picture.")
+            continue
+        thr_applies = s.name in chosen
+        grow = margin_vox if thr_applies else [2, 2, 2]
+        crop_box = _grow_box(box, grow, labels.shape)
+        ref_box = None
+        if ref_value is not None and ref_boxes is not None and ref_value <= len(ref_boxes) and ref_boxes[ref_value - 1]:
+            ref_box = ref_boxes[ref_value - 1]
+            crop_box = tuple(
+                slice(min(a.start, b.start), max(a.stop, b.stop))
+                for a, b in zip(crop_box, _grow_box(ref_box, [2, 2, 2], labels.shape), strict=True)
+            )
+        mask = _crop(ct, crop_box).with_array(labels[crop_box] == s.value)
+        ct_crop = _crop(ct, crop_box)
+        voxels = int(np.count_nonzero(mask.array))
+        centroid_kji = np.array(ndi.center_of_mass(mask.array))
+        row |= {
+            "voxels": voxels,
+            "volume_ml": voxels * voxel_ml,
+            "centroid_lps_mm": [float(c) for c in mask.index_to_physical(centroid_kji[::-1])],
+            "empty": False,
+        }
+
+        # threshold comparison
+        thr_mask = roi = None
+        if thr_applies:
+            t = time.perf_counter()
+            roi = grow_mask(mask.array, threshold_margin_mm, spacing_mm=ct.spacing_kji)
+            thr = threshold_segment(ct_crop, **threshold_kwargs)
+            thr_mask = mask.with_array(thr.mask.array & roi)
+            stage_time["threshold"] += time.perf_counter() - t
+            t = time.perf_counter()
+            row["threshold_comparison"] = {
+                "applies": True,
+                "region": f"structure grown by {threshold_margin_mm:g} mm",
+                "roi_volume_ml": float(np.count_nonzero(roi)) * voxel_ml,
+                **_compare(mask, thr_mask, tolerance_mm),
+            }
+            stage_time["compare_threshold"] += time.perf_counter() - t
+        else:
+            row["threshold_comparison"] = {"applies": False}
+        ref_mask = None
+        if ref_value is not None:
+            t = time.perf_counter()
+            ref_mask = mask.with_array(ref_seg.labelmap.array[crop_box] == ref_value)  # type: ignore[union-attr]
+            row["reference_comparison"] = _compare(mask, ref_mask, tolerance_mm)
+            stage_time["compare_reference"] += time.perf_counter() - t
+
+        # mesh, exactly as export_segments builds it
+        t = time.perf_counter()
+        mesh, raw = mask_to_mesh(
+            mask, space=space, smoothing_factor=smoothing, decimation=decimation, return_raw=True, cancel=cancel
+        )  # type: ignore[arg-type]
+        deviation = surface_deviation_mm(mesh, raw)
+        mesh = mesh.with_scalars(deviation_mm=deviation.astype(np.float32))
+        mreport = mesh_report(
+            mesh, mask=mask, deviation_mm=deviation, name=s.name, smoothing_factor=smoothing, decimation=decimation
+        )
+        row["mesh"] = mreport.to_dict()
+        if export_dir is not None:
+            stem = safe_filename(s.name)
+            base, k = stem, 1
+            while stem.lower() in used_files:
+                k += 1
+                stem = f"{base}_{k}"
+            used_files.add(stem.lower())
+            target = Path(export_dir) / f"{stem}.{export_format}"
+            meshes.append((target, mesh))
+            row["mesh"]["file"] = str(target.resolve())
+        stage_time["meshes"] += time.perf_counter() - t
+
+        # signed distance of the mesh to the reference (or threshold) surface
+        t = time.perf_counter()
+        target_mask, target_kind = (
+            (ref_mask, "reference") if ref_mask is not None and ref_mask.array.any() else (thr_mask, "threshold")
+        )
+        signed = None
+        if target_mask is not None and target_mask.array.any():
+            other_mesh = mask_to_mesh(target_mask, space=space, smoothing_factor=smoothing, compute_normals=False)
+            signed = surface_deviation_mm(mesh, other_mesh)
+            a = np.abs(signed)
+            row["surface_distance"] = {
+                "to": target_kind,
+                "definition": f"signed distance (mm) from each vertex of the exported mesh to the {target_kind} surface "
+                "(same smoothing, no decimation); positive outside it, negative inside",
+                "mean_mm": float(signed.mean()),
+                "mean_abs_mm": float(a.mean()),
+                "p95_abs_mm": float(np.percentile(a, 95)),
+                "max_abs_mm": float(a.max()),
+                "fraction_within_1mm": float(np.mean(a <= 1.0)),
+            }
+        stage_time["deviation"] += time.perf_counter() - t
+
+        # pictures
+        t = time.perf_counter()
+
+        def lps(array: np.ndarray | None, grid: Volume = mask) -> np.ndarray | None:
+            return None if array is None else to_lps(grid.with_array(array)).array
+
+        ct_lps = to_lps(ct_crop)
+        net_lps = lps(mask.array)
+        centre = _centre(net_lps)  # type: ignore[arg-type]
+        other = thr_mask if thr_mask is not None else ref_mask
+        unc = uncertainty_map.array[crop_box] if uncertainty_map is not None else None
+        key = f"s{index}_slices"
+        images[key] = figures.slices_png(
+            ct_lps.array,
+            ct_lps.spacing,
+            centre,
+            net_lps,  # type: ignore[arg-type]
+            other=lps(other.array if other is not None else None),
+            other_kind="threshold" if thr_mask is not None else "reference",
+            roi=lps(roi),
+            reference=lps(ref_mask.array) if (ref_mask is not None and thr_mask is not None) else None,
+            uncertainty=lps(unc),
+        )
+        row["images"].append(
+            {"id": key, "kind": "slices", "centre_lps_mm": [float(c) for c in ct_lps.index_to_physical(centre[::-1])]}
+        )
+        key = f"s{index}_mesh"
+        label = f"signed distance to the {target_kind} surface (mm)"
+        images[key] = figures.mesh_png(mesh, signed, label=label, color=s.color or (0.9, 0.85, 0.7))
+        row["images"].append({"id": key, "kind": "mesh", "coloured_by": label if signed is not None else None})
+        stage_time["figures"] += time.perf_counter() - t
+
+    report(progress, 0.97, "provenance", cancel)
+    for name, row in zip(names, structures, strict=True):
+        for u in uncertainty_rows:
+            if u.get("name") == name:
+                row["uncertainty"] = {k: v for k, v in u.items() if k not in ("name", "value")}
+    timings |= {k: v for k, v in stage_time.items()}
+    timings["report_total_excluding_network"] = time.perf_counter() - t_start - timings.get("segmentation_total", 0.0)
+
+    geometry = ct.geometry_dict() | {
+        "orientation": orientation_code(ct.direction),
+        "hu_min": float(ct.array.min()),
+        "hu_max": float(ct.array.max()),
+        "dtype": str(ct.array.dtype),
+    }
+    data = {
+        "title": title or f"SegDeep report: {ct_path.name if ct_path else 'CT'}",
+        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "units": {"length": "mm", "volume": "mL", "coordinates": "LPS mm (report); mesh files in " + space},
+        "input": {
+            "ct": _file_facts(ct_path) or {"path": None, "bytes": None, "sha256": None, "source": "in-memory volume"},
+            "geometry": geometry,
+        },
+        "segmentation": seg_facts,
+        "reference": {"file": ref_source, "segments": list(ref_seg.names), "matches": matches} if ref_seg is not None else None,
+        "threshold": {
+            "parameters": threshold_segment(Volume(ct.array[:2, :2, :2], ct.spacing), **threshold_kwargs).parameters,
+            "structures": chosen,
+            "selection": how,
+            "margin_mm": float(threshold_margin_mm),
+            "reason": THRESHOLD_REASON.format(margin=threshold_margin_mm),
+        },
+        "parameters": {
+            "threshold": threshold_kwargs,
+            "threshold_margin_mm": float(threshold_margin_mm),
+            "surface_dice_tolerance_mm": float(tolerance_mm),
+            "hd_percentile": 95.0,
+            "mesh": {
+                "format": export_format,
+                "space": space,
+                "smoothing_factor": float(smoothing),
+                "decimation": float(decimation),
+                "export_dir": str(Path(export_dir).resolve()) if export_dir is not None else None,
+                "units": "mm",
+            },
+            "network": {"device": device, "tta": bool(tta), "refine": bool(refine), **dict(segment_options or {})}
+            if segmentation is None
+            else None,
+            "ct_window_hu": list(figures.CT_WINDOW_HU),
+        },
+        "structures": structures,
+        "timings_s": {"network_stages": network_timings, **timings},
+        "software": _versions(),
+        "metric_definitions": dict(DEFINITIONS),
+        "metric_roles": dict(ROLES) | {"a": "the network's structure", "b": "the threshold (in the region) or the reference"},
+        "notes": notes,
+    }
+    report(progress, 1.0, "facts collected", cancel)
+    return ReportFacts(_json_ready(data), images, meshes)
+
+
+def _integer(array: np.ndarray) -> np.ndarray:
+    return array.view(np.uint8) if array.dtype == np.bool_ else array
+
+
+def _centre(mask: np.ndarray) -> np.ndarray:
+    """Centroid voxel of ``mask``, moved per axis to the nearest slice that contains the structure."""
+    centre = np.round(ndi.center_of_mass(mask)).astype(int)
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        present = np.flatnonzero(mask.any(axis=other))
+        centre[axis] = int(present[np.argmin(np.abs(present - centre[axis]))])
+    return centre
+
+
+def _match_reference(seg: Segmentation, ref: Segmentation | None, explicit: Mapping[str, str] | None) -> dict[str, str]:
+    if ref is None:
+        if explicit:
+            raise ReportError("reference_labels given without a reference segmentation")
+        return {}
+    if explicit:
+        for net, other in explicit.items():
+            if net not in seg.names:
+                raise ReportError(f"reference_labels: the segmentation has no structure {net!r} ({', '.join(seg.names)})")
+            if other not in ref.names:
+                raise ReportError(f"reference_labels: the reference has no segment {other!r} ({', '.join(ref.names)})")
+        return dict(explicit)
+    by_name = {_norm_name(n): n for n in ref.names}
+    matches = {n: by_name[_norm_name(n)] for n in seg.names if _norm_name(n) in by_name}
+    if not matches and len(seg.names) == 1 and len(ref.names) == 1:
+        matches = {seg.names[0]: ref.names[0]}
+    return matches
