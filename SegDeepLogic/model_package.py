@@ -889,7 +889,7 @@ def save_model_package(
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
-        save_file(state, str(staging / weights_file), metadata={"format": "pt", "segdeep_model": card.name})
+        save_file(state, str(staging / weights_file), metadata={"format": "pt"})
         saved = dataclasses.replace(card, weights_file=weights_file, weights_sha256=file_sha256(staging / weights_file))
         (staging / CARD_FILE).write_text(json.dumps(saved.to_dict(), indent=2) + "\n", encoding="utf-8")
         _apply_default_permissions(staging)

@@ -241,6 +241,18 @@ def test_bone_sphere_is_labelled_at_its_lps_position_on_the_exact_input_grid(pla
     np.testing.assert_array_equal(on_this_grid[away_from_surface], labels.array[away_from_surface])
 
 
+def test_general_itk_resampling_fallback_gives_the_same_sphere(plain_result, monkeypatch: pytest.MonkeyPatch) -> None:
+    from SegDeepLogic import segment
+
+    ct, fast = plain_result
+    monkeypatch.setattr(segment, "axis_maps", lambda *a, **k: None)  # as for non-parallel grids
+    slow = segment_volume(ct, package(ThresholdNet()), uncertainty=True)
+    assert slow.labels.same_grid(ct)
+    a, b = fast.labels.array == 1, slow.labels.array == 1
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.98
+    assert 0 <= slow.uncertainty.array.min() and slow.uncertainty.array.max() <= 1
+
+
 def test_result_reports_device_precision_timings_and_parameters(plain_result) -> None:
     _ct, result = plain_result
     assert result.device == "cpu" and result.precision == "fp32" and result.fallbacks == []

@@ -259,6 +259,9 @@ def main() -> int:
     parser.add_argument("--skip-sliding", action="store_true", help="skip the comparison with MONAI")
     parser.add_argument("--e2e-model", default=None, help="model package for the end-to-end run (default: the test model)")
     parser.add_argument("--merge", action="store_true", help="update the existing JSON with this run's sections")
+    parser.add_argument(
+        "--e2e-args", default="", help="extra segdeep segment options for the end-to-end run, e.g. '--overlap 0.25'"
+    )
     parser.add_argument("--out", default=str(RESULTS), help="JSON output path")
     args = parser.parse_args()
     if args.threads:
@@ -296,9 +299,11 @@ def main() -> int:
             models = [Path(args.e2e_model).resolve()] if args.e2e_model else [TEST_MODEL]
             runs = [(m, None) for m in models] if args.quick else [(m, t) for m in models for t in (None, 1)]
             key = "end_to_end" if not args.e2e_model else f"end_to_end_{Path(args.e2e_model).name}"
+            if args.e2e_args:
+                key += "_" + "_".join(a.lstrip("-") for a in args.e2e_args.split())
             results[key] = []
             for model, threads in runs:
-                e2e = end_to_end(Path(tmp), threads or args.threads, [], model)
+                e2e = end_to_end(Path(tmp), threads or args.threads, args.e2e_args.split(), model)
                 results[key].append(e2e)
                 print(
                     f"[end to end] {e2e.get('size_ijk', [512, 512, 300])} CT, threads {e2e['num_threads']}: "
