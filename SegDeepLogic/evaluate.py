@@ -1,0 +1,425 @@
+"""Evaluate a model package on labelled cases, with global-threshold baselines for bone.
+
+:func:`evaluate_model` segments every case of a data folder (OpenKBP layout:
+``<root>/<case>/ct.nii.gz`` + ``<structure>.nii.gz``; a missing file = not contoured) through
+the real inference pipeline (:func:`SegDeepLogic.segment.segment_volume`), so the numbers are
+what users get, and scores each contoured structure with Dice, HD95 and ASSD
+(:func:`SegDeepLogic.metrics.compare_masks`, identical to MONAI).
+
+For the bone structure (``mandible``) it also scores:
+
+* ``model+refine`` -- the network mask refined at the CT's resolution (:mod:`SegDeepLogic.refine`);
+* ``threshold`` / ``threshold+largest`` -- one global HU threshold over the whole volume,
+  without / with keeping the largest connected component;
+* ``threshold-roi`` / ``threshold-roi+largest`` -- the same inside a region of interest: the
+  reference mask grown by ``roi_mm`` (10 mm). This *uses the reference* to place the ROI: it
+  is the best a threshold can do when a user has cropped the volume around the bone by hand,
+  an optimistic baseline.
+
+The HU threshold is never chosen on an evaluated case: :func:`choose_threshold` picks the
+value that maximises the mean Dice inside the ROI over the **training** cases; it is computed
+once, stored (in the summary, and passed back in with ``threshold_hu``).
+
+Outputs (:func:`write_evaluation`): ``per_case.csv`` (one row per case, structure and method),
+``summary.json`` (median, quartiles, IQR, mean and count per structure and method) and
+``dice_boxplot.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .atomic import atomic_path
+from .errors import SegDeepError
+from .io import read_volume
+from .metrics import compare_masks
+from .progress import CancelToken, ProgressCallback, report
+from .refine import refine_mask
+from .threshold import keep_largest_component
+from .training.data import find_cases
+from .volume import Volume
+
+__all__ = [
+    "BASELINE_METHODS",
+    "record_in_card",
+    "EvaluationResult",
+    "choose_threshold",
+    "evaluate_model",
+    "roi_around",
+    "summarise",
+    "write_evaluation",
+]
+
+BASELINE_METHODS = ("threshold", "threshold+largest", "threshold-roi", "threshold-roi+largest")
+CSV_COLUMNS = ("case", "structure", "method", "dice", "hd95_mm", "assd_mm", "volume_pred_ml", "volume_ref_ml")
+METRICS = ("dice", "hd95_mm", "assd_mm")
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    """Rows of per-case scores and their summary.
+
+    Attributes
+    ----------
+    rows : list of dict
+        One per (case, structure, method) with the :data:`CSV_COLUMNS`.
+    summary : dict
+        ``{"structures": {name: {method: {metric: stats}}}, "threshold": ..., "model": ..., ...}``.
+    """
+
+    rows: list[dict[str, Any]]
+    summary: dict[str, Any]
+
+
+def roi_around(mask: np.ndarray, spacing_kji: Sequence[float], margin_mm: float) -> np.ndarray:
+    """The mask grown by ``margin_mm`` (Euclidean distance in mm, computed in a crop).
+
+    Examples
+    --------
+    >>> m = np.zeros((1, 1, 9), bool); m[0, 0, 4] = True
+    >>> roi_around(m, (1.0, 1.0, 2.0), 4.0).astype(int).tolist()
+    [[[0, 0, 1, 1, 1, 1, 1, 0, 0]]]
+    """
+    mask = np.asarray(mask, bool)
+    out = np.zeros(mask.shape, bool)
+    if not mask.any():
+        return out
+    margin = [int(math.ceil(margin_mm / s)) + 1 for s in spacing_kji]
+    idx = np.nonzero(mask)
+    box = tuple(
+        slice(max(0, int(i.min()) - m), min(n, int(i.max()) + 1 + m)) for i, m, n in zip(idx, margin, mask.shape, strict=True)
+    )
+    out[box] = ndi.distance_transform_edt(~mask[box], sampling=spacing_kji) <= margin_mm + 1e-6
+    return out
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * int(np.count_nonzero(a & b)) / s
+
+
+def choose_threshold(
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    structure: str = "mandible",
+    *,
+    candidates_hu: Sequence[float] = tuple(range(100, 801, 25)),
+    roi_mm: float = 10.0,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> dict[str, Any]:
+    """The global HU threshold maximising the mean Dice of ``structure`` inside its ROI.
+
+    Run it on the **training** cases only; the result is then fixed for every evaluation.
+
+    Returns
+    -------
+    dict with ``threshold_hu``, ``mean_dice`` (training, in the ROI), ``n_cases``,
+    ``roi_mm``, ``structure``, ``data`` and ``curve`` (mean Dice per candidate).
+    """
+    cases = [c for c in find_cases(data, [structure]) if structure in c.masks]
+    if not cases:
+        raise SegDeepError(f"no training case contours {structure!r}")
+    cand = np.asarray(candidates_hu, float)
+    totals = np.zeros(len(cand))
+    for n, case in enumerate(cases):
+        report(progress, n / len(cases), f"threshold on {case.case_id}", cancel)
+        ct = read_volume(case.ct)
+        ref = read_volume(case.masks[structure]).array > 0
+        roi = roi_around(ref, ct.spacing_kji, roi_mm)
+        hu, r = ct.array[roi], ref[roi]
+        for t, value in enumerate(cand):
+            totals[t] += _dice(hu >= value, r)
+    report(progress, 1.0, "threshold chosen", cancel)
+    curve = totals / len(cases)
+    best = int(np.argmax(curve))
+    return {
+        "structure": structure,
+        "threshold_hu": float(cand[best]),
+        "mean_dice": round(float(curve[best]), 4),
+        "n_cases": len(cases),
+        "roi_mm": roi_mm,
+        "data": [str(d) for d in ([data] if isinstance(data, str | os.PathLike) else data)],
+        "curve": {f"{v:g}": round(float(d), 4) for v, d in zip(cand, curve, strict=True)},
+    }
+
+
+def _score(pred: np.ndarray, ref: np.ndarray, grid: Volume, case: str, structure: str, method: str) -> dict[str, Any]:
+    cmp = compare_masks(grid.with_array(pred), grid.with_array(ref))
+    return {
+        "case": case,
+        "structure": structure,
+        "method": method,
+        "dice": round(cmp.dice, 5),
+        "hd95_mm": round(cmp.hd95_mm, 4) if math.isfinite(cmp.hd95_mm) else math.inf,
+        "assd_mm": round(cmp.assd_mm, 4) if math.isfinite(cmp.assd_mm) else math.inf,
+        "volume_pred_ml": round(cmp.volume_a_ml, 3),
+        "volume_ref_ml": round(cmp.volume_b_ml, 3),
+    }
+
+
+def evaluate_model(
+    model: Any,
+    data: str | os.PathLike | Sequence[str | os.PathLike],
+    *,
+    threshold: dict[str, Any] | float | None = None,
+    bone_structure: str = "mandible",
+    roi_mm: float = 10.0,
+    refine: bool = True,
+    overlap: float = 0.5,
+    cases: Sequence[str] | None = None,
+    segment_options: dict[str, Any] | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> EvaluationResult:
+    """Score a model package (and the bone baselines) on every labelled case of ``data``.
+
+    Parameters
+    ----------
+    model : ModelPackage or path
+        Loaded package or its folder.
+    data : path or list of paths
+        Data folder(s) in the OpenKBP layout, or CSV/JSON case lists.
+    threshold : dict or float, optional
+        The baseline HU threshold chosen on training data (:func:`choose_threshold`'s dict or a
+        number). None: no threshold baselines.
+    bone_structure : str
+        The structure that gets the refinement and threshold baselines.
+    roi_mm : float
+        Margin of the ROI around the reference bone for the ``threshold-roi`` baselines.
+    refine : bool
+        Also score the native-resolution refinement (``model+refine``).
+    overlap : float
+        Sliding-window overlap of the inference.
+    cases : sequence of str, optional
+        Only these case ids.
+    segment_options : dict, optional
+        More keyword arguments of :func:`~SegDeepLogic.segment.segment_volume`.
+
+    Returns
+    -------
+    EvaluationResult
+    """
+    from .segment import load_model, segment_volume
+
+    package = load_model(model)
+    card = package.card
+    labels = [(str(_get(d, "name")), int(_get(d, "value"))) for d in _get(card, "labels")]
+    names = [n for n, _ in labels]
+    found = [c for c in find_cases(data, names) if c.masks and (cases is None or c.case_id in cases)]
+    if not found:
+        raise SegDeepError(f"no case in {data} has a label file for any of {', '.join(names)}")
+    t_hu = None if threshold is None else float(threshold["threshold_hu"] if isinstance(threshold, dict) else threshold)
+    rows: list[dict[str, Any]] = []
+    options = dict(segment_options or {})
+    for n, case in enumerate(found):
+        report(progress, n / len(found), f"{case.case_id}", cancel)
+        ct = read_volume(case.ct)
+
+        def sub(fraction: float, stage: str, n: int = n, case_id: str = case.case_id) -> None:
+            report(progress, (n + 0.8 * fraction) / len(found), f"{case_id}: {stage}", cancel)
+
+        result = segment_volume(ct, package, overlap=overlap, uncertainty=False, progress=sub, cancel=cancel, **options)
+        pred = result.labels.array
+        for name, value in labels:
+            if name not in case.masks:
+                continue
+            ref_vol = read_volume(case.masks[name])
+            ct.require_same_grid(ref_vol, f"{case.ct.name} and {case.masks[name].name}")
+            ref = ref_vol.array > 0
+            mask = pred == value
+            rows.append(_score(mask, ref, ct, case.case_id, name, "model"))
+            if name != bone_structure:
+                continue
+            if refine:
+                refined = refine_mask(ct, ct.with_array(mask), allowed=(pred == 0) | mask).array
+                rows.append(_score(refined, ref, ct, case.case_id, name, "model+refine"))
+            if t_hu is not None:
+                thr = ct.array >= t_hu
+                roi = roi_around(ref, ct.spacing_kji, roi_mm)
+                rows.append(_score(thr, ref, ct, case.case_id, name, "threshold"))
+                rows.append(_score(keep_largest_component(thr), ref, ct, case.case_id, name, "threshold+largest"))
+                rows.append(_score(thr & roi, ref, ct, case.case_id, name, "threshold-roi"))
+                rows.append(_score(keep_largest_component(thr & roi), ref, ct, case.case_id, name, "threshold-roi+largest"))
+    report(progress, 1.0, "done", cancel)
+    summary = summarise(rows)
+    summary.update(
+        {
+            "model": {"name": _get(card, "name"), "version": _get(card, "version"), "path": str(getattr(package, "path", model))},
+            "data": [str(d) for d in ([data] if isinstance(data, str | os.PathLike) else data)],
+            "cases": len(found),
+            "threshold": threshold if isinstance(threshold, dict) else ({"threshold_hu": t_hu} if t_hu is not None else None),
+            "roi_mm": roi_mm,
+            "overlap": overlap,
+            "metrics": "Dice, HD95 (95th percentile symmetric surface distance, mm) and ASSD (mm) on the CT's own grid, "
+            "as MONAI computes them; an empty prediction of a contoured structure has infinite HD95/ASSD.",
+        }
+    )
+    return EvaluationResult(rows, summary)
+
+
+def _get(obj: Any, key: str) -> Any:
+    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key)
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    v = np.asarray(values, float)
+    finite = v[np.isfinite(v)]
+    if v.size == 0:
+        return {"n": 0}
+    big = np.where(np.isinf(v), 1e300, v)  # percentiles of values with infinities, without NaNs
+    q1, med, q3 = (float(x) if x < 1e299 else math.inf for x in np.percentile(big, [25, 50, 75]))
+    return {
+        "n": int(v.size),
+        "median": _num(med),
+        "q1": _num(q1),
+        "q3": _num(q3),
+        "iqr": _num(q3 - q1) if math.isfinite(q3) else "inf",
+        "mean": _num(float(finite.mean())) if finite.size else None,
+        "n_infinite": int(v.size - finite.size),
+    }
+
+
+def _num(x: float) -> float | str:
+    return round(x, 4) if math.isfinite(x) else "inf"
+
+
+def summarise(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Median, quartiles, IQR and mean (over finite values) of each metric per structure and method.
+
+    Also ``mean_dice_over_structures`` of the ``model`` method: the mean over structures of
+    each structure's mean and median Dice.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        out.setdefault(row["structure"], {}).setdefault(row["method"], {m: [] for m in METRICS})
+        for m in METRICS:
+            out[row["structure"]][row["method"]][m].append(row[m])
+    structures = {s: {meth: {m: _stats(v) for m, v in d.items()} for meth, d in methods.items()} for s, methods in out.items()}
+    model = [d["model"]["dice"] for d in structures.values() if "model" in d]
+    return {
+        "structures": structures,
+        "mean_dice_over_structures": {
+            "of_means": round(float(np.mean([d["mean"] for d in model])), 4) if model else None,
+            "of_medians": round(float(np.mean([d["median"] for d in model])), 4) if model else None,
+        },
+    }
+
+
+def _csv_text(rows: Sequence[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def plot_dice(
+    rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, bone_structure: str = "mandible", title: str = ""
+) -> Path:
+    """Box plots of Dice: per structure for the model, and per method for the bone structure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    structures = list(dict.fromkeys(r["structure"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows if r["structure"] == bone_structure))
+    panels = [
+        (
+            "model Dice per structure",
+            structures,
+            lambda s: [r["dice"] for r in rows if r["structure"] == s and r["method"] == "model"],
+        )
+    ]
+    if len(methods) > 1:
+        panels.append(
+            (
+                f"{bone_structure} Dice per method",
+                methods,
+                lambda m: [r["dice"] for r in rows if r["structure"] == bone_structure and r["method"] == m],
+            )
+        )
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
+    for ax, (name, keys, values) in zip(axes[0], panels, strict=True):
+        data = [values(k) for k in keys]
+        ax.boxplot(data, showmeans=True)
+        ax.set_xticks(
+            range(1, len(keys) + 1),
+            [f"{k}\n(n={len(d)})" for k, d in zip(keys, data, strict=True)],
+            rotation=30,
+            ha="right",
+            fontsize=8,
+        )
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("Dice")
+        ax.set_title(name)
+        ax.grid(axis="y", alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
+def write_evaluation(result: EvaluationResult, output_dir: str | os.PathLike, *, overwrite: bool = True) -> dict[str, Path]:
+    """Write ``per_case.csv``, ``summary.json`` and ``dice_boxplot.png`` into ``output_dir``."""
+    out = Path(output_dir)
+    paths = {"csv": out / "per_case.csv", "summary": out / "summary.json", "plot": out / "dice_boxplot.png"}
+    if not overwrite:
+        for p in paths.values():
+            if p.exists():
+                raise FileExistsError(f"refusing to overwrite existing file: {p}")
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(paths["csv"]) as tmp:
+        tmp.write_text(_csv_text(result.rows))
+    with atomic_path(paths["summary"]) as tmp:
+        tmp.write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
+    model = result.summary.get("model") or {}
+    plot_dice(result.rows, paths["plot"], title=f"{model.get('name', '')} on {', '.join(result.summary.get('data', []))}")
+    return paths
+
+
+def record_in_card(model: str | os.PathLike, result: EvaluationResult, *, key: str | None = None) -> Path:
+    """Store an evaluation summary in a model package's card (``validation_metrics``) and re-save it.
+
+    The weights are unchanged (same SHA-256); the card gets, under ``key`` (default: the data
+    folder names joined), the per-structure median/IQR/mean of Dice, HD95 and ASSD per method,
+    the mean Dice over structures and the baseline threshold; ``extra["baseline_threshold"]``
+    keeps the threshold for later evaluations.
+    """
+    from .model_package import load_model_package, save_model_package
+
+    package = load_model_package(model)
+    card = package.card
+    summary = result.summary
+    key = key or "evaluation_" + "_".join(Path(d).name for d in summary.get("data", []))
+    metrics = dict(card.validation_metrics)
+    metrics[key] = {
+        "cases": summary.get("cases"),
+        "data": summary.get("data"),
+        "overlap": summary.get("overlap"),
+        "structures": summary["structures"],
+        "mean_dice_over_structures": summary["mean_dice_over_structures"],
+        "threshold": {k: v for k, v in (summary.get("threshold") or {}).items() if k != "curve"} or None,
+        "metrics": summary.get("metrics"),
+    }
+    extra = dict(card.extra)
+    if summary.get("threshold"):
+        extra["baseline_threshold"] = {k: v for k, v in summary["threshold"].items() if k != "curve"}
+    new_card = dataclasses.replace(card, validation_metrics=metrics, extra=extra)
+    return save_model_package(package.network, new_card, package.path, overwrite=True)

@@ -1,0 +1,588 @@
+"""Train a 3D U-Net on CT/label pairs with partial labels and write a model package.
+
+:func:`train` runs the whole thing from a :class:`TrainConfig`: it preloads every case at the
+model spacing (:mod:`.data`), samples augmented patches with foreground oversampling
+(:mod:`.augment`), optimises the partial-label Dice + cross-entropy (:mod:`.losses`) with AdamW
+and a polynomial learning-rate decay, validates at intervals with the sliding-window inferer,
+checkpoints (network, optimiser, step, RNG states, history) so that ``resume=True`` continues
+exactly where it stopped, and finally writes a model package with the best validation weights.
+
+Everything random flows from ``seed`` through one numpy ``Generator`` and torch's CPU
+generator, both saved in checkpoints; patches are built in the main process, so a resumed run
+reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import atomic_path
+from ..errors import SegDeepError
+from ..inferers import sliding_window_inference
+from ..progress import CancelToken
+from .augment import (
+    augment_intensity,
+    class_locations,
+    extract_patch,
+    flip_left_right,
+    lateral_pairs,
+    random_rotation_scale,
+    sample_center,
+)
+from .data import PreparedCase, find_cases, load_cases
+from .losses import marginal_dice_ce_loss
+
+__all__ = ["DEFAULT_LABELS", "TrainConfig", "train", "validate"]
+
+# name, RGB colour (0-1), terminology "scheme^code^meaning" (SNOMED CT), following 3D Slicer's
+# conventions for anatomical structures.
+DEFAULT_LABELS: list[dict[str, Any]] = [
+    {"name": "mandible", "color": [0.890, 0.855, 0.788], "terminology": "SCT^91609006^Mandible"},
+    {"name": "brainstem", "color": [0.784, 0.541, 0.498], "terminology": "SCT^15926001^Brainstem"},
+    {"name": "spinal_cord", "color": [0.961, 0.906, 0.384], "terminology": "SCT^2748008^Spinal cord"},
+    {"name": "parotid_left", "color": [0.333, 0.737, 0.373], "terminology": "SCT^45289007^Parotid gland (left)"},
+    {"name": "parotid_right", "color": [0.216, 0.494, 0.722], "terminology": "SCT^45289007^Parotid gland (right)"},
+    {"name": "esophagus", "color": [0.827, 0.671, 0.557], "terminology": "SCT^32849002^Esophagus"},
+    {"name": "larynx", "color": [0.588, 0.306, 0.663], "terminology": "SCT^4596009^Larynx"},
+]
+
+OPENKBP_DATA = {
+    "name": "OpenKBP",
+    "description": "Head-and-neck radiotherapy CTs with clinical organ-at-risk contours (OpenKBP grand challenge), "
+    "derived from The Cancer Imaging Archive head-and-neck collections; 128x128x128 crops around the treated "
+    "region, typically 3.9x3.9x2.5 mm.",
+    "citation": 'A. Babier et al., "OpenKBP: The open-access knowledge-based planning grand challenge and dataset", '
+    "Medical Physics 48:5549-5561, 2021",
+    "source": "https://github.com/ababier/open-kbp",
+    "license": "MIT (dataset repository); CTs from TCIA collections under their data-use terms",
+}
+
+OPENKBP_LIMITATIONS = [
+    "Trained at a coarse resolution (3.9 x 3.9 x 2.5 mm voxels): boundaries are blocky and thin parts are "
+    "approximate; use the native-resolution refinement for the mandible.",
+    "Trained on about 170 head-and-neck radiotherapy CTs (OpenKBP, cropped to the treated region) for about an hour "
+    "on two CPU cores: well below a converged model.",
+    "Clinical radiotherapy contours as ground truth: teeth included in some cases and not in others; oesophagus and "
+    "larynx contoured in only a third to a half of the cases.",
+    "Head-and-neck CT only: not for other body regions, MRI, cone-beam CT or children; not a medical device.",
+]
+
+log = logging.getLogger("segdeep.train")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Settings of :func:`train` (all JSON-serialisable; recorded in checkpoints and the card).
+
+    Attributes
+    ----------
+    train_data : list of str
+        Data folders (OpenKBP layout) or CSV/JSON case lists for training.
+    validation_data : list of str
+        The same for validation (model selection). Empty: no validation, last weights shipped.
+    output : str
+        Model package folder to write.
+    work_dir : str
+        Checkpoints, log file and history.
+    labels : list of dict
+        ``{"name", "color", "terminology"}`` per structure; label values are 1, 2, ... in order.
+    spacing_ijk_mm, orientation
+        Model grid: voxel size (i, j, k) and DICOM orientation code of the array axes.
+    patch_size_kji, batch_size
+        Training patch (divisible by the network's downsampling) and patches per step.
+    iterations : int
+        Optimiser steps in total (the learning-rate schedule spans them).
+    max_minutes : float or None
+        Stop early (checkpoint + package) once training took this long.
+    """
+
+    train_data: list[str]
+    validation_data: list[str] = dataclasses.field(default_factory=list)
+    output: str = "model"
+    work_dir: str = "training_run"
+    model_name: str = "headneck-ct"
+    model_version: str = "1.0.0"
+    labels: list[dict[str, Any]] = dataclasses.field(default_factory=lambda: [dict(d) for d in DEFAULT_LABELS])
+    spacing_ijk_mm: tuple[float, float, float] = (3.906, 3.906, 2.5)
+    orientation: str = "LPI"
+    clip_hu: tuple[float, float] = (-1000.0, 2000.0)
+    subtract: float = 40.0
+    divide: float = 400.0
+    architecture: str = "unet3d"
+    architecture_params: dict[str, Any] = dataclasses.field(default_factory=lambda: {"channels": [16, 32, 64, 128]})
+    patch_size_kji: tuple[int, int, int] = (64, 80, 80)
+    batch_size: int = 2
+    iterations: int = 2000
+    learning_rate: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup: int = 50
+    foreground_fraction: float = 0.5
+    p_spatial: float = 0.5
+    p_flip: float = 0.5
+    seed: int = 0
+    val_every: int = 250
+    val_cases: int = 6
+    val_overlap: float = 0.25
+    checkpoint_every: int = 50
+    log_every: int = 10
+    threads: int = 2
+    precision: str = "fp32"
+    cache_dir: str | None = None
+    max_minutes: float | None = None
+    data_info: dict[str, Any] | None = None
+    limitations: list[str] = dataclasses.field(default_factory=list)
+    description: str = ""
+
+    @property
+    def structures(self) -> list[str]:
+        return [d["name"] for d in self.labels]
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in fields})
+
+
+# --------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------
+def _normalise(x: np.ndarray, cfg: TrainConfig) -> np.ndarray:
+    lo, hi = cfg.clip_hu
+    return ((np.clip(x, lo, hi) - cfg.subtract) / cfg.divide).astype(np.float32)
+
+
+def _lateral_axis(orientation: str) -> int:
+    """Array axis (0 = k, 1 = j, 2 = i) along which the patient's left-right runs."""
+    code = orientation.upper()
+    for t, letter in enumerate(code):
+        if letter in "LR":
+            return 2 - t
+    raise SegDeepError(f"orientation {orientation!r} has no left-right axis")
+
+
+def make_batch(
+    cases: Sequence[PreparedCase],
+    locations: Sequence[list[np.ndarray]],
+    cfg: TrainConfig,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One augmented batch: image (B, 1, D, H, W), target (B, D, H, W) int64, available (B, C)."""
+    spacing_kji = tuple(cfg.spacing_ijk_mm[::-1])
+    pairs = lateral_pairs(cfg.structures)
+    axis = _lateral_axis(cfg.orientation)
+    images, targets, avails = [], [], []
+    for _ in range(cfg.batch_size):
+        n = int(rng.integers(len(cases)))
+        case = cases[n]
+        center = sample_center(case.image.shape, locations[n], case.available, rng, cfg.foreground_fraction)
+        transform = random_rotation_scale(rng) if rng.random() < cfg.p_spatial else None
+        img, lab = extract_patch(case.image, case.labels, center, cfg.patch_size_kji, spacing_kji, transform)
+        avail = case.available
+        if pairs is not None and rng.random() < cfg.p_flip:
+            img, lab, avail = flip_left_right(img, lab, avail, pairs, axis=axis)
+        img = augment_intensity(_normalise(img, cfg), rng)
+        images.append(img)
+        targets.append(lab)
+        avails.append(avail)
+    return (
+        torch.from_numpy(np.stack(images)[:, None]),
+        torch.from_numpy(np.stack(targets).astype(np.int64)),
+        torch.from_numpy(np.stack(avails)),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+def predict_case(network: torch.nn.Module, case: PreparedCase, cfg: TrainConfig, overlap: float | None = None) -> np.ndarray:
+    """Label map (argmax) of a prepared case on the model grid, with the sliding-window inferer."""
+    x = torch.from_numpy(_normalise(case.image.astype(np.float32), cfg))[None, None]
+    cval = float(_normalise(np.array([-1024.0]), cfg)[0])
+    was_training = network.training
+    network.eval()
+    predictor = network
+    if cfg.precision == "bf16":
+
+        def predictor(w: torch.Tensor) -> torch.Tensor:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return network(w).float()
+
+    with torch.no_grad():
+        out = sliding_window_inference(
+            x, predictor, cfg.patch_size_kji, overlap=cfg.val_overlap if overlap is None else overlap, batch_size=2, cval=cval
+        )
+    network.train(was_training)
+    return out[0].argmax(0).numpy().astype(np.uint8)
+
+
+def validate(network: torch.nn.Module, cases: Sequence[PreparedCase], cfg: TrainConfig) -> dict[str, Any]:
+    """Dice per structure (model grid, argmax) over ``cases``; only where a structure is contoured.
+
+    Returns ``{"dice": {name: mean}, "mean_dice": mean over structures, "per_case": {...}}``.
+    """
+    per: dict[str, list[float]] = {s: [] for s in cfg.structures}
+    per_case = {}
+    for case in cases:
+        pred = predict_case(network, case, cfg)
+        row = {}
+        for c, name in enumerate(cfg.structures, start=1):
+            if not case.available[c]:
+                continue
+            a, b = pred == c, case.labels == c
+            denom = int(a.sum()) + int(b.sum())
+            d = 1.0 if denom == 0 else 2.0 * int((a & b).sum()) / denom
+            per[name].append(d)
+            row[name] = round(d, 4)
+        per_case[case.case_id] = row
+    dice = {k: float(np.mean(v)) for k, v in per.items() if v}
+    return {"dice": dice, "mean_dice": float(np.mean(list(dice.values()))) if dice else float("nan"), "per_case": per_case}
+
+
+def _pick_validation_cases(cases: Sequence[PreparedCase], n: int) -> list[PreparedCase]:
+    """The ``n`` cases with the most contoured structures (ties: data order)."""
+    order = sorted(range(len(cases)), key=lambda i: (-int(cases[i].available.sum()), i))
+    return [cases[i] for i in sorted(order[:n])]
+
+
+# --------------------------------------------------------------------------------------------
+# Checkpoints and bookkeeping
+# --------------------------------------------------------------------------------------------
+def git_version(path: str | os.PathLike | None = None) -> str | None:
+    """``<commit>`` (plus ``-dirty`` when files changed) of the repository holding ``path``."""
+    where = Path(path) if path else Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=where, capture_output=True, text=True, timeout=10
+        )
+        return commit.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _lr(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.learning_rate * (step + 1) / cfg.warmup
+    return cfg.learning_rate * (1.0 - step / max(1, cfg.iterations)) ** 0.9
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _build(cfg: TrainConfig) -> torch.nn.Module:
+    from ..networks import build_network
+
+    params = dict(cfg.architecture_params)
+    params.setdefault("in_channels", 1)
+    params.setdefault("out_channels", len(cfg.labels) + 1)
+    return build_network(cfg.architecture, params)
+
+
+def _setup_logging(work_dir: Path) -> logging.Handler:
+    handler = logging.FileHandler(work_dir / "train.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    return handler
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------
+def train(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    write_package: bool = True,
+    progress_bar: bool = True,
+    cancel: CancelToken | None = None,
+    on_step: Callable[[int, float], None] | None = None,
+) -> dict[str, Any]:
+    """Train a network as ``cfg`` says; return a summary (history, best validation, package path).
+
+    Parameters
+    ----------
+    cfg : TrainConfig
+    resume : bool
+        Continue from ``<work_dir>/checkpoint.pt`` if present (same data and settings are
+        expected; ``iterations`` may be raised to train longer).
+    write_package : bool
+        Write the model package to ``cfg.output`` at the end.
+    progress_bar : bool
+        Show a tqdm bar (loss, learning rate, last validation mean Dice) on stderr.
+    cancel : CancelToken, optional
+        Checked every step; a cancelled run saves its checkpoint and raises ``CancelledError``.
+    on_step : callable, optional
+        ``on_step(step, loss)`` after every optimiser step (tests, GUIs).
+
+    Returns
+    -------
+    dict with ``history`` (step, loss, lr, seconds), ``validation`` (list of results),
+    ``best`` (step and mean Dice), ``package`` (path or None), ``seconds``.
+    """
+    from tqdm import tqdm
+
+    work = Path(cfg.work_dir)
+    work.mkdir(parents=True, exist_ok=True)
+    handler = _setup_logging(work)
+    torch.set_num_threads(max(1, int(cfg.threads)))
+    try:
+        structures = cfg.structures
+        log.info("config %s", json.dumps(cfg.to_dict()))
+        t0 = time.perf_counter()
+        train_files = find_cases(cfg.train_data, structures)
+        cases = load_cases(train_files, structures, cfg.spacing_ijk_mm, cfg.orientation, cache_dir=cfg.cache_dir)
+        val_cases: list[PreparedCase] = []
+        val_files = []
+        if cfg.validation_data:
+            val_files = find_cases(cfg.validation_data, structures)
+            all_val = load_cases(val_files, structures, cfg.spacing_ijk_mm, cfg.orientation, cache_dir=cfg.cache_dir)
+            val_cases = _pick_validation_cases(all_val, cfg.val_cases)
+        log.info("loaded %d training and %d validation cases in %.1f s", len(cases), len(val_files), time.perf_counter() - t0)
+        counts = {s: int(sum(c.available[i + 1] for c in cases)) for i, s in enumerate(structures)}
+        log.info("training cases contouring each structure: %s", counts)
+
+        loc_rng = np.random.default_rng([cfg.seed, 1])
+        locations = [class_locations(c.labels, len(structures) + 1, loc_rng) for c in cases]
+
+        torch.manual_seed(cfg.seed)
+        network = _build(cfg)
+        optimiser = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        rng = np.random.default_rng(cfg.seed)
+        step = 0
+        history: list[dict[str, float]] = []
+        validations: list[dict[str, Any]] = []
+        best = {"step": None, "mean_dice": -1.0}
+        elapsed_before = 0.0
+        ckpt_path = work / "checkpoint.pt"
+        best_path = work / "best_weights.pt"
+        if resume and ckpt_path.exists():
+            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            network.load_state_dict(state["network"])
+            optimiser.load_state_dict(state["optimizer"])
+            step = int(state["step"])
+            rng.bit_generator.state = state["numpy_rng"]
+            torch.set_rng_state(state["torch_rng"])
+            history, validations, best = state["history"], state["validations"], state["best"]
+            elapsed_before = float(state.get("seconds", 0.0))
+            log.info("resumed from %s at step %d", ckpt_path, step)
+
+        autocast_dtype = {"bf16": torch.bfloat16, "fp32": None}[cfg.precision]
+
+        def checkpoint() -> None:
+            _save_checkpoint(
+                ckpt_path,
+                {
+                    "network": network.state_dict(),
+                    "optimizer": optimiser.state_dict(),
+                    "step": step,
+                    "numpy_rng": rng.bit_generator.state,
+                    "torch_rng": torch.get_rng_state(),
+                    "history": history,
+                    "validations": validations,
+                    "best": best,
+                    "seconds": elapsed_before + time.perf_counter() - t_start,
+                    "config": cfg.to_dict(),
+                },
+            )
+
+        def run_validation() -> None:
+            if not val_cases:
+                return
+            tv = time.perf_counter()
+            result = validate(network, val_cases, cfg)
+            result["step"] = step
+            result["seconds"] = round(time.perf_counter() - tv, 1)
+            validations.append(result)
+            log.info(
+                "validation step %d mean Dice %.4f %s (%.1f s)",
+                step,
+                result["mean_dice"],
+                json.dumps({k: round(v, 3) for k, v in result["dice"].items()}),
+                result["seconds"],
+            )
+            if result["mean_dice"] > best["mean_dice"]:
+                best.update(step=step, mean_dice=result["mean_dice"], dice=result["dice"])
+                with atomic_path(best_path) as tmp:
+                    torch.save(network.state_dict(), tmp)
+
+        network.train()
+        t_start = time.perf_counter()
+        bar = tqdm(
+            total=cfg.iterations, initial=step, desc="train", file=sys.stderr, disable=not progress_bar, dynamic_ncols=True
+        )
+        last_val = f"{best['mean_dice']:.3f}" if best["step"] is not None else "-"
+        stopped_early = False
+        try:
+            while step < cfg.iterations:
+                if cancel is not None and cancel.cancelled:
+                    checkpoint()
+                    cancel.raise_if_cancelled()
+                ts = time.perf_counter()
+                x, y, avail = make_batch(cases, locations, cfg, rng)
+                lr = _lr(step, cfg)
+                for g in optimiser.param_groups:
+                    g["lr"] = lr
+                optimiser.zero_grad(set_to_none=True)
+                if autocast_dtype is not None:
+                    with torch.autocast("cpu", dtype=autocast_dtype):
+                        logits = network(x)
+                else:
+                    logits = network(x)
+                loss = marginal_dice_ce_loss(logits, y, avail)
+                if not torch.isfinite(loss):
+                    raise SegDeepError(f"training diverged at step {step} (loss {float(loss)})")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
+                optimiser.step()
+                step += 1
+                loss_value = float(loss.detach())
+                history.append({"step": step, "loss": round(loss_value, 5), "lr": lr, "s": round(time.perf_counter() - ts, 3)})
+                if on_step is not None:
+                    on_step(step, loss_value)
+                if step % cfg.log_every == 0:
+                    recent = [h["loss"] for h in history[-cfg.log_every :]]
+                    speed = np.mean([h["s"] for h in history[-cfg.log_every :]])
+                    log.info("step %d loss %.4f lr %.2e %.2f s/it", step, float(np.mean(recent)), lr, speed)
+                if val_cases and (step % cfg.val_every == 0 or step == cfg.iterations):
+                    run_validation()
+                    last_val = f"{validations[-1]['mean_dice']:.3f}"
+                if step % cfg.checkpoint_every == 0 or step == cfg.iterations:
+                    checkpoint()
+                bar.set_postfix_str(f"loss {loss_value:.3f} lr {lr:.1e} val {last_val}", refresh=False)
+                bar.update(1)
+                minutes = (elapsed_before + time.perf_counter() - t_start) / 60
+                if cfg.max_minutes is not None and minutes >= cfg.max_minutes and step < cfg.iterations:
+                    log.info("time limit of %.1f min reached at step %d", cfg.max_minutes, step)
+                    if val_cases and (not validations or validations[-1]["step"] != step):
+                        run_validation()
+                    checkpoint()
+                    stopped_early = True
+                    break
+        finally:
+            bar.close()
+        seconds = elapsed_before + time.perf_counter() - t_start
+        log.info(
+            "training finished at step %d after %.1f min (best step %s, mean Dice %.4f)",
+            step,
+            seconds / 60,
+            best["step"],
+            best["mean_dice"],
+        )
+        if best["step"] is not None and best_path.exists():
+            network.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+        summary = {
+            "steps": step,
+            "stopped_early": stopped_early,
+            "seconds": round(seconds, 1),
+            "history": history,
+            "validation": validations,
+            "best": best,
+            "package": None,
+        }
+        with atomic_path(work / "history.json") as tmp:
+            tmp.write_text(json.dumps({k: v for k, v in summary.items()}, indent=1, default=str))
+        if write_package:
+            summary["package"] = str(
+                write_model_package(network, cfg, train_files=train_files, val_files=val_files, summary=summary)
+            )
+            log.info("model package written to %s", summary["package"])
+        return summary
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+
+
+def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_files, val_files, summary) -> Path:  # noqa: ANN001
+    """Write ``network`` with a card recording data, split, settings, code version and metrics."""
+    from ..model_package import ModelCard, save_model_package
+    from ..segmentation_io import default_color
+
+    best = summary["best"]
+    card = ModelCard(
+        name=cfg.model_name,
+        version=cfg.model_version,
+        description=cfg.description or f"3D U-Net segmenting {', '.join(cfg.structures)} in CT.",
+        architecture=cfg.architecture,
+        architecture_params=_build_params(cfg),
+        in_channels=1,
+        labels=[
+            {
+                "name": d["name"],
+                "value": v,
+                "color": list(d.get("color") or default_color(v)),
+                "terminology": d.get("terminology"),
+            }
+            for v, d in enumerate(cfg.labels, 1)
+        ],
+        spacing_ijk_mm=list(cfg.spacing_ijk_mm),
+        orientation=cfg.orientation,
+        intensity={"clip_hu": list(cfg.clip_hu), "subtract": cfg.subtract, "divide": cfg.divide},
+        patch_size_kji=list(cfg.patch_size_kji),
+        training={
+            "data": cfg.data_info or {"train": cfg.train_data, "validation": cfg.validation_data},
+            "split": {
+                "train": [c.case_id for c in train_files],
+                "validation": [c.case_id for c in val_files],
+                "train_cases_per_structure": {s: sum(s in c.masks for c in train_files) for s in cfg.structures},
+            },
+            "settings": {
+                k: v for k, v in cfg.to_dict().items() if k not in ("labels", "limitations", "data_info", "description")
+            },
+            "coarse_resolution_mm": list(cfg.spacing_ijk_mm),
+            "steps": summary["steps"],
+            "selected_step": best.get("step"),
+            "minutes": round(summary["seconds"] / 60, 1),
+            "code_version": git_version(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "loss": "marginal (partial-label) Dice + cross-entropy",
+        },
+        validation_metrics={
+            "model_grid_dice_mean": {k: round(v, 4) for k, v in (best.get("dice") or {}).items()},
+            "model_grid_mean_dice": round(best["mean_dice"], 4) if best.get("step") is not None else None,
+            "note": "Dice on the model grid for the validation cases used for selection during training; see the "
+            "evaluation report for the native-resolution numbers.",
+        },
+        license="Apache-2.0 (weights); training data under the OpenKBP terms",
+        limitations=" ".join(cfg.limitations),
+    )
+    return save_model_package(network, card, cfg.output, overwrite=True)
+
+
+def _build_params(cfg: TrainConfig) -> dict[str, Any]:
+    params = dict(cfg.architecture_params)
+    params.setdefault("in_channels", 1)
+    params.setdefault("out_channels", len(cfg.labels) + 1)
+    return params
+
+
+def estimate_iterations(
+    seconds_per_iteration: float, minutes: float, validation_seconds: float = 0.0, val_every: int = 250
+) -> int:
+    """Iterations that fit in ``minutes`` given a measured step time and validation cost."""
+    per = seconds_per_iteration + validation_seconds / max(1, val_every)
+    return max(1, int(math.floor(minutes * 60 / per)))
