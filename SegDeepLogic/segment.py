@@ -644,11 +644,48 @@ ALL_FLIPS = tuple(c for r in range(4) for c in itertools.combinations((2, 3, 4),
 """Mirroring test-time augmentation: the 8 flip combinations of the three spatial axes."""
 
 
+def lateral_swap(orientation: str, label_names: Sequence[str]) -> tuple[int, list[int]] | None:
+    """Where mirroring swaps left and right: (tensor dim, channel permutation) or None.
+
+    ``orientation`` is the model's axis code (e.g. ``"LPI"``: i runs to the patient's left);
+    channel 0 is background and channel k is ``label_names[k-1]``. Labels named ``*_left`` /
+    ``*_right`` (or ``left_*`` / ``right_*``, any case) swap with their counterpart.
+
+    Examples
+    --------
+    >>> lateral_swap("LPI", ["mandible", "parotid_left", "parotid_right"])
+    (4, [0, 1, 3, 2])
+    >>> lateral_swap("LPI", ["bone"]) is None
+    True
+    """
+    axis = next((t for t, c in enumerate(orientation.upper()) if c in "LR"), None)
+    lower = [n.lower() for n in label_names]
+    perm = list(range(len(label_names) + 1))
+    for k, name in enumerate(lower):
+        for a, b in (("left", "right"), ("right", "left")):
+            other = name.replace(a, b)
+            if other != name and other in lower:
+                perm[k + 1] = lower.index(other) + 1
+    if axis is None or perm == list(range(len(perm))):
+        return None
+    return 4 - axis, perm  # i -> W (dim 4), j -> H (dim 3), k -> D (dim 2)
+
+
 class _Predictor:
     """Network -> per-window class probabilities (mean over flips, plus their variance)."""
 
-    def __init__(self, network: torch.nn.Module, device: torch.device, dtype: torch.dtype, flips: Sequence[tuple[int, ...]]):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        device: torch.device,
+        dtype: torch.dtype,
+        flips: Sequence[tuple[int, ...]],
+        lateral: tuple[int, list[int]] | None = None,
+    ):
         self.network, self.device, self.dtype, self.flips = network, device, dtype, list(flips)
+        # (tensor dim of the patient's left-right axis, channel permutation swapping *_left/*_right):
+        # a left-right mirror turns a left structure into a right one, so its channels swap back.
+        self.lateral = lateral
 
     def _probabilities(self, windows: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.dtype):
@@ -661,6 +698,8 @@ class _Predictor:
         total = squares = None
         for axes in self.flips:
             p = self._probabilities(windows.flip(axes)).flip(axes) if axes else self._probabilities(windows)
+            if self.lateral is not None and self.lateral[0] in axes:
+                p = p[:, self.lateral[1]]
             total = p if total is None else total.add_(p)
             squares = p * p if squares is None else squares.addcmul_(p, p)
         assert total is not None and squares is not None
@@ -691,6 +730,7 @@ def _predict(
     cancel: CancelToken | None,
     channels: int,
     channels_last: bool = True,
+    lateral: tuple[int, list[int]] | None = None,
 ) -> tuple[torch.Tensor, RunConfig, list[str]]:
     events: list[str] = []
     if config.device.type != "cpu":
@@ -707,7 +747,7 @@ def _predict(
         # faster on the CPU; the weights' values are unchanged).
         network.to(cfg.device, memory_format=torch.channels_last_3d if channels_last else torch.contiguous_format)
         x = torch.from_numpy(image)[None, None].to(cfg.stitch_device)
-        predictor = _Predictor(network, cfg.device, cfg.dtype, flips)
+        predictor = _Predictor(network, cfg.device, cfg.dtype, flips, lateral)
         out = sliding_window_inference(
             x,
             predictor,
@@ -1084,6 +1124,7 @@ def segment_volume(
             progress=stages.callback("network"),
             cancel=cancel,
             channels=n_classes + extra_channels,
+            lateral=lateral_swap(orientation, [str(_field(seg, "name")) for seg in segments]),
         )
         del array
         if maps.shape[0] != n_classes + extra_channels:

@@ -519,3 +519,30 @@ def test_cli_without_a_model_says_to_pass_one(tmp_path: Path, monkeypatch: pytes
     err = capsys.readouterr().err
     assert "--model" in err and "no model package is bundled" in err
     assert not (tmp_path / "x.seg.nrrd").exists()
+
+
+def test_mirroring_tta_swaps_left_and_right_labels_back() -> None:
+    import torch
+
+    from SegDeepLogic.segment import ALL_FLIPS, _Predictor, lateral_swap
+
+    class SideByPosition(torch.nn.Module):
+        """Like a real network: a structure on the high-W (patient left, LPI) side is 'left' (channel 1)."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            half = x.shape[-1] // 2
+            on_high_w = bool(x[..., half:].sum() > x[..., :half].sum())
+            marker = (x[:, 0] > 0.5).float()
+            out = torch.zeros(x.shape[0], 3, *x.shape[2:])
+            out[:, 0] = 10 * (1 - marker)
+            out[:, 1 if on_high_w else 2] = 10 * marker
+            return out
+
+    x = torch.zeros(1, 1, 4, 4, 8)
+    x[..., 6] = 1.0  # marker on the high-W side
+    names = ["parotid_left", "parotid_right"]
+    plain = _Predictor(SideByPosition(), torch.device("cpu"), torch.float32, [()])(x)
+    swapped = _Predictor(SideByPosition(), torch.device("cpu"), torch.float32, ALL_FLIPS, lateral_swap("LPI", names))(x)
+    unswapped = _Predictor(SideByPosition(), torch.device("cpu"), torch.float32, ALL_FLIPS, None)(x)
+    torch.testing.assert_close(swapped[:, :3], plain, atol=1e-5, rtol=0)
+    assert not torch.allclose(unswapped[:, :3], plain, atol=1e-2)
