@@ -17,7 +17,7 @@ if segdeep segment --help >/dev/null 2>&1 && ls Resources/Models/*/model.json >/
   segdeep segment "$sample/ct.nii.gz" -o "$out/unet.seg.nrrd" --uncertainty "$out/uncertainty.nii.gz" \
     --json "$out/segment.json" --overwrite
   echo "== 2b. network mandible vs the clinical contour"
-  segdeep compare "$out/unet.seg.nrrd" "$sample/mandible.nii.gz" --label-a mandible -o "$out/unet_vs_contour.json"
+  segdeep compare "$out/unet.seg.nrrd" "$sample/mandible.nii.gz" --label-a mandible -o "$out/unet_vs_contour.json" --no-progress
 fi
 
 echo "== 3. threshold vs the clinical mandible contour, inside the contour grown by 10 mm"
@@ -32,8 +32,11 @@ python scripts/render_demo.py "$sample/ct.nii.gz" "$out/bone_threshold.seg.nrrd"
   "$out/meshes/bone.stl" "$out/demo.png"
 
 python - "$out" <<'PY'
-import json, sys
+import json, os, sys
 out = sys.argv[1]
+if os.path.exists(f"{out}/unet_vs_contour.json"):
+    u = json.load(open(f"{out}/unet_vs_contour.json"))
+    print(f"U-Net mandible vs clinical contour: Dice {u['dice']:.3f}, HD95 {u['hd95_mm']:.1f} mm, ASSD {u['assd_mm']:.2f} mm")
 m = json.load(open(f"{out}/threshold_vs_contour.json"))
 r = json.load(open(f"{out}/print_report.json"))
 print(f"threshold vs clinical mandible (10 mm ROI): Dice {m['dice']:.3f}, HD95 {m['hd95_mm']:.1f} mm, ASSD {m['assd_mm']:.2f} mm")
