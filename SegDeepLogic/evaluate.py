@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
 from .atomic import atomic_path
 from .errors import SegDeepError
@@ -46,7 +45,7 @@ from .io import read_volume
 from .metrics import compare_masks
 from .progress import CancelToken, ProgressCallback, report
 from .refine import refine_mask
-from .threshold import keep_largest_component
+from .threshold import grow_mask, keep_largest_component
 from .training.data import find_cases
 from .volume import Volume
 
@@ -91,17 +90,7 @@ def roi_around(mask: np.ndarray, spacing_kji: Sequence[float], margin_mm: float)
     >>> roi_around(m, (1.0, 1.0, 2.0), 4.0).astype(int).tolist()
     [[[0, 0, 1, 1, 1, 1, 1, 0, 0]]]
     """
-    mask = np.asarray(mask, bool)
-    out = np.zeros(mask.shape, bool)
-    if not mask.any():
-        return out
-    margin = [int(math.ceil(margin_mm / s)) + 1 for s in spacing_kji]
-    idx = np.nonzero(mask)
-    box = tuple(
-        slice(max(0, int(i.min()) - m), min(n, int(i.max()) + 1 + m)) for i, m, n in zip(idx, margin, mask.shape, strict=True)
-    )
-    out[box] = ndi.distance_transform_edt(~mask[box], sampling=spacing_kji) <= margin_mm + 1e-6
-    return out
+    return grow_mask(np.asarray(mask, bool), margin_mm, spacing_mm=spacing_kji)
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:
