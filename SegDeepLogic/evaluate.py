@@ -43,6 +43,8 @@ from .atomic import atomic_path
 from .errors import SegDeepError
 from .io import read_volume
 from .metrics import compare_masks
+from .plausibility import quantiles as _quantiles
+from .plausibility import reference_statistics
 from .progress import CancelToken, ProgressCallback, report
 from .refine import refine_mask
 from .threshold import grow_mask, keep_largest_component
@@ -57,6 +59,7 @@ __all__ = [
     "evaluate_model",
     "roi_around",
     "summarise",
+    "training_reference",
     "write_evaluation",
 ]
 
@@ -210,6 +213,8 @@ def evaluate_model(
         raise SegDeepError(f"no case in {data} has a label file for any of {', '.join(names)}")
     t_hu = None if threshold is None else float(threshold["threshold_hu"] if isinstance(threshold, dict) else threshold)
     rows: list[dict[str, Any]] = []
+    verdicts: dict[str, dict[str, Any]] = {}
+    entropy: dict[str, list[float]] = {n: [] for n in names}
     options = dict(segment_options or {})
     for n, case in enumerate(found):
         report(progress, n / len(found), f"{case.case_id}", cancel)
@@ -218,8 +223,13 @@ def evaluate_model(
         def sub(fraction: float, stage: str, n: int = n, case_id: str = case.case_id) -> None:
             report(progress, (n + 0.8 * fraction) / len(found), f"{case_id}: {stage}", cancel)
 
-        result = segment_volume(ct, package, overlap=overlap, uncertainty=False, progress=sub, cancel=cancel, **options)
+        result = segment_volume(ct, package, overlap=overlap, uncertainty=True, progress=sub, cancel=cancel, **options)
         pred = result.labels.array
+        check = result.plausibility or {}
+        verdicts[case.case_id] = {"verdict": check.get("verdict"), "findings": [f["message"] for f in check.get("findings", [])]}
+        for row in result.uncertainty_summary:
+            if row["mean_entropy_inside"] is not None and row["name"] in entropy:
+                entropy[row["name"]].append(float(row["mean_entropy_inside"]))
         for name, value in labels:
             if name not in case.masks:
                 continue
@@ -252,9 +262,36 @@ def evaluate_model(
             "overlap": overlap,
             "metrics": "Dice, HD95 (95th percentile symmetric surface distance, mm) and ASSD (mm) on the CT's own grid, "
             "as MONAI computes them; an empty prediction of a contoured structure has infinite HD95/ASSD.",
+            "plausibility": {
+                "verdicts": {
+                    v: sum(c["verdict"] == v for c in verdicts.values())
+                    for v in sorted({c["verdict"] for c in verdicts.values()}, key=str)
+                },
+                "cases": verdicts,
+                "entropy_inside": {n: _quantiles(v) for n, v in entropy.items()},
+                "note": "out-of-distribution check of every evaluated case against the card's reference statistics "
+                "(SegDeepLogic.plausibility); entropy_inside: mean normalised entropy inside each predicted structure",
+            },
         }
     )
     return EvaluationResult(rows, summary)
+
+
+def training_reference(
+    model: Any, data: str | os.PathLike | Sequence[str | os.PathLike], *, cache_dir: str | os.PathLike | None = None
+) -> dict[str, Any]:
+    """:func:`~SegDeepLogic.plausibility.reference_statistics` of training cases, prepared on the
+    model's grid exactly as training prepares them (for a package trained before the card
+    recorded them)."""
+    from .segment import load_model
+    from .training.data import load_cases
+
+    card = load_model(model).card
+    names = [str(_get(d, "name")) for d in _get(card, "labels")]
+    spacing = [float(s) for s in _get(card, "spacing_ijk_mm")]
+    cases = load_cases(find_cases(data, names), names, spacing, _get(card, "orientation"), cache_dir=cache_dir)
+    sources = [data] if isinstance(data, str | os.PathLike) else data
+    return reference_statistics(cases, names, spacing[::-1], source=", ".join(str(d) for d in sources))
 
 
 def _get(obj: Any, key: str) -> Any:
@@ -383,13 +420,22 @@ def write_evaluation(result: EvaluationResult, output_dir: str | os.PathLike, *,
     return paths
 
 
-def record_in_card(model: str | os.PathLike, result: EvaluationResult, *, key: str | None = None) -> Path:
+def record_in_card(
+    model: str | os.PathLike,
+    result: EvaluationResult,
+    *,
+    key: str | None = None,
+    reference: dict[str, Any] | None = None,
+) -> Path:
     """Store an evaluation summary in a model package's card (``validation_metrics``) and re-save it.
 
     The weights are unchanged (same SHA-256); the card gets, under ``key`` (default: the data
     folder names joined), the per-structure median/IQR/mean of Dice, HD95 and ASSD per method,
     the mean Dice over structures and the baseline threshold; ``extra["baseline_threshold"]``
-    keeps the threshold for later evaluations.
+    keeps the threshold for later evaluations. The out-of-distribution reference
+    (``reference_statistics``) gets the evaluated cases' entropy inside each structure
+    (``validation_entropy``, use validation data) and, if given, ``reference`` as the
+    training reference (:func:`training_reference`).
     """
     from .model_package import load_model_package, save_model_package
 
@@ -410,5 +456,14 @@ def record_in_card(model: str | os.PathLike, result: EvaluationResult, *, key: s
     extra = dict(card.extra)
     if summary.get("threshold"):
         extra["baseline_threshold"] = {k: v for k, v in summary["threshold"].items() if k != "curve"}
-    new_card = dataclasses.replace(card, validation_metrics=metrics, extra=extra)
+    training = reference
+    reference = dict(card.reference_statistics)
+    if training is not None:
+        reference["training"] = training
+    plaus = summary.get("plausibility")
+    if plaus:
+        reference["validation_entropy"] = plaus["entropy_inside"]
+        reference["validation_entropy_source"] = f"{key}: {summary.get('cases')} cases"
+        metrics[key]["plausibility_verdicts"] = plaus["verdicts"]
+    new_card = dataclasses.replace(card, validation_metrics=metrics, extra=extra, reference_statistics=reference)
     return save_model_package(package.network, new_card, package.path, overwrite=True)

@@ -189,6 +189,10 @@ class ModelCard:
         (:func:`save_model_package` fills it in).
     limitations : str, optional
         Known failure modes, intended use.
+    reference_statistics : dict, optional
+        What the training (and validation) data looked like, for the out-of-distribution check
+        (:mod:`SegDeepLogic.plausibility`): image features, structure volumes, the entropy seen
+        on validation. Empty: the check is skipped and says so.
     extra : dict, optional
         Anything else (kept and written back).
     """
@@ -211,9 +215,10 @@ class ModelCard:
     weights_file: str = "weights.safetensors"
     weights_sha256: str = ""
     limitations: str = ""
+    reference_statistics: dict[str, Any] = dataclasses.field(default_factory=dict)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
-    _OPTIONAL_KEYS = frozenset({"limitations", "extra"})
+    _OPTIONAL_KEYS = frozenset({"limitations", "reference_statistics", "extra"})
 
     def __post_init__(self) -> None:
         self._validate("model card")
@@ -239,6 +244,7 @@ class ModelCard:
         check.string("limitations", self.limitations, empty=True)
         put(self, "training", check.json_object("training", self.training))
         put(self, "validation_metrics", check.json_object("validation_metrics", self.validation_metrics))
+        put(self, "reference_statistics", check.json_object("reference_statistics", self.reference_statistics))
         put(self, "extra", check.json_object("extra", self.extra))
 
         if not _is_int(self.in_channels) or self.in_channels != 1:

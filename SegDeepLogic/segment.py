@@ -59,6 +59,7 @@ from .devices import (
 from .errors import SegDeepError, VolumeError
 from .inferers import sliding_window_inference
 from .io import read_volume, to_sitk, validate_volume, write_volume
+from .plausibility import check_plausibility, image_features, structure_volumes_ml
 from .progress import CancelToken, ProgressCallback, report
 from .refine import RefineOptions, refine_mask
 from .threshold import keep_largest_component, remove_small_islands
@@ -557,6 +558,10 @@ class SegmentationResult:
         postprocess, refine, write).
     parameters : dict
         The settings used (model, grids, overlap, batch size, thresholds, clean-up, ...).
+    plausibility : dict or None
+        :func:`SegDeepLogic.plausibility.check_plausibility`: does the CT, and the result, look
+        like the model's training data? ``verdict`` is "ok", "caution", "mismatch" (wrong
+        anatomy: do not use the output) or "unchecked" (the card has no reference statistics).
     """
 
     labels: Volume
@@ -570,6 +575,7 @@ class SegmentationResult:
     fallbacks: list[str]
     timings_s: dict[str, float]
     parameters: dict[str, Any]
+    plausibility: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready report (no voxel data)."""
@@ -593,6 +599,7 @@ class SegmentationResult:
             "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
             "parameters": self.parameters,
             "uncertainty": self.uncertainty_summary,
+            "plausibility": self.plausibility,
         }
 
 
@@ -1099,6 +1106,8 @@ def segment_volume(
                         image = sitk.RecursiveGaussian(image, sigma=sigma_mm[axis], direction=axis)
             array = sitk.GetArrayFromImage(_resample(image, grid, default=AIR_HU))
             del image
+        # The out-of-distribution check's image features, measured where training measured them.
+        features = image_features(array, grid.spacing[::-1], axial_axis=_axial_axis(orientation))
     with stages("normalise"):
         np.clip(array, clip_lo, clip_hi, out=array)
         array -= subtract
@@ -1197,6 +1206,21 @@ def segment_volume(
                 threshold=uncertainty_threshold,
                 variance=variance_volume,
             )
+    reference = _field(card, "reference_statistics") or {}
+    if summary:
+        volumes_ml = {row["name"]: row["volume_mm3"] / 1000.0 for row in summary}
+        entropy = {row["name"]: row["mean_entropy_inside"] for row in summary}
+    else:
+        values = structure_volumes_ml(labels, ct.voxel_volume_mm3, max(s.value for s in segments))
+        volumes_ml = {s.name: values[s.value - 1] for s in segments}
+        entropy = None
+    plausibility = check_plausibility(
+        features,
+        volumes_ml,
+        reference.get("training"),
+        mean_entropy_inside=entropy,
+        entropy_reference=reference.get("validation_entropy"),
+    )
     probabilities = None
     if probability_maps is not None:
         probabilities = {s.name: ct.with_array(probability_maps[c]) for c, s in enumerate(segments)}
@@ -1238,7 +1262,16 @@ def segment_volume(
         fallbacks=list(fallbacks),
         timings_s=timings,
         parameters=parameters,
+        plausibility=plausibility,
     )
+
+
+def _axial_axis(orientation: str) -> int:
+    """Array axis (0 = k) running inferior-superior on a grid with this orientation code."""
+    for t, letter in enumerate(orientation.upper()):
+        if letter in "IS":
+            return 2 - t
+    return 0
 
 
 def _output_format(path: Path, fmt: str | None) -> str:

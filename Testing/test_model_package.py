@@ -54,6 +54,7 @@ CARD_KEYS = [
     "weights_file",
     "weights_sha256",
     "limitations",
+    "reference_statistics",
     "extra",
 ]
 

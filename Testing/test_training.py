@@ -203,5 +203,7 @@ def test_tiny_training_run_on_the_sample_lowers_the_loss_and_writes_a_package(sa
     assert [label["name"] for label in package.card.labels] == STRUCTURES
     assert package.card.training["split"]["train"] == ["pt_236", "pt_999"]
     assert package.card.training["selected_step"] == 40
+    reference = package.card.reference_statistics["training"]  # for the out-of-distribution check
+    assert reference["n_cases"] == 2 and reference["volumes_ml"][STRUCTURES[0]]["n"] >= 1
     assert "mean_dice" in summary["validation"][-1]
     assert (tmp_path / "run" / "train.log").read_text().count("step 40") >= 1

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SegDeepError
-from ..evaluate import choose_threshold, evaluate_model, record_in_card, write_evaluation
+from ..evaluate import choose_threshold, evaluate_model, record_in_card, training_reference, write_evaluation
 from ._common import progress_bar
 
 
@@ -40,6 +40,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--record-in-card", action="store_true", help="also store the summary in the model card (re-saves the package)"
     )
+    p.add_argument(
+        "--reference-from",
+        nargs="+",
+        metavar="TRAIN_DIR",
+        help="with --record-in-card: also record the training cases' reference statistics for the out-of-distribution "
+        "check (for a package trained before segdeep train recorded them)",
+    )
+    p.add_argument("--cache-dir", help="cache of the prepared training cases (as segdeep train --cache-dir)")
     p.add_argument("--overwrite", action="store_true", help="replace existing result files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
@@ -50,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     existing = [n for n in ("per_case.csv", "summary.json", "dice_boxplot.png") if (out / n).exists()]
     if existing and not args.overwrite:
         raise FileExistsError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
+    if args.reference_from and not args.record_in_card:
+        raise SegDeepError("--reference-from only makes sense with --record-in-card")
     threshold = None
     if args.threshold_hu is not None:
         threshold = {"threshold_hu": args.threshold_hu, "source": "command line"}
@@ -76,7 +86,12 @@ def run(args: argparse.Namespace) -> int:
         )
     paths = write_evaluation(result, args.output, overwrite=args.overwrite)
     if args.record_in_card:
-        record_in_card(args.model, result)
+        reference = None
+        if args.reference_from:
+            reference = training_reference(args.model, args.reference_from, cache_dir=args.cache_dir)
+        record_in_card(args.model, result, reference=reference)
+    verdicts = result.summary.get("plausibility", {}).get("verdicts", {})
+    print(f"out-of-distribution check on the evaluated cases: {verdicts}", file=sys.stderr)
     table = []
     for name, methods in result.summary["structures"].items():
         for method, stats in methods.items():

@@ -86,6 +86,22 @@ def _ctrl_c_cancels(token: CancelToken) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+def print_plausibility(check: dict | None, stream=None) -> None:  # noqa: ANN001
+    """Print the out-of-distribution verdict (to stderr) unless it is plain "ok"."""
+    stream = stream or sys.stderr
+    if not check or check.get("verdict") == "ok":
+        return
+    verdict = check["verdict"]
+    head = {
+        "mismatch": "WARNING: this CT does not look like the model's training data; do not use the result",
+        "caution": "caution: parts of this CT or result are unlike the model's training data; review them",
+        "unchecked": "note: no out-of-distribution check",
+    }.get(verdict, verdict)
+    print(f"{head} (out-of-distribution check: {verdict})", file=stream)
+    for finding in check.get("findings", []):
+        print(f"  - {finding['message']}", file=stream)
+
+
 def run(args: argparse.Namespace) -> int:
     from ..segment import segment_file  # torch is imported only when this command runs
 
@@ -122,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         write_table([summary], args.json, "json")
     for message in result.fallbacks:
         print(f"fallback: {message}", file=sys.stderr)
+    print_plausibility(result.plausibility)
     volumes = ", ".join(f"{s['name']} {s['volume_mm3'] / 1000:.1f} mL" for s in summary["segments"])
     total = sum(result.timings_s.values())
     print(

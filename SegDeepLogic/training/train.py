@@ -34,6 +34,7 @@ import torch
 from ..atomic import atomic_path
 from ..errors import SegDeepError
 from ..inferers import sliding_window_inference
+from ..plausibility import reference_statistics
 from ..progress import CancelToken
 from .augment import (
     augment_intensity,
@@ -363,6 +364,7 @@ def train(
         log.info("loaded %d training and %d validation cases in %.1f s", len(cases), len(val_files), time.perf_counter() - t0)
         counts = {s: int(sum(c.available[i + 1] for c in cases)) for i, s in enumerate(structures)}
         log.info("training cases contouring each structure: %s", counts)
+        reference = reference_statistics(cases, structures, cfg.spacing_ijk_mm[::-1], source=", ".join(cfg.train_data))
 
         loc_rng = np.random.default_rng([cfg.seed, 1])
         locations = [class_locations(c.labels, len(structures) + 1, loc_rng) for c in cases]
@@ -506,7 +508,9 @@ def train(
             tmp.write_text(json.dumps({k: v for k, v in summary.items()}, indent=1, default=str))
         if write_package:
             summary["package"] = str(
-                write_model_package(network, cfg, train_files=train_files, val_files=val_files, summary=summary)
+                write_model_package(
+                    network, cfg, train_files=train_files, val_files=val_files, summary=summary, reference=reference
+                )
             )
             log.info("model package written to %s", summary["package"])
         return summary
@@ -515,8 +519,12 @@ def train(
         handler.close()
 
 
-def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_files, val_files, summary) -> Path:  # noqa: ANN001
-    """Write ``network`` with a card recording data, split, settings, code version and metrics."""
+def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_files, val_files, summary, reference=None) -> Path:  # noqa: ANN001
+    """Write ``network`` with a card recording data, split, settings, code version and metrics.
+
+    ``reference``: :func:`SegDeepLogic.plausibility.reference_statistics` of the training cases,
+    stored as the card's ``reference_statistics`` for the out-of-distribution check.
+    """
     from ..model_package import ModelCard, save_model_package
     from ..segmentation_io import default_color
 
@@ -569,6 +577,7 @@ def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_fil
         },
         license="Apache-2.0 (weights); training data under the OpenKBP terms",
         limitations=" ".join(cfg.limitations),
+        reference_statistics={"training": reference} if reference else {},
     )
     return save_model_package(network, card, cfg.output, overwrite=True)
 
