@@ -207,3 +207,24 @@ def test_tiny_training_run_on_the_sample_lowers_the_loss_and_writes_a_package(sa
     assert reference["n_cases"] == 2 and reference["volumes_ml"][STRUCTURES[0]]["n"] >= 1
     assert "mean_dice" in summary["validation"][-1]
     assert (tmp_path / "run" / "train.log").read_text().count("step 40") >= 1
+
+
+def test_weighted_marginal_cross_entropy_equals_torch_weighted_cross_entropy_when_all_is_contoured() -> None:
+    from SegDeepLogic.training.losses import marginal_cross_entropy
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 3, 5, 5, generator=gen)
+    target = torch.randint(0, 4, (2, 3, 5, 5), generator=gen)
+    weight = torch.tensor([1.0, 2.0, 0.5, 6.0])
+    ours = marginal_cross_entropy(logits, target, torch.ones(2, 4, dtype=torch.bool), weight)
+    assert torch.allclose(ours, torch.nn.functional.cross_entropy(logits, target, weight=weight), atol=1e-6)
+
+
+def test_median_frequency_weights_lift_rare_structures_only() -> None:
+    from SegDeepLogic.training.losses import median_frequency_weights
+
+    # background, three common structures and one seen six times less often
+    weights = median_frequency_weights([1e6, 4000, 4000, 4000, 650])
+    assert weights[:4] == [1.0, 1.0, 1.0, 1.0]
+    assert weights[4] == pytest.approx(4000 / 650)  # the median count over its own
+    assert median_frequency_weights([1e6, 4000, 1], max_weight=10.0)[2] == 10.0

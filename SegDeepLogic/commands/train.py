@@ -41,6 +41,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iterations", type=int, default=d.iterations)
     p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate (AdamW, poly decay)")
     p.add_argument("--foreground-fraction", type=float, default=d.foreground_fraction, help="patches centred on a structure")
+    p.add_argument(
+        "--ce-weighting",
+        choices=["none", "median-frequency"],
+        default=d.ce_weighting,
+        help="cross-entropy class weights: none, or median-frequency balancing over the training labels "
+        "(helps small or rarely contoured structures)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N steps")
     p.add_argument("--val-cases", type=int, default=d.val_cases, help="validation cases used during training")
@@ -72,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         iterations=args.iterations,
         learning_rate=args.lr,
         foreground_fraction=args.foreground_fraction,
+        ce_weighting=args.ce_weighting,
         seed=args.seed,
         val_every=args.val_every,
         val_cases=args.val_cases,

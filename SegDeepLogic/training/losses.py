@@ -17,12 +17,17 @@ A structure that *is* contoured in a case is penalised normally everywhere in th
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Sequence
+
 import torch
 
-__all__ = ["marginal_cross_entropy", "marginal_dice_loss", "marginal_dice_ce_loss"]
+__all__ = ["marginal_cross_entropy", "marginal_dice_ce_loss", "marginal_dice_loss", "median_frequency_weights"]
 
 
-def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+def marginal_cross_entropy(
+    logits: torch.Tensor, target: torch.Tensor, available: torch.Tensor, class_weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """Cross-entropy with unknown classes merged into background.
 
     Parameters
@@ -32,6 +37,9 @@ def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, available
         0 = background or unknown, c = class c (always available in its case).
     available : Tensor of bool (B, C)
         Classes contoured in each case (column 0, background, True).
+    class_weight : Tensor (C,), optional
+        Weight of the voxels labelled ``c`` (label 0 uses ``class_weight[0]``); the result is
+        then the weighted mean, as :func:`torch.nn.functional.cross_entropy` computes it.
 
     Returns
     -------
@@ -53,7 +61,11 @@ def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, available
     mask = merge[:, :, None, None, None].expand_as(logp)
     bg = torch.logsumexp(logp.masked_fill(~mask, float("-inf")), dim=1)
     picked = logp.gather(1, target[:, None]).squeeze(1)
-    return -torch.where(target == 0, bg, picked).mean()
+    nll = -torch.where(target == 0, bg, picked)
+    if class_weight is None:
+        return nll.mean()
+    w = class_weight.to(nll.device, nll.dtype)[target]
+    return (nll * w).sum() / w.sum()
 
 
 def marginal_dice_loss(logits: torch.Tensor, target: torch.Tensor, available: torch.Tensor, smooth: float = 1e-5) -> torch.Tensor:
@@ -78,6 +90,31 @@ def marginal_dice_loss(logits: torch.Tensor, target: torch.Tensor, available: to
     return 1.0 - dice[present].mean()
 
 
-def marginal_dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+def marginal_dice_ce_loss(
+    logits: torch.Tensor, target: torch.Tensor, available: torch.Tensor, class_weight: torch.Tensor | None = None
+) -> torch.Tensor:
     """:func:`marginal_dice_loss` + :func:`marginal_cross_entropy` (equal weights)."""
-    return marginal_dice_loss(logits, target, available) + marginal_cross_entropy(logits, target, available)
+    return marginal_dice_loss(logits, target, available) + marginal_cross_entropy(logits, target, available, class_weight)
+
+
+def median_frequency_weights(voxels_per_class: Sequence[float], max_weight: float = 10.0) -> list[float]:
+    """Cross-entropy class weights by median-frequency balancing (Eigen & Fergus, ICCV 2015).
+
+    ``voxels_per_class[c]`` counts the voxels labelled ``c`` over all training cases (a class
+    not contoured in a case contributes nothing there, so a rarely contoured class counts as
+    rare). Foreground class ``c`` gets ``median / frequency_c`` (median over the foreground
+    classes), clipped to ``[1, max_weight]``; background keeps 1. A small or rarely contoured
+    structure then pulls as hard as a typical one, instead of being left at p = 0, where the
+    soft Dice has no gradient.
+
+    Examples
+    --------
+    >>> median_frequency_weights([1000, 40, 20, 5])
+    [1.0, 1.0, 1.0, 4.0]
+    """
+    fg = [float(v) for v in voxels_per_class[1:]]
+    positive = [v for v in fg if v > 0]
+    if not positive:
+        return [1.0] * len(voxels_per_class)
+    median = float(statistics.median(positive))
+    return [1.0] + [min(max_weight, max(1.0, median / v)) if v > 0 else 1.0 for v in fg]

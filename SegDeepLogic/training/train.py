@@ -46,7 +46,7 @@ from .augment import (
     sample_center,
 )
 from .data import PreparedCase, find_cases, load_cases
-from .losses import marginal_dice_ce_loss
+from .losses import marginal_dice_ce_loss, median_frequency_weights
 
 __all__ = ["DEFAULT_LABELS", "TrainConfig", "train", "validate"]
 
@@ -110,6 +110,9 @@ class TrainConfig:
         Optimiser steps in total (the learning-rate schedule spans them).
     max_minutes : float or None
         Stop early (checkpoint + package) once training took this long.
+    ce_weighting : str
+        ``"none"`` or ``"median-frequency"``: cross-entropy class weights by median-frequency
+        balancing over the training labels (:func:`.losses.median_frequency_weights`).
     """
 
     train_data: list[str]
@@ -133,6 +136,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup: int = 50
     foreground_fraction: float = 0.5
+    ce_weighting: str = "none"
     p_spatial: float = 0.5
     p_flip: float = 0.5
     seed: int = 0
@@ -364,6 +368,15 @@ def train(
         log.info("loaded %d training and %d validation cases in %.1f s", len(cases), len(val_files), time.perf_counter() - t0)
         counts = {s: int(sum(c.available[i + 1] for c in cases)) for i, s in enumerate(structures)}
         log.info("training cases contouring each structure: %s", counts)
+        if cfg.ce_weighting not in ("none", "median-frequency"):
+            raise SegDeepError(f"ce_weighting must be 'none' or 'median-frequency', got {cfg.ce_weighting!r}")
+        class_weight = None
+        if cfg.ce_weighting == "median-frequency":
+            voxels = np.zeros(len(structures) + 1)
+            for c in cases:
+                voxels += np.bincount(c.labels.ravel(), minlength=len(structures) + 1)[: len(structures) + 1]
+            class_weight = torch.tensor(median_frequency_weights(voxels.tolist()), dtype=torch.float32)
+            log.info("cross-entropy class weights (median frequency): %s", [round(float(w), 3) for w in class_weight])
         reference = reference_statistics(cases, structures, cfg.spacing_ijk_mm[::-1], source=", ".join(cfg.train_data))
 
         loc_rng = np.random.default_rng([cfg.seed, 1])
@@ -453,7 +466,7 @@ def train(
                         logits = network(x)
                 else:
                     logits = network(x)
-                loss = marginal_dice_ce_loss(logits, y, avail)
+                loss = marginal_dice_ce_loss(logits, y, avail, class_weight)
                 if not torch.isfinite(loss):
                     raise SegDeepError(f"training diverged at step {step} (loss {float(loss)})")
                 loss.backward()

@@ -1,0 +1,81 @@
+"""Out-of-distribution check of a model on CTs it was not trained for: pictures and a JSON summary.
+
+Usage (from the repository root; the data are the shared CTs named in docs/training.md)::
+
+    python scripts/ood_check.py --model Resources/Models/headneck-ct \
+        --ct cranium=../shared/data/invesalius/cranium_ct.nii.gz \
+        --ct abdomen=../shared/data/totalsegmentator/example_ct.nii.gz \
+        --out docs
+
+Writes ``<out>/img/ood_<name>.png`` (label overlay) and ``<out>/ood_summary.json``: per CT the
+volume, pieces, slice range (LPI, from the top) and mean entropy of every structure, and the
+out-of-distribution verdict with its findings (``SegDeepLogic.plausibility``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from SegDeepLogic.io import read_volume
+from SegDeepLogic.segment import segment_volume
+from SegDeepLogic.training.data import reorient
+from SegDeepLogic.training.figures import overlay_figure
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="Resources/Models/headneck-ct")
+    parser.add_argument("--ct", action="append", required=True, metavar="NAME=PATH")
+    parser.add_argument("--out", default="docs")
+    args = parser.parse_args()
+    out_dir = Path(args.out)
+    (out_dir / "img").mkdir(parents=True, exist_ok=True)
+    summary = {}
+    for item in args.ct:
+        name, path = item.split("=", 1)
+        ct = read_volume(path)
+        t = time.perf_counter()
+        result = segment_volume(ct, args.model, uncertainty=True)
+        seconds = time.perf_counter() - t
+        lpi = reorient(result.labels, "LPI").array
+        structures = {}
+        for row in result.uncertainty_summary:
+            mask = lpi == row["value"]
+            entry = {
+                "volume_ml": round(row["volume_mm3"] / 1000, 2),
+                "mean_entropy_inside": row["mean_entropy_inside"],
+            }
+            if mask.any():
+                k = np.nonzero(mask.any(axis=(1, 2)))[0]
+                entry["slices_from_top"] = [int(k.min()), int(k.max())]
+                entry["pieces"] = int(ndi.label(mask)[1])
+            structures[row["name"]] = entry
+        summary[name] = {
+            "ct": str(path),
+            "geometry": ct.geometry_dict(),
+            "slices": int(lpi.shape[0]),
+            "seconds": round(seconds, 1),
+            "structures": structures,
+            "plausibility": result.plausibility,
+        }
+        overlay_figure(
+            ct,
+            result.labels,
+            result.segments,
+            out_dir / "img" / f"ood_{name}.png",
+            title=f"{Path(args.model).name} on {Path(path).name}: verdict {result.plausibility['verdict']}",
+        )
+        print(f"{name}: verdict {result.plausibility['verdict']}", flush=True)
+        for finding in result.plausibility["findings"]:
+            print(f"  - {finding['message']}")
+    (out_dir / "ood_summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    main()
