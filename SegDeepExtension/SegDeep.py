@@ -54,6 +54,7 @@ ENGINE_ROOT = _engineRoot()
 from SegDeepLib import mrml  # noqa: E402  (needs ENGINE_ROOT on sys.path)
 from SegDeepLib.logic import (  # noqa: E402
     DISAGREEMENT_REFERENCE,
+    PLAUSIBILITY_COLORS,
     UNCERTAINTY_REFERENCE,
     CancelledError,
     SegDeepLogicBase,
@@ -98,6 +99,8 @@ class SegDeep(ScriptedLoadableModule):
             "Hounsfield thresholding (Dice, Hausdorff distances, surface Dice, volumes, disagreement regions) and export "
             "watertight, print-checked meshes (STL/OBJ/PLY) with a print-readiness report. The network runs in a "
             "separate process: Slicer stays responsive and a crash or an out-of-memory error leaves the scene untouched. "
+            "Every segmentation is checked against the model's training data (out-of-distribution check): a MISMATCH "
+            "verdict means the CT is not the anatomy the model was trained on and the result must not be used. "
             "Python packages (and PyTorch, through the PyTorch extension) are installed on first use, after asking."
         )
         self.parent.acknowledgementText = _(
@@ -294,6 +297,24 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.cancelButton.enabled = running
         self.ui.compareButton.enabled = bool(p.segmentation and p.inputVolume and p.segmentName) and not running
         self.ui.exportButton.enabled = bool(p.exportSegmentation and str(p.outputFolder or "") not in ("", ".")) and not running
+        self._showPlausibility(p.segmentation)
+
+    def _showPlausibility(self, segmentationNode) -> None:
+        """Show the out-of-distribution verdict of a SegDeep segmentation (hidden for any other node)."""
+        label = self.ui.plausibilityLabel
+        check = self.logic.plausibility(segmentationNode) if segmentationNode is not None else None
+        if not check:
+            label.text = ""
+            label.visible = False
+            return
+        background, border, color = PLAUSIBILITY_COLORS.get(check["verdict"], PLAUSIBILITY_COLORS["unchecked"])
+        label.styleSheet = (
+            f"QLabel {{ background-color: {background}; color: {color}; border: 1px solid {border}; "
+            f"border-left: 6px solid {border}; padding: 4px 8px; }}"
+        )
+        label.text = f"{segmentationNode.GetName()}: " + self.logic.plausibilityText(check, richText=True)
+        label.toolTip = self.logic.plausibilityText(check)
+        label.visible = True
 
     @staticmethod
     def _selectComboData(combo, data) -> None:
@@ -510,8 +531,19 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.segmentation = segmentationNode
             self._parameterNode.exportSegmentation = segmentationNode
             self._showSegmentation(segmentationNode, job.volumeNode)
+            self._warnIfImplausible(segmentationNode)
         finally:
             self._updateGui()
+
+    def _warnIfImplausible(self, segmentationNode) -> None:
+        """Show the out-of-distribution verdict; a "mismatch" also in a message box (not while testing)."""
+        self._showPlausibility(segmentationNode)
+        check = self.logic.plausibility(segmentationNode)
+        if check and check["verdict"] == "mismatch" and not slicer.app.testingEnabled():
+            slicer.util.warningDisplay(
+                self.logic.plausibilityText(check),
+                windowTitle=_("SegDeep: do not use this segmentation"),
+            )
 
     def _showSegmentation(self, segmentationNode, volumeNode) -> None:
         segmentationNode.CreateClosedSurfaceRepresentation()

@@ -1,12 +1,15 @@
 """The per-case report: facts equal the engine's numbers, the HTML is self-contained and renders
-in a real browser (headless Chromium), files are written all together or not at all."""
+in a real browser (headless Chromium), files are written all together or not at all, and a
+network result's out-of-distribution verdict is shown at the top (a red banner for "mismatch")."""
 
 from __future__ import annotations
 
 import dataclasses
+import html
 import html.parser
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,9 +22,10 @@ from SegDeepLogic.cli import main as cli_main
 from SegDeepLogic.mesh import mask_to_mesh
 from SegDeepLogic.mesh_report import mesh_report, surface_deviation_mm
 from SegDeepLogic.metrics import compare_masks
+from SegDeepLogic.plausibility import check_plausibility, image_features
 from SegDeepLogic.report import build_report, parse_threshold, write_report
 from SegDeepLogic.report import html as report_html
-from SegDeepLogic.report.facts import ReportError, orientation_code, to_lps
+from SegDeepLogic.report.facts import PLAUSIBILITY_HEADLINES, ReportError, orientation_code, to_lps
 from SegDeepLogic.segmentation_io import Segmentation, SegmentInfo, write_labelmap_nifti
 from SegDeepLogic.threshold import grow_mask
 
@@ -69,6 +73,58 @@ def case(tmp_path_factory: pytest.TempPathFactory) -> dict:
     facts = build_report(ct, segmentation=seg, reference=ref, uncertainty=unc, export_dir=out / "meshes", threshold="bone")
     html_path, json_path = write_report(facts, out / "case.html")
     return {"ct": ct, "seg": seg, "ref": ref, "unc": unc, "facts": facts, "html": html_path, "json": json_path, "dir": out}
+
+
+@pytest.fixture(scope="module")
+def network_result(case: dict):  # noqa: ANN201
+    """The test model run on the phantom CT (its card has no reference statistics: verdict "unchecked")."""
+    from SegDeepLogic.segment import segment_volume
+
+    return segment_volume(case["ct"], str(TEST_MODEL), device="cpu", num_threads=1)
+
+
+def _mismatch_check(ct: Volume, result) -> dict:  # noqa: ANN001
+    """A real ``check_plausibility`` verdict "mismatch" for ``result``: the reference says the training CTs had
+    far larger bodies and a far larger bone, contoured in every case (a core structure)."""
+
+    def q(lo: float, hi: float) -> dict:
+        return {"n": 12, "min": lo, "p01": lo, "median": (lo + hi) / 2, "p99": hi, "max": hi}
+
+    reference = {
+        "n_cases": 12,
+        "image": {"body_area_cm2": q(150.0, 400.0)},
+        "volumes_ml": {"bone": q(500.0, 900.0), "soft_tissue": q(1000.0, 3000.0)},
+        "contoured_fraction": {"bone": 1.0, "soft_tissue": 0.5},
+        "core_structures": ["bone"],
+    }
+    labels = result.labels
+    volumes = {
+        s.name: float(np.count_nonzero(labels.array == s.value)) * labels.voxel_volume_mm3 / 1000.0 for s in result.segments
+    }
+    check = check_plausibility(image_features(ct.array, ct.spacing_kji), volumes, reference)
+    assert check["verdict"] == "mismatch", check
+    assert {f["check"] for f in check["findings"]} >= {"image", "anatomy"}, check
+    return check
+
+
+@pytest.fixture(scope="module")
+def mismatch(case: dict, network_result, tmp_path_factory: pytest.TempPathFactory) -> dict:  # noqa: ANN001
+    """The report of a network result whose out-of-distribution verdict is "mismatch"."""
+    check = _mismatch_check(case["ct"], network_result)
+    result = dataclasses.replace(network_result, plausibility=check)
+    facts = build_report(case["ct"], segmentation=result)
+    html_path, json_path = write_report(facts, tmp_path_factory.mktemp("mismatch") / "mismatch.html")
+    return {"check": check, "facts": facts, "html": html_path, "json": json_path}
+
+
+def _ood_boxes(text: str) -> list[dict]:
+    """Every out-of-distribution box (``<div class="ood ...">``): classes, attributes and visible text."""
+    boxes = []
+    for m in re.finditer(r'<div class="(ood [^"]*)"([^>]*)>(.*?)</div>', text, re.S):
+        attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', m.group(2)))
+        visible = html.unescape(re.sub(r"<[^>]+>", " ", m.group(3)))
+        boxes.append({"class": m.group(1), "attrs": attrs, "text": " ".join(visible.split()), "start": m.start()})
+    return boxes
 
 
 def _strip(d: dict) -> dict:
@@ -212,6 +268,65 @@ def test_html_is_self_contained_and_tables_hold_the_facts(case: dict) -> None:
     assert len(parsed.cells) > 100
     for cell in parsed.cells:
         assert _lookup(case["facts"].data, cell["key"]) == cell["value"], cell["key"]
+    # a segmentation file: the network did not run here, so there is no out-of-distribution check to show
+    assert case["facts"].data["plausibility"] is None
+    assert "plausibility-banner" not in text and not _ood_boxes(text) and 'id="plausibility"' not in text
+
+
+# --- the out-of-distribution verdict --------------------------------------------------------------
+def test_mismatch_verdict_is_a_red_banner_and_every_finding_is_in_the_html_and_the_json(mismatch: dict) -> None:
+    check = mismatch["check"]
+    messages = [f["message"] for f in check["findings"]]
+    data = json.loads(mismatch["json"].read_text())
+    assert data == mismatch["facts"].data
+    plaus = data["plausibility"]
+    assert plaus["verdict"] == "mismatch" and plaus["headline"] == PLAUSIBILITY_HEADLINES["mismatch"]
+    assert "do not use" in plaus["headline"] and "Out-of-distribution" in plaus["definition"]
+    assert _json_equal(plaus["findings"], check["findings"]) and _json_equal(plaus["features"], check["features"])
+
+    text = mismatch["html"].read_text()
+    boxes = _ood_boxes(text)
+    banner = boxes[0]
+    assert banner["attrs"]["id"] == "plausibility-banner" and banner["attrs"]["data-verdict"] == "mismatch"
+    assert banner["class"] == "ood ood-mismatch" and banner["attrs"]["role"] == "alert"
+    assert "Out-of-distribution check: MISMATCH" in banner["text"] and PLAUSIBILITY_HEADLINES["mismatch"] in banner["text"]
+    for message in messages:
+        assert message in banner["text"], message
+    assert banner["start"] < text.index("<h2"), "the banner comes before every section"
+    assert ".ood-mismatch{background:#fde7e9;border-color:#b00020" in text  # red
+    # the section lists every finding, in cells holding the JSON's values
+    parsed = _parse(text)
+    cells = {c["key"]: c for c in parsed.cells}
+    for i, message in enumerate(messages):
+        assert cells[f"plausibility.findings.{i}.message"]["text"] == message
+    assert cells["plausibility.verdict"]["value"] == "mismatch"
+    assert cells["plausibility.features.body_area_cm2"]["value"] == check["features"]["body_area_cm2"]
+    for cell in parsed.cells:
+        assert _lookup(data, cell["key"]) == cell["value"], cell["key"]
+    # each structure's uncertainty section repeats the verdict, with the findings about that structure
+    per_structure = {b["attrs"]["data-structure"]: b for b in boxes if "data-structure" in b["attrs"]}
+    assert set(per_structure) == {s["name"] for s in data["structures"]}
+    for name, box in per_structure.items():
+        assert box["class"] == "ood ood-small ood-mismatch", name
+        assert "Out-of-distribution check: MISMATCH" in box["text"], name
+    anatomy = next(f["message"] for f in check["findings"] if f["check"] == "anatomy")
+    assert anatomy in per_structure["bone"]["text"] and anatomy not in per_structure["soft_tissue"]["text"]
+    section = text[text.index('<h2 id="structure-0">') :]
+    assert section.index("<h3>Uncertainty") < section.index('data-structure="bone"') < section.index("mean_entropy_inside")
+
+
+def test_unchecked_verdict_and_a_result_without_a_check_are_shown_grey(case: dict, network_result) -> None:  # noqa: ANN001
+    assert network_result.plausibility["verdict"] == "unchecked"  # the test model's card has no reference statistics
+    for result, finding in (
+        (network_result, network_result.plausibility["findings"][0]["message"]),
+        (dataclasses.replace(network_result, plausibility=None), "carries no out-of-distribution check"),
+    ):
+        facts = build_report(case["ct"], segmentation=result)
+        plaus = facts.data["plausibility"]
+        assert plaus["verdict"] == "unchecked" and finding in plaus["findings"][0]["message"]
+        banner = _ood_boxes(report_html.render_html(facts))[0]
+        assert banner["class"] == "ood ood-unchecked" and "role" not in banner["attrs"]
+        assert "Out-of-distribution check: NOT CHECKED" in banner["text"] and finding in banner["text"]
 
 
 def _chromium() -> str | None:
@@ -231,18 +346,17 @@ window.addEventListener('load', function () {
 </script></body>"""
 
 
-def test_report_renders_in_headless_chromium(case: dict, tmp_path: Path) -> None:
+def _require_chromium() -> str:
     browser = _chromium()
     if browser is None:
         if os.environ.get("SEGDEEP_REQUIRE_CHROMIUM"):
             pytest.fail("Chromium is required (SEGDEEP_REQUIRE_CHROMIUM is set) but not found; apt-get install chromium")
         pytest.skip("Chromium not installed (apt-get install chromium)")
-    text = case["html"].read_text()
-    # The report's CSP forbids scripts; the copy allows the inline check (images stay data:-only).
-    text = text.replace(report_html.CSP, report_html.CSP + "; script-src 'unsafe-inline'").replace("</body>", _CHECK_SCRIPT)
-    page = tmp_path / "page.html"
-    page.write_text(text)
-    flags = [
+    return browser
+
+
+def _chromium_flags(tmp_path: Path) -> list[str]:
+    return [
         "--headless",
         "--no-sandbox",
         "--disable-gpu",
@@ -254,6 +368,20 @@ def test_report_renders_in_headless_chromium(case: dict, tmp_path: Path) -> None
         f"--user-data-dir={tmp_path / 'profile'}",
         "--virtual-time-budget=10000",
     ]
+
+
+def _page_with_script(report_file: Path, script: str, page: Path) -> Path:
+    """A copy of the report whose CSP also allows ``script`` (inline, run on load); images stay data:-only."""
+    text = report_file.read_text()
+    text = text.replace(report_html.CSP, report_html.CSP + "; script-src 'unsafe-inline'").replace("</body>", script)
+    page.write_text(text)
+    return page
+
+
+def test_report_renders_in_headless_chromium(case: dict, tmp_path: Path) -> None:
+    browser = _require_chromium()
+    page = _page_with_script(case["html"], _CHECK_SCRIPT, tmp_path / "page.html")
+    flags = _chromium_flags(tmp_path)
     run = subprocess.run([browser, *flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     dom = _parse(run.stdout)
@@ -278,6 +406,45 @@ def test_report_renders_in_headless_chromium(case: dict, tmp_path: Path) -> None
         check=True,
     )
     assert screenshot.stat().st_size > 10_000
+
+
+_OOD_SCRIPT = """<script>
+window.addEventListener('load', function () {
+  var banner = document.getElementById('plausibility-banner'), style = getComputedStyle(banner);
+  var box = banner.getBoundingClientRect();
+  var out = {background: style.backgroundColor, border: style.borderLeftColor, display: style.display,
+             visibility: style.visibility, top: box.top, height: box.height, text: banner.innerText,
+             firstSection: document.querySelector('h2').getBoundingClientRect().top};
+  var pre = document.createElement('pre'); pre.id = 'oodcheck'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script></body>"""
+
+
+def _rgb(css: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in re.findall(r"\d+", css)[:3])
+
+
+def test_mismatch_banner_is_red_and_at_the_top_in_headless_chromium(mismatch: dict, tmp_path: Path) -> None:
+    browser = _require_chromium()
+    page = _page_with_script(mismatch["html"], _OOD_SCRIPT, tmp_path / "page.html")
+    run = subprocess.run(
+        [browser, *_chromium_flags(tmp_path), "--window-size=1280,900", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    seen = json.loads(_parse(run.stdout).by_id["oodcheck"])
+    assert seen["display"] == "block" and seen["visibility"] == "visible" and seen["height"] > 40
+    assert 0 <= seen["top"] < seen["firstSection"] and seen["top"] < 200, seen  # under the title, above everything else
+    red, green, blue = _rgb(seen["background"])
+    assert red > green + 15 and red > blue + 10, seen["background"]  # a red banner
+    red, green, blue = _rgb(seen["border"])
+    assert red > 150 and green < 60 and blue < 80, seen["border"]
+    assert "Out-of-distribution check: MISMATCH" in seen["text"]
+    for finding in mismatch["check"]["findings"]:
+        assert finding["message"] in seen["text"], finding["message"]
 
 
 # --- writing: all or nothing, no overwrite -------------------------------------------------------
@@ -386,13 +553,12 @@ def test_parse_threshold() -> None:
             parse_threshold(bad)
 
 
-def test_segmentation_result_from_slicer_and_cancel(case: dict) -> None:
+def test_segmentation_result_from_slicer_and_cancel(case: dict, network_result) -> None:  # noqa: ANN001
     from SegDeepLogic.errors import CancelledError
     from SegDeepLogic.progress import CancelToken
-    from SegDeepLogic.segment import segment_volume
 
     ct = case["ct"]
-    result = segment_volume(ct, str(TEST_MODEL), device="cpu", num_threads=1)
+    result = network_result
     stages = []
     facts = build_report(ct, segmentation=result, progress=lambda f, s: stages.append((f, s)))
     data = facts.data
@@ -402,6 +568,7 @@ def test_segmentation_result_from_slicer_and_cancel(case: dict) -> None:
         assert row["name"] == expected["name"]
         if row.get("uncertainty"):
             assert row["uncertainty"]["mean_entropy_inside"] == expected["mean_entropy_inside"]
+    assert _json_equal(data["plausibility"]["findings"], result.plausibility["findings"])
     assert stages[-1][0] == 1.0 and all(0 <= f <= 1 for f, _ in stages)
     token = CancelToken()
     token.cancel()

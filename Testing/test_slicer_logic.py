@@ -11,8 +11,10 @@ Cancellation and worker crashes must leave the scene exactly as it was.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -242,6 +244,12 @@ def test_segmentation_node_matches_model_card(scenario, ct_node, logic):
     summary = logic.lastSegmentation
     assert summary["device"] == "cpu" and summary["segmentationNodeID"] == seg.GetID()
     assert {s["name"] for s in summary["segments"]} == set(info.label_names)
+    # the out-of-distribution check travels from the worker to the node (the test model's card has no
+    # reference statistics: "unchecked", saying so) and to the console API
+    check = json.loads(seg.GetAttribute(liblogic.PLAUSIBILITY_ATTRIBUTE))
+    assert check == summary["plausibility"] == logic.plausibility(seg) == scenario["plausibility"]
+    assert check["verdict"] == "unchecked" == seg.GetAttribute(liblogic.PLAUSIBILITY_VERDICT_ATTRIBUTE)
+    assert check["findings"][0]["check"] == "reference" and "no reference statistics" in check["findings"][0]["message"]
 
 
 def test_labels_sit_on_the_volume_geometry(scenario, ct_node, reference_ct):
@@ -443,6 +451,13 @@ def test_bundled_model_end_to_end_on_a_crop(headless, logic, ct_node):
         image = segment.GetRepresentation(mrml.BINARY_LABELMAP)
         np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(_image_to_world(image)), matrix, atol=1e-9)
     assert logic.lastSegmentation["parameters"]["model"]["name"] == info.name
+    # the bundled model's card has reference statistics: the crop is really checked against them
+    check = logic.plausibility(seg)
+    card = json.loads((Path(BUNDLED_MODEL) / "model.json").read_text()) if Path(BUNDLED_MODEL).is_dir() else {}
+    if (card.get("reference_statistics") or {}).get("training"):
+        assert check["verdict"] in ("ok", "caution", "mismatch"), check
+    assert check == logic.lastSegmentation["plausibility"]
+    assert seg.GetAttribute(liblogic.PLAUSIBILITY_VERDICT_ATTRIBUTE) == check["verdict"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -482,6 +497,73 @@ def test_rerun_replaces_own_outputs_and_never_the_users(headless, logic, crop_no
         np.testing.assert_array_equal(
             segment_array(second, info.name, crop_node), result.labels.array == info.value, err_msg=info.name
         )
+
+
+# --------------------------------------------------------------------------------------------
+# The out-of-distribution check
+# --------------------------------------------------------------------------------------------
+def mismatch_model(folder: Path) -> Path:
+    """The test model with reference statistics saying every training CT had a bone of 100 to 200 litres."""
+    model = folder / "mismatch_model"
+    shutil.copytree(MODEL, model)
+    card = json.loads((model / "model.json").read_text(encoding="utf-8"))
+    q = {"n": 3, "min": 1.0e5, "p01": 1.0e5, "median": 1.5e5, "p99": 2.0e5, "max": 2.0e5}
+    card["reference_statistics"] = {
+        "training": {
+            "source": "test",
+            "n_cases": 3,
+            "image": {},
+            "volumes_ml": {"bone": q},
+            "contoured_fraction": {"bone": 1.0},
+            "core_structures": ["bone"],
+        }
+    }
+    (model / "model.json").write_text(json.dumps(card, indent=1), encoding="utf-8")
+    return model
+
+
+def test_mismatch_verdict_reaches_the_node_the_console_api_and_the_log(headless, logic, crop_node, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="SegDeep")
+    seg = logic.segment(crop_node, model=str(mismatch_model(tmp_path)), numThreads=THREADS)
+    assert seg.GetAttribute(liblogic.PLAUSIBILITY_VERDICT_ATTRIBUTE) == "mismatch"
+    check = json.loads(seg.GetAttribute(liblogic.PLAUSIBILITY_ATTRIBUTE))
+    assert check == logic.plausibility(seg) == logic.lastSegmentation["plausibility"]
+    assert check["verdict"] == "mismatch" and check["features"]["body_area_cm2"] > 0
+    anatomy = [f for f in check["findings"] if f["check"] == "anatomy"]
+    assert len(anatomy) == 1 and anatomy[0]["severity"] == "mismatch" and "do not use" in anatomy[0]["message"]
+    # what the panel and the log show: the verdict and every finding
+    text = logic.plausibilityText(check)
+    assert text.startswith("Out-of-distribution check: MISMATCH. ") and "do not use this segmentation" in text
+    rich = logic.plausibilityText(check, richText=True)
+    assert "<b>Out-of-distribution check: MISMATCH</b>" in rich
+    for finding in check["findings"]:
+        assert f"- {finding['message']}" in text and "<li>" in rich
+    warnings_logged = [r for r in caplog.records if r.name == "SegDeep" and r.levelno == logging.WARNING]
+    assert len(warnings_logged) == 1 and seg.GetName() in warnings_logged[0].getMessage()
+    assert anatomy[0]["message"] in warnings_logged[0].getMessage()
+    # re-running with a model without reference statistics replaces the verdict on the same node
+    caplog.clear()
+    again = logic.segment(crop_node, model=str(MODEL), numThreads=THREADS)
+    assert again is seg and logic.plausibility(seg)["verdict"] == "unchecked"
+    assert seg.GetAttribute(liblogic.PLAUSIBILITY_VERDICT_ATTRIBUTE) == "unchecked"
+    assert [r.levelno for r in caplog.records if r.name == "SegDeep"] == [logging.INFO]
+
+
+def test_plausibility_of_other_nodes_and_of_old_results(headless, logic):
+    user = headless.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "user segmentation")
+    try:
+        assert logic.plausibility(user) is None and logic.plausibility(None) is None
+        assert logic.plausibilityText(None) == ""
+        user.SetAttribute(liblogic.PLAUSIBILITY_ATTRIBUTE, "not json")
+        assert logic.plausibility(user) is None
+        # a worker result without a check (an older engine) is "unchecked", saying why: never nothing
+        check = SegDeepLogicBase._normalise_plausibility(None)
+        assert check["verdict"] == "unchecked" and "no out-of-distribution check" in check["findings"][0]["message"]
+        user.SetAttribute(liblogic.PLAUSIBILITY_ATTRIBUTE, json.dumps({"verdict": "caution", "findings": [{"message": "m"}]}))
+        assert logic.plausibility(user)["verdict"] == "caution"
+        assert logic.plausibilityText(logic.plausibility(user)).splitlines()[1:] == ["- m"]
+    finally:
+        headless.scene.RemoveNode(user)
 
 
 # --------------------------------------------------------------------------------------------

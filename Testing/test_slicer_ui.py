@@ -45,6 +45,7 @@ EXPECTED_WIDGETS = {
     "cancelButton": "QPushButton",
     "progressBar": "QProgressBar",
     "stageLabel": "QLabel",
+    "plausibilityLabel": "QLabel",
     "segmentationSelector": "qMRMLNodeComboBox",
     "segmentNameComboBox": "QComboBox",
     "presetComboBox": "QComboBox",

@@ -20,12 +20,21 @@ role               node                              replaced per
 Segmentation runs in a separate process (:mod:`SegDeepLib.worker`); the scene is modified only
 after that process finished successfully and its result files were read and checked, so a
 cancellation, a crash or an out-of-memory kill leaves the scene exactly as it was.
+
+Every segmentation carries the engine's out-of-distribution check
+(:func:`SegDeepLogic.plausibility.check_plausibility`): the segmentation node gets the attributes
+``SegDeep.Plausibility`` (the check as JSON: verdict, findings, image features) and
+``SegDeep.PlausibilityVerdict`` (``ok``, ``caution``, ``mismatch`` or ``unchecked``), saved with
+the scene; :meth:`SegDeepLogicBase.plausibility` reads them back, and the verdict is logged. A
+"mismatch" means the CT is not the anatomy the model was trained on: do not use the output.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import html
 import json
+import logging
 import math
 import os
 import shutil
@@ -49,6 +58,7 @@ from .dependencies import ensure_dependencies
 from .process import WorkerProcess, python_executable
 
 ProgressCallback = Callable[[float, str], None]
+_log = logging.getLogger("SegDeep")
 
 WORKER_SCRIPT = Path(__file__).resolve().with_name("worker.py")
 ENGINE_ROOT = Path(__import__("SegDeepLogic").__file__).resolve().parents[1]
@@ -64,6 +74,24 @@ SOURCE_VOLUME_REFERENCE = "SegDeepSourceVolume"
 SOURCE_SEGMENTATION_REFERENCE = "SegDeepSourceSegmentation"
 UNCERTAINTY_REFERENCE = "SegDeepUncertainty"
 DISAGREEMENT_REFERENCE = "SegDeepDisagreement"
+PLAUSIBILITY_ATTRIBUTE = "SegDeep.Plausibility"
+PLAUSIBILITY_VERDICT_ATTRIBUTE = "SegDeep.PlausibilityVerdict"
+
+PLAUSIBILITY_LABELS = {"mismatch": "MISMATCH", "caution": "CAUTION", "ok": "OK", "unchecked": "NOT CHECKED"}
+"""Out-of-distribution verdicts (:func:`SegDeepLogic.plausibility.check_plausibility`) as shown to the user."""
+PLAUSIBILITY_HEADLINES = {
+    "mismatch": "This CT does not look like the anatomy the model was trained on: do not use this segmentation.",
+    "caution": "Parts of this CT or of the result are outside the range of the model's training data: review the "
+    "findings before using it.",
+    "ok": "The CT and the result are within the range of the model's training data.",
+    "unchecked": "The result was not compared with the model's training data.",
+}
+PLAUSIBILITY_COLORS = {  # background, border, text: as the HTML report's banner
+    "mismatch": ("#fde7e9", "#b00020", "#5f0010"),
+    "caution": ("#fff4d6", "#e0a800", "#4d3800"),
+    "ok": ("#e6f4ea", "#137333", "#0d4f24"),
+    "unchecked": ("#eef1f6", "#8a94a6", "#333a47"),
+}
 
 NETWORK_ONLY = "network only"
 THRESHOLD_ONLY = "threshold only"
@@ -254,13 +282,15 @@ class SegDeepLogicBase:
 
         logic = slicer.util.getModuleLogic("SegDeep")
         seg = logic.segment(volumeNode, device="auto", uncertainty=True)
+        check = logic.plausibility(seg)  # {"verdict": "ok" | "caution" | "mismatch" | "unchecked", "findings": [...]}
         table = logic.compareWithThreshold(seg, volumeNode, segmentName="bone", preset="bone")
         reports = logic.exportForPrinting(seg, "/tmp/print", format="STL", smoothing=0.5)
 
     Attributes
     ----------
     lastSegmentation : dict or None
-        Summary of the last segmentation (device, fallbacks, timings, segments, uncertainty).
+        Summary of the last segmentation (device, fallbacks, timings, segments, uncertainty,
+        ``plausibility``: the out-of-distribution check).
     lastComparison : dict or None
         ``MaskComparison.to_dict()`` of the last comparison, with the threshold parameters.
     lastExport : list of dict or None
@@ -499,7 +529,11 @@ class SegDeepLogicBase:
         vtkMRMLSegmentationNode
             One segment per structure (names, colours and terminology from the model card) on the
             volume's voxel grid, under the volume's parent transform. It replaces the segmentation
-            this module made earlier for the same volume.
+            this module made earlier for the same volume. Its out-of-distribution check is in the
+            attributes ``SegDeep.Plausibility`` (JSON) and ``SegDeep.PlausibilityVerdict``; read it
+            with :meth:`plausibility` (also in :attr:`lastSegmentation`). Verdict "mismatch": the
+            CT is not the anatomy the model was trained on, do not use the result (logged as a
+            warning, as is "caution").
 
         Raises
         ------
@@ -544,6 +578,7 @@ class SegDeepLogicBase:
         segments = result.get("segments") or []
         if not segments:
             raise SegDeepError("the segmentation result lists no segments")
+        plausibility = self._normalise_plausibility(result.get("plausibility"))
 
         # Everything is read and checked: now (and only now) the scene changes.
         added: list[Any] = []
@@ -566,6 +601,8 @@ class SegDeepLogicBase:
             segmentationNode.SetAttribute(
                 "SegDeep.Options", json.dumps({k: job.options[k] for k in ("device", "tta", "refine", "uncertainty")})
             )
+            segmentationNode.SetAttribute(PLAUSIBILITY_ATTRIBUTE, json.dumps(plausibility, default=str))
+            segmentationNode.SetAttribute(PLAUSIBILITY_VERDICT_ATTRIBUTE, plausibility["verdict"])
             segmentationNode.SetNodeReferenceID(SOURCE_VOLUME_REFERENCE, volumeNode.GetID())
             segmentationNode.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
             mrml.fill_segmentation(segmentationNode, labels.array, segments, volumeNode)
@@ -593,8 +630,71 @@ class SegDeepLogicBase:
                 self._remove_node(scene, node)
             raise
         result["segmentationNodeID"] = segmentationNode.GetID()
+        result["plausibility"] = plausibility
         self.lastSegmentation = result
+        self._log_plausibility(segmentationNode, plausibility)
         return segmentationNode
+
+    # --- out-of-distribution check -----------------------------------------------------------
+    @staticmethod
+    def _normalise_plausibility(check: Any) -> dict[str, Any]:
+        """The worker's check, or an "unchecked" one saying why there is none (never nothing)."""
+        if not isinstance(check, dict) or not check.get("verdict"):
+            return {
+                "verdict": "unchecked",
+                "findings": [
+                    {
+                        "check": "reference",
+                        "severity": "info",
+                        "message": "the segmentation process reported no out-of-distribution check",
+                    }
+                ],
+                "features": None,
+            }
+        out = dict(check)
+        out["verdict"] = str(check["verdict"])
+        out["findings"] = [f for f in check.get("findings") or [] if isinstance(f, dict)]
+        return out
+
+    def plausibility(self, segmentationNode: Any) -> dict[str, Any] | None:
+        """The out-of-distribution check of a segmentation this module made (None for any other node).
+
+        Returns
+        -------
+        dict or None
+            ``{"verdict": "ok" | "caution" | "mismatch" | "unchecked", "findings": [{"check",
+            "severity", "message", ...}], "features": {...}}`` from the ``SegDeep.Plausibility``
+            attribute (see :func:`SegDeepLogic.plausibility.check_plausibility`). "mismatch": the
+            CT is not the anatomy the model was trained on; do not use the segmentation.
+        """
+        text = segmentationNode.GetAttribute(PLAUSIBILITY_ATTRIBUTE) if segmentationNode is not None else None
+        if not text:
+            return None
+        try:
+            check = json.loads(text)
+        except ValueError:
+            return None
+        return self._normalise_plausibility(check)
+
+    @staticmethod
+    def plausibilityText(check: dict[str, Any] | None, richText: bool = False) -> str:
+        """The verdict with its headline and every finding, as plain text (one finding a line) or as HTML."""
+        if not check:
+            return ""
+        verdict = str(check.get("verdict"))
+        label = PLAUSIBILITY_LABELS.get(verdict, verdict.upper())
+        headline = PLAUSIBILITY_HEADLINES.get(verdict, "")
+        messages = [str(f.get("message", "")) for f in check.get("findings") or []]
+        if richText:
+            items = "".join(f"<li>{html.escape(m)}</li>" for m in messages)
+            return f"<b>Out-of-distribution check: {html.escape(label)}</b>. {html.escape(headline)}" + (
+                f"<ul style='margin:2px 0 0 -20px'>{items}</ul>" if items else ""
+            )
+        return "\n".join([f"Out-of-distribution check: {label}. {headline}".rstrip(), *(f"- {m}" for m in messages)])
+
+    def _log_plausibility(self, segmentationNode: Any, check: dict[str, Any]) -> None:
+        level = logging.WARNING if check.get("verdict") in ("mismatch", "caution") else logging.INFO
+        _log.log(level, "SegDeep: %s: %s", segmentationNode.GetName(), self.plausibilityText(check))
 
     @staticmethod
     def _check_same_grid(volume: Any, grid: tuple, what: str) -> None:

@@ -129,7 +129,7 @@ def run_scenario(
 
     ``model`` defaults to :func:`default_test_model`; ``numThreads`` limits the worker's CPU threads.
     Returns the nodes, the table values, the engine's expected values, the export reports, the
-    segment's mask as Slicer exports it and the progress received.
+    segment's mask as Slicer exports it, the progress received and the out-of-distribution check.
     """
     from SegDeepLogic.metrics import compare_masks
     from SegDeepLogic.threshold import threshold_segment
@@ -157,6 +157,11 @@ def run_scenario(
         image.GetImageToWorldMatrix(matrix)
         assert np.allclose(slicer.util.arrayFromVTKMatrix(matrix), ijk_to_ras, atol=1e-9), "labelmap not on the volume's grid"
         assert tuple(image.GetExtent()) == (0, dims[0] - 1, 0, dims[1] - 1, 0, dims[2] - 1), "labelmap extent"
+    check = logic.plausibility(seg)
+    assert check is not None and check["verdict"] in ("ok", "caution", "mismatch", "unchecked"), (
+        f"no out-of-distribution check on the segmentation node: {check}"
+    )
+    assert check == logic.lastSegmentation["plausibility"], "the node's check is not the one the worker reported"
     assert progress and progress[-1][0] == 1.0, f"progress did not reach 100%: {progress[-3:]}"
     assert all(b[0] >= a[0] for a, b in zip(progress, progress[1:], strict=False)), "progress went backwards"
 
@@ -203,4 +208,5 @@ def run_scenario(
         "ijk_to_ras": ijk_to_ras,
         "progress": progress,
         "model": model,
+        "plausibility": check,
     }

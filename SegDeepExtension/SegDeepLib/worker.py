@@ -19,7 +19,8 @@ or ``internal``; ``message``; ``type``). Other lines (warnings, library output) 
 
 Output files in ``output_dir``: ``labels.nrrd`` (label map on the CT's grid), ``uncertainty.nrrd``
 (when requested) and, written last and atomically, ``result.json`` (segments with names, values,
-colours and terminology, device, fallbacks, timings, uncertainty summary). The caller treats the
+colours and terminology, device, fallbacks, timings, uncertainty summary and ``plausibility``, the
+out-of-distribution check of :func:`SegDeepLogic.plausibility.check_plausibility`). The caller treats the
 run as complete only when the process exited with 0 and ``result.json`` exists.
 
 This script imports only the standard library and the SegDeep engine (``SegDeepLogic``); never

@@ -7,6 +7,11 @@ structure with its print-readiness report, draws the pictures and records where 
 came from. The result, :class:`ReportFacts`, holds a JSON-ready dictionary (``facts.data``),
 the PNG pictures and the meshes to export; :func:`SegDeepLogic.report.write_report` writes it.
 
+When the network ran (here, or for a ``SegmentationResult`` given to the report), the facts hold
+its out-of-distribution check, ``facts.data["plausibility"]`` (verdict, headline, every finding;
+see :mod:`SegDeepLogic.plausibility`); a "mismatch" verdict means the output must not be used.
+Without a network result (a segmentation file) it is None: there was nothing to check.
+
 Work is done on crops around each structure (the structure's bounding box grown by the
 threshold margin), so a 512×512×300 CT costs little more than a small one.
 """
@@ -45,6 +50,7 @@ from . import figures
 
 __all__ = [
     "BONE_KEYWORDS",
+    "PLAUSIBILITY_HEADLINES",
     "ReportError",
     "ReportFacts",
     "build_report",
@@ -63,6 +69,25 @@ THRESHOLD_REASON = (
     "reference only for bone (high HU, sharp contrast), not for soft-tissue organs whose HU overlap their "
     "neighbours'. It also selects every other bone, so each structure is compared with the threshold mask "
     "restricted to a region around it (the structure grown by {margin:g} mm)."
+)
+
+
+PLAUSIBILITY_HEADLINES = {
+    "mismatch": "This CT does not look like the anatomy the model was trained on: do not use this segmentation.",
+    "caution": "Parts of this CT or of the result are outside the range of the model's training data: review the "
+    "findings before using it.",
+    "ok": "The CT and the result are within the range of the model's training data.",
+    "unchecked": "The result was not compared with the model's training data (see the finding below).",
+}
+"""One sentence per out-of-distribution verdict (:func:`SegDeepLogic.plausibility.check_plausibility`)."""
+
+PLAUSIBILITY_DEFINITION = (
+    "Out-of-distribution check (SegDeepLogic.plausibility): the body's size and tissue composition on the model "
+    "grid, each structure's volume, the presence at a plausible size of the structures contoured in nearly every "
+    "training CT, and the network's uncertainty inside each structure are compared with the model's training "
+    "(and validation) data recorded in its model card. mismatch: not the anatomy the model knows, do not use the "
+    "output; caution: something is outside the training range (listed); ok: nothing is; unchecked: nothing to "
+    "compare with."
 )
 
 
@@ -245,6 +270,33 @@ def to_lps(volume: Volume) -> Volume:
     return Volume(np.ascontiguousarray(array), spacing, volume.index_to_physical(first), direction)
 
 
+def _plausibility_facts(result: Any) -> dict[str, Any] | None:
+    """The out-of-distribution check of a network result for the report (None without a network result)."""
+    if result is None:
+        return None
+    check = getattr(result, "plausibility", None)
+    if not check:
+        check = {
+            "verdict": "unchecked",
+            "findings": [
+                {
+                    "check": "reference",
+                    "severity": "info",
+                    "message": "the segmentation result carries no out-of-distribution check",
+                }
+            ],
+            "features": None,
+        }
+    verdict = str(check.get("verdict") or "unchecked")
+    return {
+        "verdict": verdict,
+        "headline": PLAUSIBILITY_HEADLINES.get(verdict, verdict),
+        "findings": [dict(f) for f in check.get("findings") or []],
+        "features": dict(check["features"]) if check.get("features") else None,
+        "definition": PLAUSIBILITY_DEFINITION,
+    }
+
+
 def _load_segmentation(seg: Any, ct: Volume, what: str) -> tuple[Segmentation, dict[str, Any] | None]:
     """A Segmentation on the CT's grid, from a Segmentation, a SegmentationResult or a file."""
     source = None
@@ -302,7 +354,7 @@ def build_report(
         Model package for the network (None: the first bundled one). Ignored with ``segmentation``.
     segmentation : Segmentation, SegmentationResult or path, optional
         Use this result instead of running the network (a ``SegmentationResult`` also brings
-        its uncertainty, device, timings and parameters).
+        its uncertainty, device, timings, parameters and out-of-distribution check).
     reference : Segmentation or path, optional
         A reference segmentation (e.g. clinical contours) on the CT's grid.
     reference_labels : mapping of str to str, optional
@@ -429,6 +481,7 @@ def build_report(
 
         uncertainty_rows = summarize_uncertainty(seg.labelmap, uncertainty_map, seg.segments)
         timings["uncertainty_summary"] = time.perf_counter() - t - timings["read_uncertainty"]
+    plausibility = _plausibility_facts(result)
     if uncertainty_map is None:
         notes.append(
             "No uncertainty map: the segmentation was given without one (pass the network's uncertainty map to show it)."
@@ -634,6 +687,7 @@ def build_report(
             "geometry": geometry,
         },
         "segmentation": seg_facts,
+        "plausibility": plausibility,
         "reference": {"file": ref_source, "segments": list(ref_seg.names), "matches": matches} if ref_seg is not None else None,
         "threshold": {
             "parameters": threshold_segment(Volume(ct.array[:2, :2, :2], ct.spacing), **threshold_kwargs).parameters,

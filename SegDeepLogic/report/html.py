@@ -5,6 +5,11 @@ a Content-Security-Policy forbids loading anything else (so a report that render
 is known to be complete). Every number in a table carries its exact value and its place in the
 JSON facts (``data-key="structures.0.threshold_comparison.dice" data-value="0.9123..."``);
 the text shows it rounded.
+
+A network result's out-of-distribution check (``facts.data["plausibility"]``) is never hidden: a
+banner right under the title shows its verdict (red for mismatch, amber for caution, green for
+ok, grey for unchecked) with every finding, a section lists the findings and image features,
+and each structure's uncertainty section repeats the verdict with the findings about it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,11 @@ th{background:#eef1f6;font-weight:600}td.num{text-align:right;font-variant-numer
 td.bad{color:#b00020;font-weight:600}td.good{color:#137333}img{max-width:100%;border:1px solid #d7dce5;margin:4px 0}
 figure{margin:8px 0 16px}figcaption{color:#5b6575;font-size:12.5px}pre{background:#f6f8fa;padding:8px;overflow-x:auto;font-size:12px}
 .swatch{display:inline-block;width:12px;height:12px;border:1px solid #555;margin-right:6px;vertical-align:-1px}
+.ood{border:1px solid;border-left-width:8px;border-radius:4px;padding:8px 14px;margin:12px 0}.ood p{margin:4px 0}
+.ood ul{margin:4px 0 4px 18px;padding:0}.ood-title{font-size:16px}.ood-small{padding:4px 10px;margin:6px 0;font-size:13px}
+.ood-mismatch{background:#fde7e9;border-color:#b00020;color:#5f0010}.ood-caution{background:#fff4d6;border-color:#e0a800;color:#4d3800}
+.ood-ok{background:#e6f4ea;border-color:#137333;color:#0d4f24}.ood-unchecked{background:#eef1f6;border-color:#8a94a6;color:#333a47}
+.badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:700;border:1px solid}
 """
 
 _COMPARISON_ROWS = (
@@ -82,6 +92,16 @@ _MESH_ROWS = (
     ("decimation", "Decimation"),
     ("space", "Coordinate system"),
     ("file", "File"),
+)
+
+_VERDICT_LABELS = {"mismatch": "MISMATCH", "caution": "CAUTION", "ok": "OK", "unchecked": "NOT CHECKED"}
+
+_FEATURE_ROWS = (
+    ("body_area_cm2", "Median axial body cross-section (cm²)"),
+    ("bone_fraction", "Bone fraction of the body (≥ 300 HU)"),
+    ("fat_fraction", "Fat fraction of the body (-190 to -30 HU)"),
+    ("soft_tissue_fraction", "Soft-tissue fraction of the body (-30 to 150 HU)"),
+    ("air_fraction", "Air fraction inside the body outline (< -400 HU)"),
 )
 
 _UNCERTAINTY_ROWS = (
@@ -140,6 +160,77 @@ def _img(png: bytes, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _verdict(plausibility: dict[str, Any]) -> tuple[str, str]:
+    """CSS class suffix and label of a verdict (an unknown verdict is shown as it is, in grey)."""
+    verdict = str(plausibility.get("verdict"))
+    return (verdict if verdict in _VERDICT_LABELS else "unchecked"), _VERDICT_LABELS.get(verdict, verdict.upper())
+
+
+def _plausibility_banner(plausibility: dict[str, Any]) -> str:
+    """The verdict of the out-of-distribution check with every finding, for the top of the page."""
+    cls, label = _verdict(plausibility)
+    e = html.escape
+    findings = "".join(f"<li>{e(f.get('message', ''))}</li>" for f in plausibility.get("findings") or [])
+    role = ' role="alert"' if cls in ("mismatch", "caution") else ""
+    return (
+        f'<div class="ood ood-{cls}" id="plausibility-banner" data-verdict="{e(str(plausibility.get("verdict")))}"{role}>'
+        f'<p class="ood-title"><b>Out-of-distribution check: {e(label)}</b>. {e(plausibility.get("headline", ""))}</p>'
+        + (f"<ul>{findings}</ul>" if findings else "")
+        + '<p><a href="#plausibility">How the CT and the result compare with the training data</a></p></div>'
+    )
+
+
+def _plausibility_section(plausibility: dict[str, Any]) -> str:
+    """The out-of-distribution check: verdict, definition, every finding, the image features."""
+    cls, label = _verdict(plausibility)
+    e = html.escape
+    out = [
+        '<h2 id="plausibility">Out-of-distribution check</h2>',
+        f'<p><span class="badge ood-{cls}">{e(label)}</span> {e(plausibility.get("headline", ""))}</p>',
+        f'<p class="muted">{e(plausibility.get("definition", ""))}</p>',
+    ]
+    findings = plausibility.get("findings") or []
+    if findings:
+        rows = []
+        for i, f in enumerate(findings):
+            p = f"plausibility.findings.{i}"
+            about = f.get("structure") or f.get("feature") or ", ".join(f.get("core_structures") or []) or ""
+            rows.append(
+                [
+                    _cell(f.get("check"), f"{p}.check"),
+                    _cell(f.get("severity"), f"{p}.severity"),
+                    f"<td>{e(str(about))}</td>",
+                    _cell(f.get("message"), f"{p}.message"),
+                ]
+            )
+        out.append(_table(("check", "severity", "about", "finding"), rows, "findings"))
+    else:
+        out.append("<p>No finding: every checked value is within the range of the training data.</p>")
+    features = plausibility.get("features")
+    if features:
+        out.append("<h3>Image features (on the model grid)</h3>")
+        labels = dict(_FEATURE_ROWS)
+        keys = [k for k, _ in _FEATURE_ROWS if k in features] + [k for k in features if k not in labels]
+        out.append(_kv_table((labels.get(k, k), features[k], f"plausibility.features.{k}") for k in keys))
+    return "\n".join(out)
+
+
+def _structure_plausibility(name: str, plausibility: dict[str, Any] | None) -> str:
+    """The verdict of the whole result, with the findings about this structure."""
+    if not plausibility:
+        return ""
+    cls, label = _verdict(plausibility)
+    e = html.escape
+    own = [
+        f for f in plausibility.get("findings") or [] if f.get("structure") == name or name in (f.get("core_structures") or [])
+    ]
+    items = "".join(f"<li>{e(f.get('message', ''))}</li>" for f in own)
+    return (
+        f'<div class="ood ood-small ood-{cls}" data-structure="{e(name)}"><b>Out-of-distribution check: {e(label)}</b> '
+        '(the whole result; <a href="#plausibility">details</a>)' + (f"<ul>{items}</ul>" if items else "") + "</div>"
+    )
+
+
 def _comparison_table(p: str, s: dict[str, Any]) -> str:
     """Metrics of the network's structure vs the threshold (in its region) and vs the reference."""
     thr, ref = s.get("threshold_comparison", {}), s.get("reference_comparison")
@@ -166,6 +257,7 @@ def _structure_section(i: int, s: dict[str, Any], images: dict[str, bytes], data
     out = [f'<h2 id="structure-{i}"><span class="swatch" style="background:rgb({rgb})"></span>{html.escape(s["name"])}</h2>']
     if s.get("empty"):
         out.append('<p class="warn">The network found no voxel of this structure.</p>')
+        out.append(_structure_plausibility(s["name"], data.get("plausibility")))
         if s.get("reference_comparison"):
             out.append(_comparison_table(p, s))
         return "\n".join(out)
@@ -239,8 +331,10 @@ def _structure_section(i: int, s: dict[str, Any], images: dict[str, bytes], data
         out.append("<h3>Mesh print-readiness</h3>")
         out.append(_kv_table((label, mesh.get(key), f"{p}.mesh.{key}") for key, label in _MESH_ROWS if key in mesh))
     unc = s.get("uncertainty")
-    if unc:
+    if unc or data.get("plausibility"):
         out.append("<h3>Uncertainty (normalised entropy 0..1)</h3>")
+        out.append(_structure_plausibility(s["name"], data.get("plausibility")))
+    if unc:
         out.append(_kv_table((label, unc.get(key), f"{p}.uncertainty.{key}") for key, label in _UNCERTAINTY_ROWS if key in unc))
     out.append("</div></div>")
     out[1:1] = figures
@@ -259,6 +353,7 @@ def render_html(facts: ReportFacts) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         f"<title>{e(d['title'])}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{e(d['title'])}</h1>",
+        _plausibility_banner(d["plausibility"]) if d.get("plausibility") else "",
         f'<p class="muted">Created {e(d["created_utc"])} by SegDeep {e(str(d["software"]["segdeep"]))}. Lengths in mm, '
         f"volumes in mL, coordinates {e(d['units']['coordinates'])}.</p>",
         '<p class="warn">Research software. Check every structure against the images before using a mesh for printing '
@@ -301,6 +396,8 @@ def render_html(facts: ReportFacts) -> str:
             "summary",
         )
     )
+    if d.get("plausibility"):
+        parts.append(_plausibility_section(d["plausibility"]))
     thr = d["threshold"]
     tp = thr["parameters"]
     rng = f"{_fmt(tp.get('lower_hu'))} .. {_fmt(tp.get('upper_hu'))} HU" + (
@@ -341,8 +438,8 @@ def render_html(facts: ReportFacts) -> str:
     model = seg.get("model") or {}
     mk = "segmentation.model." if seg.get("model") else None
 
-    def key(name: str) -> str | None:
-        return mk + name if mk else None
+    def key(name: str) -> str | None:  # a result given to the report records fewer model facts
+        return mk + name if mk and name in model else None
 
     parts.append(
         _kv_table(
@@ -357,6 +454,11 @@ def render_html(facts: ReportFacts) -> str:
                 ("Device", seg.get("device"), "segmentation.device"),
                 ("Precision", seg.get("precision"), "segmentation.precision"),
                 ("Fallbacks", seg.get("fallbacks") or "none", None),
+                *(
+                    [("Out-of-distribution check", d["plausibility"]["verdict"], "plausibility.verdict")]
+                    if d.get("plausibility")
+                    else []
+                ),
             ]
         )
     )
