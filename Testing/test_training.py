@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -180,6 +181,15 @@ def test_resumed_training_continues_exactly_like_an_uninterrupted_run(sample_dir
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["network"]
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["network"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stop_at_step_then_resume_replays_an_uninterrupted_run(sample_dir: Path, tmp_path: Path) -> None:
+    straight = train(_tiny_config(sample_dir, tmp_path / "a"), write_package=False, progress_bar=False)
+    cfg = _tiny_config(sample_dir, tmp_path / "b")
+    first = train(dataclasses.replace(cfg, stop_at_step=2), write_package=False, progress_bar=False)
+    assert first["steps"] == 2 and first["stopped_early"]
+    resumed = train(cfg, resume=True, write_package=False, progress_bar=False)
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
 
 
 def test_tiny_training_run_on_the_sample_lowers_the_loss_and_writes_a_package(sample_dir: Path, tmp_path: Path) -> None:

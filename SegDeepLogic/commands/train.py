@@ -56,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     p.add_argument("--cache-dir", default=None, help="cache the preloaded cases here (.npz)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (checkpoint + package) after this training time")
+    p.add_argument(
+        "--stop-at-step",
+        type=int,
+        default=None,
+        help="stop (checkpoint + package) after this step; the learning-rate schedule still spans --iterations",
+    )
     p.add_argument("--dataset", choices=["openkbp"], default=None, help="record this dataset's citation and limits in the card")
     p.add_argument("--resume", action="store_true", help="continue from <work-dir>/checkpoint.pt")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -80,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
         learning_rate=args.lr,
         foreground_fraction=args.foreground_fraction,
         ce_weighting=args.ce_weighting,
+        stop_at_step=args.stop_at_step,
         seed=args.seed,
         val_every=args.val_every,
         val_cases=args.val_cases,

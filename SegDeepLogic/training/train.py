@@ -110,6 +110,9 @@ class TrainConfig:
         Optimiser steps in total (the learning-rate schedule spans them).
     max_minutes : float or None
         Stop early (checkpoint + package) once training took this long.
+    stop_at_step : int or None
+        Stop (checkpoint + package) after this step without changing the learning-rate
+        schedule, which ``iterations`` sets: replays a run that was interrupted by hand.
     ce_weighting : str
         ``"none"`` or ``"median-frequency"``: cross-entropy class weights by median-frequency
         balancing over the training labels (:func:`.losses.median_frequency_weights`).
@@ -149,6 +152,7 @@ class TrainConfig:
     precision: str = "fp32"
     cache_dir: str | None = None
     max_minutes: float | None = None
+    stop_at_step: int | None = None
     data_info: dict[str, Any] | None = None
     limitations: list[str] = dataclasses.field(default_factory=list)
     description: str = ""
@@ -488,6 +492,11 @@ def train(
                     checkpoint()
                 bar.set_postfix_str(f"loss {loss_value:.3f} lr {lr:.1e} val {last_val}", refresh=False)
                 bar.update(1)
+                if cfg.stop_at_step is not None and step >= cfg.stop_at_step and step < cfg.iterations:
+                    log.info("stopped at step %d as asked (--stop-at-step)", step)
+                    checkpoint()
+                    stopped_early = True
+                    break
                 minutes = (elapsed_before + time.perf_counter() - t_start) / 60
                 if cfg.max_minutes is not None and minutes >= cfg.max_minutes and step < cfg.iterations:
                     log.info("time limit of %.1f min reached at step %d", cfg.max_minutes, step)

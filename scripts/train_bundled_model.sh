@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Reproduce Resources/Models/headneck-ct: the exact sequence of segdeep train runs that produced
+# the shipped weights, then the evaluation that fills the card. Run from the repository root with
+# the shared OpenKBP data beside it (DATA). The work folder keeps checkpoints between phases.
+#
+# The original run was interrupted several times (time limits, by hand) and resumed with new
+# settings; each phase below stops where the original did (--stop-at-step / --iterations), so the
+# learning-rate schedule and random streams are replayed. Timing-dependent stops of the original
+# (--max-minutes) are replaced by the step they stopped at.
+set -euo pipefail
+DATA=${DATA:-../shared/data/openkbp}
+WORK=${WORK:-/tmp/segdeep_train/run1}
+OUT=${OUT:-Resources/Models/headneck-ct}
+CACHE=${CACHE:-/tmp/segdeep_cache}
+
+COMMON=(--train "$DATA/train" --validation "$DATA/validation" -o "$OUT" --work-dir "$WORK"
+  --name headneck-ct --dataset openkbp --spacing 3.906 3.906 2.5 --patch 64 80 80
+  --channels 16 32 64 128 --batch-size 2 --lr 2e-3 --precision bf16 --val-cases 4
+  --checkpoint-every 25 --cache-dir "$CACHE" --seed 0 --no-progress)
+
+# 1. steps 0-520 (a 520-step schedule)
+segdeep train "${COMMON[@]}" --iterations 520 --val-every 130
+# 2. steps 520-550 of a 1500-step schedule (stopped by hand in the original)
+segdeep train "${COMMON[@]}" --iterations 1500 --val-every 250 --resume --stop-at-step 550
+# 3. steps 550-1000 of a 1000-step schedule
+segdeep train "${COMMON[@]}" --iterations 1000 --val-every 250 --resume
+# 4. steps 1000-1254 of a 1300-step schedule (stopped by its time limit in the original)
+segdeep train "${COMMON[@]}" --iterations 1300 --val-every 250 --resume --stop-at-step 1254
+# 5. steps 1254-1825 of a 4800-step schedule (stopped by hand to add class weights)
+segdeep train "${COMMON[@]}" --iterations 4800 --val-every 500 --resume --stop-at-step 1825
+# 6. from step 1825 with median-frequency cross-entropy weights (oesophagus, larynx)
+segdeep train "${COMMON[@]}" --iterations 5000 --val-every 500 --resume --ce-weighting median-frequency \
+  ${PHASE6_STOP:+--stop-at-step "$PHASE6_STOP"}
+
+# Evaluation on the validation split, recorded in the card with the training reference statistics
+# (the out-of-distribution check) and the validation entropy.
+segdeep evaluate "$OUT" "$DATA/validation" -o "$WORK/eval_validation" --threshold-from "$DATA/train" \
+  --record-in-card --reference-from "$DATA/train" --cache-dir "$CACHE" --overwrite --no-progress
