@@ -76,8 +76,8 @@ OPENKBP_DATA = {
 OPENKBP_LIMITATIONS = [
     "Trained at a coarse resolution (3.9 x 3.9 x 2.5 mm voxels): boundaries are blocky and thin parts are "
     "approximate; use the native-resolution refinement for the mandible.",
-    "Trained on about 170 head-and-neck radiotherapy CTs (OpenKBP, cropped to the treated region) for about an hour "
-    "on two CPU cores: well below a converged model.",
+    "Trained on about 170 head-and-neck radiotherapy CTs (OpenKBP, cropped to the treated region) with a short CPU "
+    "schedule (training.steps and training.minutes in this card): well below a converged model.",
     "Clinical radiotherapy contours as ground truth: teeth included in some cases and not in others; oesophagus and "
     "larynx contoured in only a third to a half of the cases.",
     "Head-and-neck CT only: not for other body regions, MRI, cone-beam CT or children; not a medical device.",
