@@ -36,3 +36,5 @@ segdeep train "${COMMON[@]}" --iterations 5000 --val-every 500 --resume --ce-wei
 # (the out-of-distribution check) and the validation entropy.
 segdeep evaluate "$OUT" "$DATA/validation" -o "$WORK/eval_validation" --threshold-from "$DATA/train" \
   --record-in-card --reference-from "$DATA/train" --cache-dir "$CACHE" --overwrite --no-progress
+# The measured per-structure limits, appended to the card's limitations.
+python scripts/card_limitations.py "$OUT" --note "${CARD_NOTE:-}"
