@@ -7,7 +7,8 @@ Usage (from the repository root; the data are the shared CTs named in docs/train
         --ct abdomen=../shared/data/totalsegmentator/example_ct.nii.gz \
         --out docs
 
-Writes ``<out>/img/ood_<name>.png`` (label overlay) and ``<out>/ood_summary.json``: per CT the
+Writes ``<out>/img/ood_<name>.png`` (label overlay), ``<out>/img/ood_<name>_<focus>.png`` (one
+structure alone) and ``<out>/ood_summary.json``: per CT the
 volume, pieces, slice range (LPI, from the top) and mean entropy of every structure, and the
 out-of-distribution verdict with its findings (``SegDeepLogic.plausibility``).
 """
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--model", default="Resources/Models/headneck-ct")
     parser.add_argument("--ct", action="append", required=True, metavar="NAME=PATH")
     parser.add_argument("--out", default="docs")
+    parser.add_argument("--focus", default="mandible", help="also draw this structure alone, with its pieces listed")
     args = parser.parse_args()
     out_dir = Path(args.out)
     (out_dir / "img").mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,18 @@ def main() -> None:
             if mask.any():
                 k = np.nonzero(mask.any(axis=(1, 2)))[0]
                 entry["slices_from_top"] = [int(k.min()), int(k.max())]
-                entry["pieces"] = int(ndi.label(mask)[1])
+                pieces, n = ndi.label(mask)
+                entry["pieces"] = int(n)
+                if row["name"] == args.focus:  # where each piece lies (LPI voxel ranges) and its size
+                    entry["piece_list"] = [
+                        {
+                            "ml": round(float(np.count_nonzero(pieces == p)) * ct.voxel_volume_mm3 / 1000, 2),
+                            "k_range": [int(b[0].start), int(b[0].stop - 1)],
+                            "j_range": [int(b[1].start), int(b[1].stop - 1)],
+                            "i_range": [int(b[2].start), int(b[2].stop - 1)],
+                        }
+                        for p, b in enumerate(ndi.find_objects(pieces), start=1)
+                    ]
             structures[row["name"]] = entry
         summary[name] = {
             "ct": str(path),
@@ -71,6 +84,17 @@ def main() -> None:
             out_dir / "img" / f"ood_{name}.png",
             title=f"{Path(args.model).name} on {Path(path).name}: verdict {result.plausibility['verdict']}",
         )
+        focus = [seg for seg in result.segments if seg.name == args.focus]
+        if focus and structures.get(args.focus, {}).get("pieces"):
+            only = result.labels.with_array((result.labels.array == focus[0].value).astype(np.uint8))
+            overlay_figure(
+                ct,
+                only,
+                [{"name": f"{args.focus} (model)", "value": 1, "color": (1.0, 0.1, 0.1)}],
+                out_dir / "img" / f"ood_{name}_{args.focus}.png",
+                axial_fractions=(0.1, 0.5, 0.9),
+                title=f"{Path(path).name}: where the model puts '{args.focus}' (red)",
+            )
         print(f"{name}: verdict {result.plausibility['verdict']}", flush=True)
         for finding in result.plausibility["findings"]:
             print(f"  - {finding['message']}")
