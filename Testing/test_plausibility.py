@@ -189,18 +189,6 @@ def test_bundled_model_flags_a_ct_without_head_and_neck_anatomy(tmp_path: Path, 
 # --------------------------------------------------------------------------------------------
 # Recording the reference in a card (training data) and the entropy (validation data)
 # --------------------------------------------------------------------------------------------
-@pytest.fixture
-def bone_data(tmp_path: Path) -> Path:
-    import SimpleITK as sitk
-
-    case = tmp_path / "data" / "pt_236"
-    case.mkdir(parents=True)
-    for src, dst in (("ct.nii.gz", "ct.nii.gz"), ("mandible.nii.gz", "bone.nii.gz")):
-        image = sitk.ReadImage(str(SAMPLE / src))
-        sitk.WriteImage(image[40:88, 26:68, 26:64], str(case / dst))
-    return tmp_path / "data"
-
-
 def test_evaluation_records_training_reference_and_validation_entropy_in_the_card(bone_data: Path, tmp_path: Path) -> None:
     model = tmp_path / "model"
     shutil.copytree(TEST_MODEL, model)
