@@ -13,8 +13,9 @@ model's own training data (and, for the entropy, its validation run), in three c
   *caution*.
 * **anatomy** -- the *core* structures (contoured in at least 90 % of the training cases: they
   are in every head-and-neck CT) must include at least one of plausible size (at least half the
-  smallest training contour). None found: verdict **mismatch** -- this is not the anatomy the
-  model knows, and none of its output should be trusted.
+  smallest training contour) that the network is sure of (mean entropy inside at most 1.5 times
+  the largest seen on the validation CTs). None found: verdict **mismatch** -- this is not the
+  anatomy the model knows, and none of its output should be trusted.
 * **uncertainty** -- the mean normalised entropy inside a structure above the largest seen on
   the validation cases is a *caution*.
 
@@ -65,6 +66,9 @@ MIN_SLICE_AREA_CM2 = 10.0
 #: Relative slack on the training range of an image feature: training cases are resampled by a
 #: slightly different path than inference, which moves the features by a few per cent.
 FEATURE_TOLERANCE = 0.1
+#: A core structure counts as found only if its mean entropy is at most this times the largest
+#: seen on the validation CTs (a mismatch verdict needs stronger evidence than a caution).
+ANATOMY_ENTROPY_FACTOR = 1.5
 #: A structure contoured in at least this fraction of the training cases is a core structure.
 CORE_FRACTION = 0.9
 
@@ -305,8 +309,16 @@ def check_plausibility(
             continue
         findings.append(_finding("volume", "caution", msg, structure=name, value=volume, expected=[q["min"], q["max"]]))
     core = list(reference.get("core_structures", []))
+
+    def confident(name: str) -> bool:
+        h = (mean_entropy_inside or {}).get(name)
+        q = (entropy_reference or {}).get(name)
+        return h is None or not q or not q.get("n") or h <= ANATOMY_ENTROPY_FACTOR * q["max"]
+
     plausible = [
-        s for s in core if volumes_ml.get(s, 0.0) >= 0.5 * volumes_ref.get(s, {}).get("min", 0.0) and volumes_ml.get(s, 0.0) > 0
+        s
+        for s in core
+        if volumes_ml.get(s, 0.0) > 0 and volumes_ml.get(s, 0.0) >= 0.5 * volumes_ref.get(s, {}).get("min", 0.0) and confident(s)
     ]
     if core and not plausible:
         findings.append(
@@ -314,7 +326,8 @@ def check_plausibility(
                 "anatomy",
                 "mismatch",
                 f"none of {', '.join(core)} (contoured in at least {CORE_FRACTION:.0%} of the {n_ref} training CTs) was found "
-                "at a plausible size: this does not look like the anatomy the model was trained on; do not use its output",
+                "at a plausible size with the network as sure of it as on the validation CTs: this does not look like the "
+                "anatomy the model was trained on; do not use its output",
                 core_structures=core,
             )
         )

@@ -1114,6 +1114,11 @@ def segment_volume(
         array /= divide
         cval = (max(AIR_HU, clip_lo) - subtract) / divide
 
+    # The out-of-distribution check compares the entropy inside each structure with the
+    # validation run's: computed whenever the card has that reference, returned only if asked.
+    reference = _field(card, "reference_statistics") or {}
+    need_entropy = bool(uncertainty or reference.get("validation_entropy"))
+
     # -- network -----------------------------------------------------------------------------
     threads = torch.get_num_threads()
     if num_threads is not None:
@@ -1142,9 +1147,9 @@ def segment_volume(
                 f"{len(segments)} labels (+ background)"
             )
         channels = list(maps[:n_classes])
-        if uncertainty:
+        if need_entropy:
             channels.append(normalized_entropy(maps[:n_classes], axis=0))
-            if extra_channels:
+            if uncertainty and extra_channels:
                 channels.append(maps[n_classes])
         del maps
 
@@ -1169,7 +1174,7 @@ def segment_volume(
             report_fraction=lambda f: stages.report("resample-back", f),
         )
         del channels
-    entropy_map = extras[0] if uncertainty else None
+    entropy_map = extras[0] if need_entropy else None
     variance_map = extras[1] if uncertainty and extra_channels else None
 
     # -- clean-up and refinement ------------------------------------------------------------------
@@ -1206,7 +1211,6 @@ def segment_volume(
                 threshold=uncertainty_threshold,
                 variance=variance_volume,
             )
-    reference = _field(card, "reference_statistics") or {}
     if summary:
         volumes_ml = {row["name"]: row["volume_mm3"] / 1000.0 for row in summary}
         entropy = {row["name"]: row["mean_entropy_inside"] for row in summary}
@@ -1221,6 +1225,8 @@ def segment_volume(
         mean_entropy_inside=entropy,
         entropy_reference=reference.get("validation_entropy"),
     )
+    if not uncertainty:  # computed for the out-of-distribution check only
+        uncertainty_volume, summary = None, []
     probabilities = None
     if probability_maps is not None:
         probabilities = {s.name: ct.with_array(probability_maps[c]) for c, s in enumerate(segments)}

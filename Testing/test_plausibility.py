@@ -122,6 +122,20 @@ def test_no_core_structure_of_plausible_size_is_a_mismatch(reference: dict) -> N
     assert check_plausibility(features, {"cord": 0.0, "gland": 0.0}, reference)["verdict"] == "mismatch"
 
 
+def test_a_core_structure_the_network_is_unsure_of_does_not_count_as_anatomy(reference: dict) -> None:
+    features = image_features(phantom(), (2.5, 4.0, 4.0))
+    entropy_ref = {"cord": {"n": 30, "min": 0.03, "max": 0.06}}
+    sure = check_plausibility(
+        features, {"cord": 1.0}, reference, mean_entropy_inside={"cord": 0.08}, entropy_reference=entropy_ref
+    )
+    assert sure["verdict"] == "caution"  # above the validation maximum, within 1.5 times it
+    unsure = check_plausibility(
+        features, {"cord": 1.0}, reference, mean_entropy_inside={"cord": 0.2}, entropy_reference=entropy_ref
+    )
+    assert unsure["verdict"] == "mismatch"
+    assert [f["check"] for f in unsure["findings"]] == ["anatomy", "uncertainty"]
+
+
 def test_unusual_image_or_volume_or_entropy_is_a_caution_naming_the_cause(reference: dict) -> None:
     hu = phantom()
     hu[:, 11:29, 11:29] = 700  # far more bone than any training CT (and the airway gone)
@@ -140,7 +154,7 @@ def test_unusual_image_or_volume_or_entropy_is_a_caution_naming_the_cause(refere
     )
     assert calm["verdict"] == "ok"
     unsure = check_plausibility(
-        features, {"cord": 1.0}, reference, mean_entropy_inside={"cord": 0.3}, entropy_reference=entropy_ref
+        features, {"cord": 1.0}, reference, mean_entropy_inside={"cord": 0.15}, entropy_reference=entropy_ref
     )
     assert unsure["verdict"] == "caution" and unsure["findings"][0]["check"] == "uncertainty"
 

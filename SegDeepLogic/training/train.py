@@ -75,7 +75,7 @@ OPENKBP_DATA = {
 
 OPENKBP_LIMITATIONS = [
     "Trained at a coarse resolution (3.9 x 3.9 x 2.5 mm voxels): boundaries are blocky and thin parts are "
-    "approximate; use the native-resolution refinement for the mandible.",
+    "approximate (the native-resolution refinement can sharpen bone boundaries; check its effect on validation).",
     "Trained on about 170 head-and-neck radiotherapy CTs (OpenKBP, cropped to the treated region) with a short CPU "
     "schedule (training.steps and training.minutes in this card): well below a converged model.",
     "Clinical radiotherapy contours as ground truth: teeth included in some cases and not in others; oesophagus and "
