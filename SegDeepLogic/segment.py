@@ -1305,6 +1305,7 @@ def segment_file(
     output_format: str | None = None,
     uncertainty_path: str | os.PathLike | None = None,
     overwrite: bool = False,
+    allow_mismatch: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     **options: Any,
@@ -1326,6 +1327,10 @@ def segment_file(
         Also write the uncertainty map (float32, .nii.gz/.nrrd/.mha) here.
     overwrite : bool
         Replace existing files (default: refuse before doing any work).
+    allow_mismatch : bool
+        Write the result even when the out-of-distribution check says "mismatch" (the CT is not
+        the anatomy the model knows). False: raise :class:`SegDeepError` and write nothing --
+        the command line's default, so a batch never stores output the check calls meaningless.
     **options
         Passed to :func:`segment_volume`.
 
@@ -1362,6 +1367,13 @@ def segment_file(
         ct = read_volume(ct_path, check_hu=True)
     result = segment_volume(ct, model, progress=progress, cancel=cancel, _timings=timings, **options)
     del ct
+    check = result.plausibility or {}
+    if check.get("verdict") == "mismatch" and not allow_mismatch:
+        reasons = "; ".join(f["message"] for f in check.get("findings", []) if f["severity"] == "mismatch")
+        raise SegDeepError(
+            f"nothing written: {Path(ct_path).name} does not look like the model's training data ({reasons}). "
+            "Pass --allow-mismatch (allow_mismatch=True) to write the segmentation anyway."
+        )
     report(progress, _PROGRESS["write"][0], "write", cancel)  # last chance to cancel: nothing written yet
     from .segmentation_io import write_labelmap_nifti, write_seg_nrrd
 

@@ -193,11 +193,18 @@ def water_cylinder() -> Volume:
 def test_bundled_model_flags_a_ct_without_head_and_neck_anatomy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     ct_path = tmp_path / "cylinder.nrrd"
     write_volume(water_cylinder(), ct_path)
-    code = main(["segment", str(ct_path), "-o", str(tmp_path / "c.seg.nrrd"), "--overlap", "0.25", "--no-progress"])
-    assert code == 0
+    out = tmp_path / "c.seg.nrrd"
+    args = ["segment", str(ct_path), "-o", str(out), "--overlap", "0.25", "--no-progress"]
+    assert main(args) == 1  # the command line writes nothing for a mismatch by default
+    err = capsys.readouterr().err
+    assert "nothing written" in err and "--allow-mismatch" in err
+    assert "does not look like the anatomy the model was trained on" in err
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["cylinder.nrrd"]
+
+    assert main([*args, "--allow-mismatch"]) == 0
     err = capsys.readouterr().err
     assert "WARNING: this CT does not look like the model's training data" in err
-    assert "does not look like the anatomy the model was trained on" in err
+    assert out.exists()
 
 
 # --------------------------------------------------------------------------------------------

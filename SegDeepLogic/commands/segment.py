@@ -61,6 +61,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--json", default=None, help="write a summary (volumes, uncertainty, timings, fallbacks) here ('-' = stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="write the segmentation even if the out-of-distribution check says the CT is not the anatomy the model "
+        "was trained on (default: write nothing and exit with an error)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -117,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             output_format=args.output_format,
             uncertainty_path=args.uncertainty,
             overwrite=args.overwrite,
+            allow_mismatch=args.allow_mismatch,
             progress=progress,
             cancel=token,
             device=args.device,
