@@ -959,6 +959,7 @@ def segment_volume(
     thresholds: float | Mapping[str | int, float] | None = None,
     keep_largest: bool | Mapping[str | int, bool] = False,
     min_island_mm3: float | Mapping[str | int, float] = 0.0,
+    model_postprocessing: bool = True,
     refine: bool = False,
     refine_labels: Sequence[str | int] | None = None,
     refine_options: RefineOptions | None = None,
@@ -1002,6 +1003,9 @@ def segment_volume(
     keep_largest, min_island_mm3 : bool/float or mapping
         Per-label clean-up after the decision: keep the largest connected component, remove
         components below this volume (mm³). A mapping sets them per label name/value.
+    model_postprocessing : bool
+        Apply the clean-up the model card prescribes (``extra["postprocessing"]["min_island_mm3"]``,
+        per label; chosen on validation data); the larger of it and ``min_island_mm3`` is used.
     refine : bool
         Refine bone labels at the CT's resolution with a HU threshold (:func:`refine_mask`).
     refine_labels : sequence of str or int, optional
@@ -1180,6 +1184,11 @@ def segment_volume(
     # -- clean-up and refinement ------------------------------------------------------------------
     largest = _per_label(keep_largest, segments, False, "keep_largest")
     islands = _per_label(min_island_mm3, segments, 0.0, "min_island_mm3")
+    # The model's own clean-up (card extra.postprocessing, chosen on validation data) is part of
+    # the model, as nnU-Net's post-processing is; the caller's settings can only add to it.
+    card_post = ((_field(card, "extra") or {}).get("postprocessing") or {}) if model_postprocessing else {}
+    card_islands = _per_label(card_post.get("min_island_mm3", 0.0), segments, 0.0, "the card's min_island_mm3")
+    islands = {v: max(float(islands[v]), float(card_islands[v])) for v in islands}
     with stages("postprocess"):
         _clean_labels(labels, segments, largest, islands, ct.voxel_volume_mm3)
     refined_names: list[str] = []
@@ -1249,6 +1258,7 @@ def segment_volume(
         "decision": decision,
         "keep_largest": {s.name: bool(largest[s.value]) for s in segments},
         "min_island_mm3": {s.name: float(islands[s.value]) for s in segments},
+        "model_postprocessing": card_post or False,
         "refine": {"labels": refined_names, **options.as_dict()} if refine else False,
         "antialias": bool(antialias),
         "intensity": {"clip_hu": [clip_lo, clip_hi], "subtract": subtract, "divide": divide},

@@ -301,6 +301,22 @@ def test_keep_largest_and_min_island_remove_a_separate_small_bone_blob() -> None
         assert (cleaned.array == 1).sum() == (raw.labels.array == 1).sum() - near_blob.sum()
 
 
+def test_the_cards_own_island_clean_up_is_applied_unless_switched_off() -> None:
+    blob = (CENTRE + [0, 0, 16.0], 3.0)  # 113 mm³, 3 mm from the sphere's surface
+    ct = sphere_ct((46, 26, 26), (1.0, 1.0, 1.0), np.eye(3), extra_blob=blob)
+    net = ThresholdNet()
+    model = package(net)
+    model.card["extra"] = {"postprocessing": {"min_island_mm3": {"bone": 500.0}}}
+    raw = segment_volume(ct, package(net), uncertainty=False).labels.array
+    by_card = segment_volume(ct, model, uncertainty=False)
+    by_caller = segment_volume(ct, package(net), uncertainty=False, min_island_mm3={"bone": 500.0}).labels.array
+    assert np.array_equal(by_card.labels.array, by_caller) and not np.array_equal(raw, by_caller)
+    assert by_card.parameters["min_island_mm3"]["bone"] == 500.0
+    assert by_card.parameters["model_postprocessing"] == {"min_island_mm3": {"bone": 500.0}}
+    off = segment_volume(ct, model, uncertainty=False, model_postprocessing=False)
+    assert np.array_equal(off.labels.array, raw) and off.parameters["model_postprocessing"] is False
+
+
 # --------------------------------------------------------------------------------------------
 # Uncertainty
 # --------------------------------------------------------------------------------------------
