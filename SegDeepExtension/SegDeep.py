@@ -57,6 +57,7 @@ from SegDeepLib.logic import (  # noqa: E402
     PLAUSIBILITY_COLORS,
     UNCERTAINTY_REFERENCE,
     CancelledError,
+    MismatchError,
     SegDeepLogicBase,
     SegDeepWorkerError,
 )
@@ -138,7 +139,8 @@ class SegDeepParameterNode:
     """The panel's state, saved with the scene.
 
     Segment: ``inputVolume``, ``model`` (package path, empty for the first bundled one),
-    ``device`` (auto, cuda, cpu, mps), ``tta``, ``refine``, ``uncertainty``.
+    ``device`` (auto, cuda, cpu, mps), ``tta``, ``refine``, ``uncertainty``, ``allowMismatch``
+    (keep a result the out-of-distribution check calls a mismatch; default off).
     Compare: ``segmentation``, ``segmentName``, ``thresholdPreset`` (``preset:<name>``,
     ``method:<name>`` or ``custom``), ``lowerHU``/``upperHU``, clean-up options, ``toleranceMm``,
     ``comparisonTable``. Export: ``exportSegmentation``, ``exportFormat``, ``smoothing``,
@@ -152,6 +154,7 @@ class SegDeepParameterNode:
     refine: bool = False
     uncertainty: bool = False
     showUncertainty: bool = True
+    allowMismatch: bool = False
     segmentation: vtkMRMLSegmentationNode
     segmentName: str = ""
     thresholdPreset: str = "preset:bone"
@@ -186,6 +189,7 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._probe = None
+        self._withheld = None  # (volume node, check) of the last run whose result was withheld
         self._observedSegmentations = []
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
@@ -300,9 +304,14 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._showPlausibility(p.segmentation)
 
     def _showPlausibility(self, segmentationNode) -> None:
-        """Show the out-of-distribution verdict of a SegDeep segmentation (hidden for any other node)."""
+        """Show the out-of-distribution verdict of a SegDeep segmentation (hidden for any other
+        node), or of the last run if its result was withheld."""
         label = self.ui.plausibilityLabel
         check = self.logic.plausibility(segmentationNode) if segmentationNode is not None else None
+        name = segmentationNode.GetName() if check else ""
+        withheld = self._withheld
+        if withheld is not None and self._parameterNode is not None and self._parameterNode.inputVolume is withheld[0]:
+            name, check = withheld[0].GetName() + " " + _("(nothing added)"), withheld[1]
         if not check:
             label.text = ""
             label.visible = False
@@ -312,7 +321,7 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             f"QLabel {{ background-color: {background}; color: {color}; border: 1px solid {border}; "
             f"border-left: 6px solid {border}; padding: 4px 8px; }}"
         )
-        label.text = f"{segmentationNode.GetName()}: " + self.logic.plausibilityText(check, richText=True)
+        label.text = f"{name}: " + self.logic.plausibilityText(check, richText=True)
         label.toolTip = self.logic.plausibilityText(check)
         label.visible = True
 
@@ -477,7 +486,9 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 tta=p.tta,
                 refine=p.refine,
                 uncertainty=p.uncertainty,
+                allowMismatch=p.allowMismatch,
             )
+            self._withheld = None
             self.ui.progressBar.value = 0
             self.ui.stageLabel.text = _("Starting the segmentation process...")
             self._timer.start()
@@ -516,6 +527,12 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             segmentationNode = self.logic.finishSegmentation(job)
         except CancelledError:
             self.ui.stageLabel.text = _("Cancelled; the scene was not changed.")
+        except MismatchError as exc:
+            # Not the anatomy the model knows: nothing was added; say why and what was withheld.
+            self._withheld = (job.volumeNode, (self.logic.lastSegmentation or {}).get("plausibility"))
+            self.ui.stageLabel.text = _("Withheld (out-of-distribution mismatch); the scene was not changed.")
+            if not slicer.app.testingEnabled():
+                slicer.util.warningDisplay(str(exc), windowTitle=_("SegDeep: no segments added"))
         except Exception as exc:
             self.ui.stageLabel.text = _("Failed; the scene was not changed.")
             detail = getattr(exc, "log", "") or traceback.format_exc()

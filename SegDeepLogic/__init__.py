@@ -5,7 +5,15 @@ Coordinates: arrays are indexed [k, j, i]; spacing/origin/direction follow ITK (
 LPS millimetres). See :mod:`SegDeepLogic.volume`.
 """
 
-from .errors import CancelledError, GeometryMismatchError, MeshError, SegDeepError, VolumeError, VolumeReadError
+from .errors import (
+    CancelledError,
+    GeometryMismatchError,
+    MeshError,
+    MismatchError,
+    SegDeepError,
+    VolumeError,
+    VolumeReadError,
+)
 from .io import read_volume, write_volume
 from .volume import Volume
 
@@ -15,6 +23,7 @@ __all__ = [
     "CancelledError",
     "GeometryMismatchError",
     "MeshError",
+    "MismatchError",
     "SegDeepError",
     "Volume",
     "VolumeError",

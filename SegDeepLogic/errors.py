@@ -29,3 +29,13 @@ class MeshError(SegDeepError, ValueError):
 
 class CancelledError(SegDeepError):
     """The user cancelled a long-running operation; nothing was written."""
+
+
+class MismatchError(SegDeepError):
+    """The out-of-distribution check said "mismatch" (the CT is not the anatomy the model was
+    trained on), so the result was withheld. ``result`` holds the run's verdict, findings and
+    what was withheld (``result.withheld``); nothing was written or added."""
+
+    def __init__(self, message: str, result: object = None):
+        super().__init__(message)
+        self.result = result

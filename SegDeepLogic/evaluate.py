@@ -196,7 +196,9 @@ def evaluate_model(
     cases : sequence of str, optional
         Only these case ids.
     segment_options : dict, optional
-        More keyword arguments of :func:`~SegDeepLogic.segment.segment_volume`.
+        More keyword arguments of :func:`~SegDeepLogic.segment.segment_volume`. ``allow_mismatch``
+        defaults to True here: the network is scored on every case, whatever the out-of-distribution
+        verdict (which the summary records per case).
 
     Returns
     -------
@@ -215,7 +217,8 @@ def evaluate_model(
     rows: list[dict[str, Any]] = []
     verdicts: dict[str, dict[str, Any]] = {}
     entropy: dict[str, list[float]] = {n: [] for n in names}
-    options = dict(segment_options or {})
+    # Score what the network predicts, even where the out-of-distribution check would withhold it.
+    options = {"allow_mismatch": True, **(segment_options or {})}
     for n, case in enumerate(found):
         report(progress, n / len(found), f"{case.case_id}", cancel)
         ct = read_volume(case.ct)
@@ -260,6 +263,10 @@ def evaluate_model(
             "threshold": threshold if isinstance(threshold, dict) else ({"threshold_hu": t_hu} if t_hu is not None else None),
             "roi_mm": roi_mm,
             "overlap": overlap,
+            "segment_options": {k: v for k, v in options.items() if isinstance(v, bool | int | float | str | None)},
+            "postprocessing": ((_get(card, "extra") or {}).get("postprocessing") or False)
+            if options.get("model_postprocessing", True)
+            else False,
             "metrics": "Dice, HD95 (95th percentile symmetric surface distance, mm) and ASSD (mm) on the CT's own grid, "
             "as MONAI computes them; an empty prediction of a contoured structure has infinite HD95/ASSD.",
             "plausibility": {

@@ -56,7 +56,7 @@ from .devices import (
     resolve_precision,
     run_with_fallbacks,
 )
-from .errors import SegDeepError, VolumeError
+from .errors import MismatchError, SegDeepError, VolumeError
 from .inferers import sliding_window_inference
 from .io import read_volume, to_sitk, validate_volume, write_volume
 from .plausibility import check_plausibility, image_features, structure_volumes_ml
@@ -562,6 +562,11 @@ class SegmentationResult:
         :func:`SegDeepLogic.plausibility.check_plausibility`: does the CT, and the result, look
         like the model's training data? ``verdict`` is "ok", "caution", "mismatch" (wrong
         anatomy: do not use the output) or "unchecked" (the card has no reference statistics).
+    withheld : list of dict
+        Empty unless the verdict was "mismatch" and ``allow_mismatch`` was False: then every
+        structure the network predicted, ``{"name", "volume_ml"}``, whose labels (and
+        probabilities) were withheld -- ``labels`` is all background. The uncertainty map and
+        summary still describe the network's prediction, so the reason can be inspected.
     """
 
     labels: Volume
@@ -576,10 +581,12 @@ class SegmentationResult:
     timings_s: dict[str, float]
     parameters: dict[str, Any]
     plausibility: dict[str, Any] | None = None
+    withheld: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready report (no voxel data)."""
-        volumes = {row["name"]: row["volume_mm3"] for row in self.uncertainty_summary}
+        # Withheld labels: the uncertainty summary describes the prediction, not the output.
+        volumes = {} if self.withheld else {row["name"]: row["volume_mm3"] for row in self.uncertainty_summary}
         counts = None
         if not volumes:
             values, n = np.unique(self.labels.array, return_counts=True)
@@ -600,6 +607,7 @@ class SegmentationResult:
             "parameters": self.parameters,
             "uncertainty": self.uncertainty_summary,
             "plausibility": self.plausibility,
+            "withheld": list(self.withheld),
         }
 
 
@@ -968,6 +976,7 @@ def segment_volume(
     uncertainty_band_mm: float = 2.0,
     uncertainty_threshold: float = 0.5,
     return_probabilities: bool = False,
+    allow_mismatch: bool = False,
     num_threads: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
@@ -1023,6 +1032,11 @@ def segment_volume(
         Boundary band half-width and the entropy counted as uncertain in the summary.
     return_probabilities : bool
         Also return each structure's probability map on the CT's grid (uint8, p·255).
+    allow_mismatch : bool
+        Keep the labels when the out-of-distribution check says "mismatch" (the CT is not the
+        anatomy the model was trained on). Default False: the label map comes back all
+        background, no probabilities, and ``result.withheld`` lists what the network had
+        predicted -- structures of the wrong anatomy must not appear as if they were real.
     num_threads : int, optional
         CPU threads for the network (default: PyTorch's, one per core). Fewer can be faster
         on a machine busy with other work.
@@ -1234,6 +1248,13 @@ def segment_volume(
         mean_entropy_inside=entropy,
         entropy_reference=reference.get("validation_entropy"),
     )
+    withheld: list[dict[str, Any]] = []
+    if plausibility.get("verdict") == "mismatch" and not allow_mismatch:
+        withheld = [
+            {"name": s.name, "volume_ml": round(float(volumes_ml[s.name]), 3)} for s in segments if volumes_ml[s.name] > 0
+        ]
+        label_volume = label_volume.with_array(np.zeros_like(label_volume.array))
+        probability_maps = None
     if not uncertainty:  # computed for the out-of-distribution check only
         uncertainty_volume, summary = None, []
     probabilities = None
@@ -1263,6 +1284,7 @@ def segment_volume(
         "antialias": bool(antialias),
         "intensity": {"clip_hu": [clip_lo, clip_hi], "subtract": subtract, "divide": divide},
         "uncertainty": {"band_mm": uncertainty_band_mm, "threshold": uncertainty_threshold} if uncertainty else False,
+        "allow_mismatch": bool(allow_mismatch),
     }
     for stage in _STAGES[1:-1]:
         timings.setdefault(stage, 0.0)
@@ -1279,7 +1301,18 @@ def segment_volume(
         timings_s=timings,
         parameters=parameters,
         plausibility=plausibility,
+        withheld=withheld,
     )
+
+
+def mismatch_message(result: SegmentationResult, what: str = "the CT") -> str:
+    """One sentence: why the out-of-distribution check said "mismatch", and what was withheld."""
+    check = result.plausibility or {}
+    reasons = "; ".join(f["message"] for f in check.get("findings", []) if f.get("severity") == "mismatch")
+    text = f"{what} does not look like the model's training data ({reasons or 'verdict mismatch'})."
+    if result.withheld:
+        text += " Withheld: " + ", ".join(f"{w['name']} {w['volume_ml']:.3g} mL" for w in result.withheld) + "."
+    return text
 
 
 def _axial_axis(orientation: str) -> int:
@@ -1315,7 +1348,7 @@ def segment_file(
     output_format: str | None = None,
     uncertainty_path: str | os.PathLike | None = None,
     overwrite: bool = False,
-    allow_mismatch: bool = True,
+    allow_mismatch: bool = False,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     **options: Any,
@@ -1339,8 +1372,9 @@ def segment_file(
         Replace existing files (default: refuse before doing any work).
     allow_mismatch : bool
         Write the result even when the out-of-distribution check says "mismatch" (the CT is not
-        the anatomy the model knows). False: raise :class:`SegDeepError` and write nothing --
-        the command line's default, so a batch never stores output the check calls meaningless.
+        the anatomy the model knows). False (default, as on the command line): raise
+        :class:`MismatchError` naming the reasons and the withheld structures, and write
+        nothing, so a batch never stores output the check calls meaningless.
     **options
         Passed to :func:`segment_volume`.
 
@@ -1375,14 +1409,15 @@ def segment_file(
     stages = _Stages(progress, cancel, timings)
     with stages("read"):
         ct = read_volume(ct_path, check_hu=True)
-    result = segment_volume(ct, model, progress=progress, cancel=cancel, _timings=timings, **options)
+    result = segment_volume(
+        ct, model, allow_mismatch=allow_mismatch, progress=progress, cancel=cancel, _timings=timings, **options
+    )
     del ct
-    check = result.plausibility or {}
-    if check.get("verdict") == "mismatch" and not allow_mismatch:
-        reasons = "; ".join(f["message"] for f in check.get("findings", []) if f["severity"] == "mismatch")
-        raise SegDeepError(
-            f"nothing written: {Path(ct_path).name} does not look like the model's training data ({reasons}). "
-            "Pass --allow-mismatch (allow_mismatch=True) to write the segmentation anyway."
+    if result.withheld or ((result.plausibility or {}).get("verdict") == "mismatch" and not allow_mismatch):
+        raise MismatchError(
+            f"nothing written: {mismatch_message(result, Path(ct_path).name)} "
+            "Pass --allow-mismatch (allow_mismatch=True) to write the segmentation anyway.",
+            result,
         )
     report(progress, _PROGRESS["write"][0], "write", cancel)  # last chance to cancel: nothing written yet
     from .segmentation_io import write_labelmap_nifti, write_seg_nrrd

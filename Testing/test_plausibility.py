@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from SegDeepLogic.cli import main
+from SegDeepLogic.errors import MismatchError
 from SegDeepLogic.evaluate import evaluate_model, record_in_card, training_reference
 from SegDeepLogic.io import read_volume, write_volume
 from SegDeepLogic.model_package import load_model_package
 from SegDeepLogic.plausibility import check_plausibility, image_features, reference_statistics
-from SegDeepLogic.segment import segment_volume
+from SegDeepLogic.segment import segment_file, segment_volume
 from SegDeepLogic.training.data import PreparedCase
 from SegDeepLogic.volume import Volume
 
@@ -188,6 +189,36 @@ def water_cylinder() -> Volume:
     hu = np.where(r2 <= 150.0**2, 0, -1000).astype(np.int16)
     hu[r2 <= 10.0**2] = 1000
     return Volume(hu, (4.0, 4.0, 3.0), (-160.0, -160.0, 0.0))
+
+
+def test_mismatch_withholds_every_label_and_says_what_was_withheld() -> None:
+    ct = water_cylinder()
+    kept = segment_volume(ct, BUNDLED, overlap=0.25, allow_mismatch=True)
+    assert kept.plausibility["verdict"] == "mismatch" and not kept.withheld
+    predicted = {s["name"]: s["volume_mm3"] / 1000 for s in kept.summary()["segments"] if s["volume_mm3"] > 0}
+    assert predicted, "the network paints something on the cylinder: the case this rule exists for"
+
+    withheld = segment_volume(ct, BUNDLED, overlap=0.25, return_probabilities=True)  # default: no mismatch allowed
+    assert withheld.plausibility == kept.plausibility
+    assert not withheld.labels.array.any() and withheld.labels.same_grid(ct)
+    assert withheld.probabilities is None
+    assert {w["name"]: w["volume_ml"] for w in withheld.withheld} == pytest.approx(predicted, abs=1e-3)
+    summary = withheld.summary()
+    assert summary["withheld"] == withheld.withheld and summary["parameters"]["allow_mismatch"] is False
+    assert all(s["volume_mm3"] == 0 for s in summary["segments"])
+    assert withheld.uncertainty is not None  # the reason stays inspectable
+
+
+def test_segment_file_writes_nothing_on_a_mismatch_unless_allowed(tmp_path: Path) -> None:
+    ct_path = tmp_path / "cylinder.nrrd"
+    write_volume(water_cylinder(), ct_path)
+    out = tmp_path / "c.nii.gz"
+    with pytest.raises(MismatchError, match="nothing written.*Withheld: ") as info:
+        segment_file(ct_path, out, BUNDLED, overlap=0.25)
+    assert info.value.result.plausibility["verdict"] == "mismatch"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cylinder.nrrd"]
+    result, written = segment_file(ct_path, out, BUNDLED, overlap=0.25, allow_mismatch=True)
+    assert out in written and read_volume(out).array.any() and not result.withheld
 
 
 def test_bundled_model_flags_a_ct_without_head_and_neck_anatomy(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

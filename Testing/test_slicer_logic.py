@@ -28,7 +28,7 @@ import slicer  # noqa: E402
 import slicer_scene  # noqa: E402
 
 from SegDeepLogic import Volume, read_volume, write_volume  # noqa: E402
-from SegDeepLogic.errors import CancelledError, SegDeepError  # noqa: E402
+from SegDeepLogic.errors import CancelledError, MismatchError, SegDeepError  # noqa: E402
 from SegDeepLogic.metrics import compare_masks, disagreement_masks  # noqa: E402
 from SegDeepLogic.threshold import threshold_segment  # noqa: E402
 
@@ -522,9 +522,24 @@ def mismatch_model(folder: Path) -> Path:
     return model
 
 
-def test_mismatch_verdict_reaches_the_node_the_console_api_and_the_log(headless, logic, crop_node, tmp_path, caplog):
+def test_mismatch_adds_nothing_to_the_scene_and_says_what_was_withheld(headless, logic, crop_node, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="SegDeep")
-    seg = logic.segment(crop_node, model=str(mismatch_model(tmp_path)), numThreads=THREADS)
+    count = headless.scene.GetNumberOfNodes()
+    with pytest.raises(MismatchError, match="nothing added to the scene") as info:
+        logic.segment(crop_node, model=str(mismatch_model(tmp_path)), numThreads=THREADS)
+    assert headless.scene.GetNumberOfNodes() == count
+    last = logic.lastSegmentation
+    assert last["segmentationNodeID"] is None and last["plausibility"]["verdict"] == "mismatch"
+    assert [w["name"] for w in last["withheld"]] == ["bone", "soft_tissue"]
+    assert all(w["volume_ml"] > 0 for w in last["withheld"])
+    assert "Withheld: bone 207 mL, soft_tissue" in str(info.value) and "allowMismatch=True" in str(info.value)
+    warnings_logged = [r for r in caplog.records if r.name == "SegDeep" and r.levelno == logging.WARNING]
+    assert len(warnings_logged) == 1 and "Out-of-distribution check: MISMATCH" in warnings_logged[0].getMessage()
+
+
+def test_allowed_mismatch_verdict_reaches_the_node_the_console_api_and_the_log(headless, logic, crop_node, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="SegDeep")
+    seg = logic.segment(crop_node, model=str(mismatch_model(tmp_path)), numThreads=THREADS, allowMismatch=True)
     assert seg.GetAttribute(liblogic.PLAUSIBILITY_VERDICT_ATTRIBUTE) == "mismatch"
     check = json.loads(seg.GetAttribute(liblogic.PLAUSIBILITY_ATTRIBUTE))
     assert check == logic.plausibility(seg) == logic.lastSegmentation["plausibility"]

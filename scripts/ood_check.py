@@ -10,7 +10,9 @@ Usage (from the repository root; the data are the shared CTs named in docs/train
 Writes ``<out>/img/ood_<name>.png`` (label overlay), ``<out>/img/ood_<name>_<focus>.png`` (one
 structure alone) and ``<out>/ood_summary.json``: per CT the
 volume, pieces, slice range (LPI, from the top) and mean entropy of every structure, and the
-out-of-distribution verdict with its findings (``SegDeepLogic.plausibility``).
+out-of-distribution verdict with its findings (``SegDeepLogic.plausibility``). On a "mismatch"
+the default output is empty (the labels are withheld); ``default_output`` records that run, and
+the pictures and structure table show the network's prediction (``allow_mismatch=True``).
 """
 
 from __future__ import annotations
@@ -43,8 +45,13 @@ def main() -> None:
         name, path = item.split("=", 1)
         ct = read_volume(path)
         t = time.perf_counter()
-        result = segment_volume(ct, args.model, uncertainty=True)
+        default = segment_volume(ct, args.model, uncertainty=False)  # what a user gets
         seconds = time.perf_counter() - t
+        result = default
+        if default.withheld:  # the network's prediction, for the pictures
+            result = segment_volume(ct, args.model, uncertainty=True, allow_mismatch=True)
+        elif not default.uncertainty_summary:
+            result = segment_volume(ct, args.model, uncertainty=True)
         lpi = reorient(result.labels, "LPI").array
         structures = {}
         for row in result.uncertainty_summary:
@@ -76,13 +83,20 @@ def main() -> None:
             "seconds": round(seconds, 1),
             "structures": structures,
             "plausibility": result.plausibility,
+            "default_output": {
+                "verdict": default.plausibility["verdict"],
+                "labelled_voxels": int(np.count_nonzero(default.labels.array)),
+                "withheld": default.withheld,
+            },
         }
+        shown = "withheld by default; shown with allow_mismatch" if default.withheld else ""
         overlay_figure(
             ct,
             result.labels,
             result.segments,
             out_dir / "img" / f"ood_{name}.png",
-            title=f"{Path(args.model).name} on {Path(path).name}: verdict {result.plausibility['verdict']}",
+            title=f"{Path(args.model).name} on {Path(path).name}: verdict {result.plausibility['verdict']}"
+            + (f"\n(labels {shown})" if shown else ""),
         )
         focus = [seg for seg in result.segments if seg.name == args.focus]
         if focus and structures.get(args.focus, {}).get("pieces"):
@@ -93,9 +107,9 @@ def main() -> None:
                 [{"name": f"{args.focus} (model)", "value": 1, "color": (1.0, 0.1, 0.1)}],
                 out_dir / "img" / f"ood_{name}_{args.focus}.png",
                 axial_fractions=(0.1, 0.5, 0.9),
-                title=f"{Path(path).name}: where the model puts '{args.focus}' (red)",
+                title=f"{Path(path).name}: where the model puts '{args.focus}' (red)" + (f"\n({shown})" if shown else ""),
             )
-        print(f"{name}: verdict {result.plausibility['verdict']}", flush=True)
+        print(f"{name}: verdict {result.plausibility['verdict']}; withheld {default.withheld}", flush=True)
         for finding in result.plausibility["findings"]:
             print(f"  - {finding['message']}")
     (out_dir / "ood_summary.json").write_text(json.dumps(summary, indent=1, default=str) + "\n")

@@ -51,7 +51,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from SegDeepLogic.errors import CancelledError, SegDeepError
+from SegDeepLogic.errors import CancelledError, MismatchError, SegDeepError
 
 from . import mrml
 from .dependencies import ensure_dependencies
@@ -435,6 +435,7 @@ class SegDeepLogicBase:
         refine: bool = False,
         uncertainty: bool = False,
         numThreads: int | None = None,
+        allowMismatch: bool = False,
     ) -> SegmentationJob:
         """Start segmenting ``volumeNode`` in the worker process and return at once.
 
@@ -461,6 +462,7 @@ class SegDeepLogicBase:
                 "refine": bool(refine),
                 "uncertainty": bool(uncertainty),
                 "num_threads": None if numThreads is None else int(numThreads),
+                "allow_mismatch": bool(allowMismatch),
             }
             (workdir / "job.json").write_text(json.dumps(options, indent=1), encoding="utf-8")
             process = WorkerProcess(
@@ -496,6 +498,7 @@ class SegDeepLogicBase:
         progress: ProgressCallback | None = None,
         cancel: Any = None,
         numThreads: int | None = None,
+        allowMismatch: bool = False,
     ) -> Any:
         """Segment a CT volume with a U-Net model package; returns a ``vtkMRMLSegmentationNode``.
 
@@ -523,6 +526,9 @@ class SegDeepLogicBase:
             Checked about ten times a second; cancelling kills the worker.
         numThreads : int, optional
             CPU threads for the network in the worker.
+        allowMismatch : bool
+            Add the segments even when the out-of-distribution check says "mismatch". Default
+            False: a CT that is not the anatomy the model knows gets no segments at all.
 
         Returns
         -------
@@ -531,19 +537,23 @@ class SegDeepLogicBase:
             volume's voxel grid, under the volume's parent transform. It replaces the segmentation
             this module made earlier for the same volume. Its out-of-distribution check is in the
             attributes ``SegDeep.Plausibility`` (JSON) and ``SegDeep.PlausibilityVerdict``; read it
-            with :meth:`plausibility` (also in :attr:`lastSegmentation`). Verdict "mismatch": the
-            CT is not the anatomy the model was trained on, do not use the result (logged as a
-            warning, as is "caution").
+            with :meth:`plausibility` (also in :attr:`lastSegmentation`). Verdict "mismatch" (the
+            CT is not the anatomy the model was trained on) is only possible with
+            ``allowMismatch=True``: do not use the result (logged as a warning, as is "caution").
 
         Raises
         ------
+        MismatchError
+            The out-of-distribution check said "mismatch" and ``allowMismatch`` is False: the
+            message gives the reasons and what the network had predicted; nothing was added,
+            and :attr:`lastSegmentation` holds the check (``plausibility``) and ``withheld``.
         SegDeepWorkerError
             The worker crashed, was killed, ran out of memory or reported an error.
         CancelledError
             Cancelled through ``progress`` or ``cancel``. The scene is unchanged in both cases.
         """
         self.ensureDependencies(torch=True)
-        job = self.startSegmentation(volumeNode, model, device, tta, refine, uncertainty, numThreads)
+        job = self.startSegmentation(volumeNode, model, device, tta, refine, uncertainty, numThreads, allowMismatch)
         try:
             while not job.finished:
                 for event in job.poll(timeout=0.1):
@@ -579,6 +589,20 @@ class SegDeepLogicBase:
         if not segments:
             raise SegDeepError("the segmentation result lists no segments")
         plausibility = self._normalise_plausibility(result.get("plausibility"))
+        if result.get("withheld") or (plausibility["verdict"] == "mismatch" and not job.options.get("allow_mismatch")):
+            # The engine withheld the labels: add nothing (an empty node would look like "nothing there").
+            result["plausibility"] = plausibility
+            result["segmentationNodeID"] = None
+            self.lastSegmentation = result
+            withheld = ", ".join(f"{w['name']} {w['volume_ml']:.3g} mL" for w in result.get("withheld") or [])
+            message = (
+                f"nothing added to the scene: {volumeNode.GetName()} does not look like the model's training data. "
+                + (f"Withheld: {withheld}. " if withheld else "")
+                + "Pass allowMismatch=True to add the segments anyway (not for use).\n"
+                + self.plausibilityText(plausibility)
+            )
+            _log.warning("SegDeep: %s", message)
+            raise MismatchError(message, result)
 
         # Everything is read and checked: now (and only now) the scene changes.
         added: list[Any] = []

@@ -115,6 +115,7 @@ def run(job: dict[str, Any]) -> int:
         refine=bool(job.get("refine", False)),
         uncertainty=bool(job.get("uncertainty", False)),
         num_threads=job.get("num_threads"),
+        allow_mismatch=bool(job.get("allow_mismatch", False)),
         progress=progress,
     )
     del ct

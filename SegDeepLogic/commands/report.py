@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..mesh import DEFAULT_SMOOTHING_FACTOR
 from ._common import progress_bar
@@ -54,6 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
     p.add_argument("--refine", action="store_true", help="refine bone labels at the CT's resolution with a HU threshold")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for the network")
+    p.add_argument(
+        "--allow-mismatch",
+        action="store_true",
+        help="show the network's labels even if the out-of-distribution check says the CT is not the anatomy the "
+        "model was trained on (default: withhold them; the report says what was withheld)",
+    )
     p.add_argument("--title", default=None, help="report title")
     p.add_argument("--overwrite", action="store_true", help="replace existing files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -83,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
         for path in (html_path, json_path):
             if path.exists():
                 raise FileExistsError(f"refusing to overwrite existing file: {path} (use --overwrite)")
-    options = {"num_threads": args.threads} if args.threads else None
+    options: dict[str, Any] = {"allow_mismatch": bool(args.allow_mismatch)}
+    if args.threads:
+        options["num_threads"] = args.threads
     with progress_bar("report", enabled=not args.no_progress) as progress:
         facts = build_report(
             args.ct,

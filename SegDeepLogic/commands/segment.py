@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import MismatchError
 from ..progress import CancelToken
 from ..refine import RefineOptions
 from ._common import progress_bar, write_table
@@ -108,6 +109,16 @@ def print_plausibility(check: dict | None, stream=None) -> None:  # noqa: ANN001
         print(f"  - {finding['message']}", file=stream)
 
 
+@contextlib.contextmanager
+def _show_mismatch() -> Iterator[None]:
+    """On a withheld (mismatch) result, print the whole out-of-distribution check before the error."""
+    try:
+        yield
+    except MismatchError as exc:
+        print_plausibility(getattr(exc.result, "plausibility", None))
+        raise
+
+
 def run(args: argparse.Namespace) -> int:
     from ..segment import segment_file  # torch is imported only when this command runs
 
@@ -115,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if args.refine_hu != RefineOptions.lower_hu or args.refine_grow_mm is not None:
         refine_options = RefineOptions(lower_hu=args.refine_hu, grow_mm=args.refine_grow_mm or RefineOptions.grow_mm)
     token = CancelToken()
-    with _ctrl_c_cancels(token), progress_bar("segment", enabled=not args.no_progress) as progress:
+    with _ctrl_c_cancels(token), progress_bar("segment", enabled=not args.no_progress) as progress, _show_mismatch():
         result, written = segment_file(
             args.ct,
             args.output,

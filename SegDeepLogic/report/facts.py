@@ -482,6 +482,13 @@ def build_report(
         uncertainty_rows = summarize_uncertainty(seg.labelmap, uncertainty_map, seg.segments)
         timings["uncertainty_summary"] = time.perf_counter() - t - timings["read_uncertainty"]
     plausibility = _plausibility_facts(result)
+    if result is not None and getattr(result, "withheld", None):
+        from ..segment import mismatch_message
+
+        notes.append(
+            f"The network's labels were withheld: {mismatch_message(result)} "
+            "Run with --allow-mismatch (allow_mismatch=True) to see them anyway (not for use)."
+        )
     if uncertainty_map is None:
         notes.append(
             "No uncertainty map: the segmentation was given without one (pass the network's uncertainty map to show it)."
