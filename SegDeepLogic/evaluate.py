@@ -455,6 +455,7 @@ def record_in_card(
         "cases": summary.get("cases"),
         "data": summary.get("data"),
         "overlap": summary.get("overlap"),
+        "postprocessing": summary.get("postprocessing"),
         "structures": summary["structures"],
         "mean_dice_over_structures": summary["mean_dice_over_structures"],
         "threshold": {k: v for k, v in (summary.get("threshold") or {}).items() if k != "curve"} or None,

@@ -283,6 +283,7 @@ class SegDeepLogicBase:
         logic = slicer.util.getModuleLogic("SegDeep")
         seg = logic.segment(volumeNode, device="auto", uncertainty=True)
         check = logic.plausibility(seg)  # {"verdict": "ok" | "caution" | "mismatch" | "unchecked", "findings": [...]}
+        # a CT the model does not know raises MismatchError and adds nothing, unless allowMismatch=True
         table = logic.compareWithThreshold(seg, volumeNode, segmentName="bone", preset="bone")
         reports = logic.exportForPrinting(seg, "/tmp/print", format="STL", smoothing=0.5)
 
@@ -290,7 +291,8 @@ class SegDeepLogicBase:
     ----------
     lastSegmentation : dict or None
         Summary of the last segmentation (device, fallbacks, timings, segments, uncertainty,
-        ``plausibility``: the out-of-distribution check).
+        ``plausibility``: the out-of-distribution check; ``withheld``: on a mismatch, what the
+        network predicted and was not added).
     lastComparison : dict or None
         ``MaskComparison.to_dict()`` of the last comparison, with the threshold parameters.
     lastExport : list of dict or None
