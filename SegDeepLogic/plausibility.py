@@ -350,3 +350,20 @@ def check_plausibility(
     severities = {f["severity"] for f in findings}
     verdict = "mismatch" if "mismatch" in severities else "caution" if "caution" in severities else "ok"
     return {"verdict": verdict, "findings": findings, "features": dict(features) if features else None}
+
+
+def mismatch_message(check: Mapping[str, Any] | None, withheld: Sequence[Mapping[str, Any]] = (), what: str = "the CT") -> str:
+    """Why the check said "mismatch", and what was withheld, in one or two sentences.
+
+    Examples
+    --------
+    >>> check = {"verdict": "mismatch", "findings": [{"severity": "mismatch", "message": "no brainstem"}]}
+    >>> mismatch_message(check, [{"name": "larynx", "volume_ml": 1.08}])
+    "the CT does not look like the model's training data (no brainstem). Withheld: larynx 1.08 mL."
+    """
+    findings = (check or {}).get("findings") or []
+    reasons = "; ".join(str(f["message"]) for f in findings if f.get("severity") == "mismatch")
+    text = f"{what} does not look like the model's training data ({reasons or 'verdict mismatch'})."
+    if withheld:
+        text += " Withheld: " + ", ".join(f"{w['name']} {w['volume_ml']:.3g} mL" for w in withheld) + "."
+    return text

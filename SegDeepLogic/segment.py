@@ -59,7 +59,7 @@ from .devices import (
 from .errors import MismatchError, SegDeepError, VolumeError
 from .inferers import sliding_window_inference
 from .io import read_volume, to_sitk, validate_volume, write_volume
-from .plausibility import check_plausibility, image_features, structure_volumes_ml
+from .plausibility import check_plausibility, image_features, mismatch_message, structure_volumes_ml
 from .progress import CancelToken, ProgressCallback, report
 from .refine import RefineOptions, refine_mask
 from .threshold import keep_largest_component, remove_small_islands
@@ -1305,16 +1305,6 @@ def segment_volume(
     )
 
 
-def mismatch_message(result: SegmentationResult, what: str = "the CT") -> str:
-    """One sentence: why the out-of-distribution check said "mismatch", and what was withheld."""
-    check = result.plausibility or {}
-    reasons = "; ".join(f["message"] for f in check.get("findings", []) if f.get("severity") == "mismatch")
-    text = f"{what} does not look like the model's training data ({reasons or 'verdict mismatch'})."
-    if result.withheld:
-        text += " Withheld: " + ", ".join(f"{w['name']} {w['volume_ml']:.3g} mL" for w in result.withheld) + "."
-    return text
-
-
 def _axial_axis(orientation: str) -> int:
     """Array axis (0 = k) running inferior-superior on a grid with this orientation code."""
     for t, letter in enumerate(orientation.upper()):
@@ -1413,9 +1403,9 @@ def segment_file(
         ct, model, allow_mismatch=allow_mismatch, progress=progress, cancel=cancel, _timings=timings, **options
     )
     del ct
-    if result.withheld or ((result.plausibility or {}).get("verdict") == "mismatch" and not allow_mismatch):
+    if (result.plausibility or {}).get("verdict") == "mismatch" and not allow_mismatch:
         raise MismatchError(
-            f"nothing written: {mismatch_message(result, Path(ct_path).name)} "
+            f"nothing written: {mismatch_message(result.plausibility, result.withheld, Path(ct_path).name)} "
             "Pass --allow-mismatch (allow_mismatch=True) to write the segmentation anyway.",
             result,
         )

@@ -45,13 +45,11 @@ def main() -> None:
         name, path = item.split("=", 1)
         ct = read_volume(path)
         t = time.perf_counter()
-        default = segment_volume(ct, args.model, uncertainty=False)  # what a user gets
+        default = segment_volume(ct, args.model, uncertainty=True)  # what a user gets
         seconds = time.perf_counter() - t
         result = default
         if default.withheld:  # the network's prediction, for the pictures
             result = segment_volume(ct, args.model, uncertainty=True, allow_mismatch=True)
-        elif not default.uncertainty_summary:
-            result = segment_volume(ct, args.model, uncertainty=True)
         lpi = reorient(result.labels, "LPI").array
         structures = {}
         for row in result.uncertainty_summary:

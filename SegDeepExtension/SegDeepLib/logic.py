@@ -52,6 +52,7 @@ import vtk
 from vtk.util import numpy_support
 
 from SegDeepLogic.errors import CancelledError, MismatchError, SegDeepError
+from SegDeepLogic.plausibility import mismatch_message
 
 from . import mrml
 from .dependencies import ensure_dependencies
@@ -591,16 +592,15 @@ class SegDeepLogicBase:
         if not segments:
             raise SegDeepError("the segmentation result lists no segments")
         plausibility = self._normalise_plausibility(result.get("plausibility"))
-        if result.get("withheld") or (plausibility["verdict"] == "mismatch" and not job.options.get("allow_mismatch")):
+        if plausibility["verdict"] == "mismatch" and not job.options.get("allow_mismatch"):
             # The engine withheld the labels: add nothing (an empty node would look like "nothing there").
             result["plausibility"] = plausibility
             result["segmentationNodeID"] = None
             self.lastSegmentation = result
-            withheld = ", ".join(f"{w['name']} {w['volume_ml']:.3g} mL" for w in result.get("withheld") or [])
             message = (
-                f"nothing added to the scene: {volumeNode.GetName()} does not look like the model's training data. "
-                + (f"Withheld: {withheld}. " if withheld else "")
-                + "Pass allowMismatch=True to add the segments anyway (not for use).\n"
+                "nothing added to the scene: "
+                + mismatch_message(plausibility, result.get("withheld") or [], volumeNode.GetName())
+                + " Pass allowMismatch=True to add the segments anyway (not for use).\n"
                 + self.plausibilityText(plausibility)
             )
             _log.warning("SegDeep: %s", message)

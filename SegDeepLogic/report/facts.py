@@ -42,6 +42,7 @@ from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
 from ..mesh_io import MESH_FORMATS, safe_filename
 from ..mesh_report import mesh_report, surface_deviation_mm
 from ..metrics import DEFINITIONS, ROLES, compare_masks
+from ..plausibility import mismatch_message
 from ..progress import CancelToken, ProgressCallback, report
 from ..segmentation_io import Segmentation, SegmentInfo, read_labelmap_nifti, read_seg_nrrd
 from ..threshold import PRESETS, grow_mask, threshold_segment
@@ -483,10 +484,8 @@ def build_report(
         timings["uncertainty_summary"] = time.perf_counter() - t - timings["read_uncertainty"]
     plausibility = _plausibility_facts(result)
     if result is not None and getattr(result, "withheld", None):
-        from ..segment import mismatch_message
-
         notes.append(
-            f"The network's labels were withheld: {mismatch_message(result)} "
+            f"The network's labels were withheld: {mismatch_message(result.plausibility, result.withheld)} "
             "Run with --allow-mismatch (allow_mismatch=True) to see them anyway (not for use)."
         )
     if uncertainty_map is None:
