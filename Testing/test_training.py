@@ -12,7 +12,14 @@ import torch
 
 from SegDeepLogic.errors import CancelledError
 from SegDeepLogic.progress import CancelToken
-from SegDeepLogic.training.augment import extract_patch, flip_left_right, lateral_pairs
+from SegDeepLogic.training.augment import (
+    augment_intensity,
+    class_locations,
+    extract_patch,
+    flip_left_right,
+    lateral_pairs,
+    sample_center,
+)
 from SegDeepLogic.training.data import PreparedCase, find_cases, load_cases
 from SegDeepLogic.training.losses import marginal_cross_entropy, marginal_dice_ce_loss, marginal_dice_loss
 from SegDeepLogic.training.train import TrainConfig, make_batch, train
@@ -238,3 +245,34 @@ def test_median_frequency_weights_lift_rare_structures_only() -> None:
     assert weights[:4] == [1.0, 1.0, 1.0, 1.0]
     assert weights[4] == pytest.approx(4000 / 650)  # the median count over its own
     assert median_frequency_weights([1e6, 4000, 1], max_weight=10.0)[2] == 10.0
+
+
+def test_foreground_oversampling_centres_patches_on_available_structures_only() -> None:
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[5:8, 5:8, 5:8] = 1  # 27 of 64000 voxels: uniform sampling would almost never hit it
+    labels[30:33, 30:33, 30:33] = 2
+    rng = np.random.default_rng(0)
+    locations = class_locations(labels, 3, rng)
+    only_first = np.array([False, True, False])  # structure 2 not contoured in this case: unknown
+    centres = [sample_center(labels.shape, locations, only_first, rng, foreground_fraction=0.5) for _ in range(400)]
+    hits = [labels[tuple(np.round(c).astype(int))] for c in centres]
+    assert 0.4 < np.mean([h == 1 for h in hits]) < 0.6  # the foreground half, all on structure 1
+    assert not any(h == 2 for h in hits)
+    uniform = [sample_center(labels.shape, locations, only_first, rng, foreground_fraction=0.0) for _ in range(200)]
+    assert np.mean([labels[tuple(np.round(c).astype(int))] == 1 for c in uniform]) < 0.05
+
+
+def test_intensity_augmentation_scales_blurs_and_adds_noise_within_bounds() -> None:
+    x = np.zeros((16, 16, 16), np.float32)
+    x[8:, :, :] = 1.0  # a sharp edge
+    rng = np.random.default_rng(1)
+    scaled = augment_intensity(x, rng, p_scale=1.0, p_noise=0.0, p_blur=0.0)
+    gain = scaled[15, 0, 0] - scaled[0, 0, 0]
+    assert 0.9 <= gain <= 1.1 and abs(scaled[0, 0, 0]) <= 0.1 and len(np.unique(scaled)) == 2
+    blurred = augment_intensity(x, rng, p_scale=0.0, p_noise=0.0, p_blur=1.0)
+    assert 0.0 < blurred[7, 8, 8] < blurred[8, 8, 8] < 1.0  # the edge is softened (lower resolution)
+    assert blurred.mean() == pytest.approx(x.mean(), abs=1e-4)
+    noisy = augment_intensity(x, rng, p_scale=0.0, p_noise=1.0, p_blur=0.0)
+    assert noisy.dtype == np.float32 and 0.0 <= (noisy - x).std() <= 0.1
+    same = augment_intensity(x, rng, p_scale=0.0, p_noise=0.0, p_blur=0.0)
+    assert np.array_equal(same, x)
