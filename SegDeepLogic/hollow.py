@@ -28,6 +28,8 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from .errors import MeshError
+from .mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
+from .mesh_report import surface_deviation_mm
 from .progress import CancelToken, ProgressCallback, report
 from .volume import Volume
 
@@ -59,6 +61,8 @@ class HollowResult:
 
     wall: Volume  # the printed material: solid minus cavity minus drain holes
     solid: Volume  # the unhollowed part on the same grid (for the saved volume)
+    cavity: Volume  # the removed inside (before drilling)
+    solid_surface: Mesh  # the smoothed outer surface the wall is measured from (LPS)
     wall_mm: float
     voxel_mm: float
     cavity_voxel_count: int
@@ -160,6 +164,7 @@ def hollow_mask(
     drain_diameter_mm: float = 3.0,
     drain_points: Sequence[npt.ArrayLike] | None = None,
     down: npt.ArrayLike = (0.0, 0.0, -1.0),
+    smoothing_factor: float = DEFAULT_SMOOTHING_FACTOR,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> HollowResult:
@@ -184,6 +189,8 @@ def hollow_mask(
         on through the wall.
     down : (3,) LPS vector, optional
         Which way is down for "lowest" (default (0, 0, -1): inferior).
+    smoothing_factor : float, optional
+        Smoothing of the outer surface the wall is measured from (as the export's, default 0.5).
     progress, cancel : optional
         Progress callback and cancel token.
 
@@ -215,9 +222,18 @@ def hollow_mask(
     report(progress, 0.0, "resampling for hollowing", cancel)
     solid = refine_mask(mask, h)
     report(progress, 0.3, "distance field", cancel)
-    depth = ndimage.distance_transform_edt(solid.array, sampling=solid.spacing_kji)
-    max_depth = float(depth.max()) - 0.5 * h
-    cavity = depth > wall_mm + 0.5 * h
+    depth = ndimage.distance_transform_edt(solid.array, sampling=solid.spacing_kji) - 0.5 * h
+    max_depth = float(depth.max())
+    # the voxel distance is only accurate to about a voxel: near the wall's inner side, the depth
+    # is the exact distance to the smoothed outer surface that will be printed
+    surface = mask_to_mesh(solid, smoothing_factor=smoothing_factor, compute_normals=False, cancel=cancel)
+    cavity = depth > wall_mm + 2.0 * h
+    band = np.argwhere((depth > wall_mm - 2.0 * h) & ~cavity & solid.array)
+    if len(band):
+        centres = solid.index_to_physical(band[:, ::-1].astype(np.float64))
+        exact = -surface_deviation_mm(Mesh(centres, np.zeros((0, 3), np.int64)), surface)
+        cavity[tuple(band.T)] = exact > wall_mm
+        max_depth = max(max_depth, float(exact.max()))
     if not cavity.any():
         raise MeshError(
             f"a wall of {wall_mm:g} mm leaves no cavity: the part is at most about {2 * max_depth:.1f} mm thick "
@@ -261,4 +277,4 @@ def hollow_mask(
             _drill(wall, solid.array, idx[lowest].astype(np.float64), direction_ijk[::-1], radius_vox)
             holes.append(DrainHole(tuple(mm[lowest]), tuple(down_mm), float(drain_diameter_mm)))
     report(progress, 1.0, "hollowed", cancel)
-    return HollowResult(solid.with_array(wall), solid, wall_mm, h, int(cavity.sum()), tuple(holes))
+    return HollowResult(solid.with_array(wall), solid, solid.with_array(cavity), surface, wall_mm, h, int(cavity.sum()), tuple(holes))

@@ -125,12 +125,12 @@ def mesh_to_manifold(mesh: Mesh):
     """A ``manifold3d.Manifold`` of a closed, manifold surface (raises :class:`MeshError` otherwise)."""
     import manifold3d
 
-    vertices = np.ascontiguousarray(mesh.vertices, dtype=np.float64)
+    vertices = np.array(mesh.vertices, dtype=np.float64, order="C")  # a writable copy: nanobind refuses read-only arrays
     if hasattr(manifold3d, "Mesh64"):  # double precision (manifold3d >= 3.1)
-        faces = np.ascontiguousarray(mesh.faces, dtype=np.uint64)
+        faces = np.array(mesh.faces, dtype=np.uint64, order="C")
         solid = manifold3d.Manifold(manifold3d.Mesh64(vert_properties=vertices, tri_verts=faces))
     else:  # pragma: no cover - older manifold3d
-        faces = np.ascontiguousarray(mesh.faces, dtype=np.uint32)
+        faces = np.array(mesh.faces, dtype=np.uint32, order="C")
         solid = manifold3d.Manifold(manifold3d.Mesh(vert_properties=vertices.astype(np.float32), tri_verts=faces))
     status = solid.status()
     if status != manifold3d.Error.NoError or solid.is_empty():

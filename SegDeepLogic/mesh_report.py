@@ -400,6 +400,9 @@ class MeshReport:
     build_volume_mm: tuple[float, float, float] | None = None
     fits_build_volume: bool | None = None  # as oriented (the file's axes)
     fits_build_volume_rotated: bool | None = None  # in some axis-aligned orientation
+    segment: str | None = None  # the segment a part (piece, shell) comes from
+    hollowing: dict[str, Any] | None = None  # wall asked for and measured, saved volume, drain holes
+    cut: dict[str, Any] | None = None  # planes, this piece's sides, kerf
 
     @property
     def manifold(self) -> bool:
