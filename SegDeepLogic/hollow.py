@@ -277,4 +277,6 @@ def hollow_mask(
             _drill(wall, solid.array, idx[lowest].astype(np.float64), direction_ijk[::-1], radius_vox)
             holes.append(DrainHole(tuple(mm[lowest]), tuple(down_mm), float(drain_diameter_mm)))
     report(progress, 1.0, "hollowed", cancel)
-    return HollowResult(solid.with_array(wall), solid, solid.with_array(cavity), surface, wall_mm, h, int(cavity.sum()), tuple(holes))
+    return HollowResult(
+        solid.with_array(wall), solid, solid.with_array(cavity), surface, wall_mm, h, int(cavity.sum()), tuple(holes)
+    )

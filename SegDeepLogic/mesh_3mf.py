@@ -176,7 +176,11 @@ def write_3mf(
     string = "xs:string"
     meta.AddMetaData("", "Title", title or parts[0].name, string, False)
     meta.AddMetaData("", "Application", "SegDeep", string, False)
-    axes = "x to the patient's left, y posterior, z superior" if space == "LPS" else "x to the patient's right, y anterior, z superior"
+    axes = (
+        "x to the patient's left, y posterior, z superior"
+        if space == "LPS"
+        else "x to the patient's right, y anterior, z superior"
+    )
     meta.AddMetaData(
         "", "Description", f"SegDeep print model; coordinates in {space} millimetres ({axes}), as in the CT", string, False
     )

@@ -31,7 +31,9 @@ _WORDS = {
     "RAS": (("right", "left"), ("anterior", "posterior"), ("superior", "inferior")),
 }
 _NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_PLANE_RE = re.compile(rf"^\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*[:/;]\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*$")
+_PLANE_RE = re.compile(
+    rf"^\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*[:/;]\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*$"
+)
 
 
 def side_word(direction: npt.ArrayLike, space: Space = "LPS") -> str:

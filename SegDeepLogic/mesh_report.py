@@ -19,8 +19,8 @@ import numpy.typing as npt
 from scipy import sparse
 from scipy.sparse import csgraph
 from vtkmodules.util import numpy_support
-from vtkmodules.vtkCommonCore import vtkDoubleArray
 from vtkmodules.vtkCommonCore import reference as vtk_reference
+from vtkmodules.vtkCommonCore import vtkDoubleArray
 from vtkmodules.vtkCommonDataModel import vtkStaticCellLocator
 from vtkmodules.vtkFiltersCore import vtkImplicitPolyDataDistance
 
@@ -420,7 +420,7 @@ class MeshReport:
         d["print_ready"] = self.print_ready
         d["bounds_min_mm"] = list(self.bounds_min_mm)
         d["bounds_max_mm"] = list(self.bounds_max_mm)
-        d["size_mm"] = [hi - lo for lo, hi in zip(self.bounds_min_mm, self.bounds_max_mm)]
+        d["size_mm"] = [self.bounds_max_mm[a] - self.bounds_min_mm[a] for a in range(3)]
         d["thin_regions"] = [dataclasses.asdict(r) for r in self.thin_regions]
         if self.build_volume_mm is not None:
             d["build_volume_mm"] = list(self.build_volume_mm)
