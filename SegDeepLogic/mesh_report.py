@@ -246,7 +246,7 @@ def wall_thickness_mm(mesh: Mesh, *, progress_every: int = 0) -> np.ndarray:
 
     Examples
     --------
-    A 10 x 10 x 2 mm plate is 2 mm thick at every vertex of its two large faces (200 of 264):
+    A 10 x 10 x 2 mm plate is 2 mm thick at every vertex of its two large faces (200 of 280):
 
     >>> from SegDeepLogic import Volume
     >>> from SegDeepLogic.mesh import mask_to_mesh
@@ -254,7 +254,7 @@ def wall_thickness_mm(mesh: Mesh, *, progress_every: int = 0) -> np.ndarray:
     >>> array[1:3, 1:11, 1:11] = True
     >>> t = wall_thickness_mm(mask_to_mesh(Volume(array, spacing=(1, 1, 1)), smoothing_factor=0))
     >>> round(float(t.min()), 3), int(np.sum(np.abs(t - 2.0) < 1e-6)), len(t)
-    (2.0, 200, 264)
+    (2.0, 200, 280)
     """
     if mesh.n_faces == 0:
         raise MeshError("the mesh has no triangles")
