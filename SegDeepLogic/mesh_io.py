@@ -515,7 +515,7 @@ def export_segments(
     measure_deviation: bool = True,
     overwrite: bool = False,
     colors: Mapping[str, Sequence[float]] | None = None,
-    print_options: PrintOptions | None = None,
+    print_options: PrintOptions | Mapping[str, PrintOptions] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> list[tuple[Path, MeshReport]]:
@@ -556,9 +556,10 @@ def export_segments(
         Replace existing files. Default False: ``FileExistsError`` before any work.
     colors : mapping of segment name to (r, g, b) in [0, 1], optional
         Segment colours for 3MF objects (a Segmentation brings its own).
-    print_options : PrintOptions, optional
+    print_options : PrintOptions, or mapping of segment name to PrintOptions, optional
         Hollowing, cutting planes, one object per shell, wall-thickness and build-volume checks
-        (:mod:`SegDeepLogic.print_prep`). Cut pieces and shells become parts of their own
+        (:mod:`SegDeepLogic.print_prep`), for every segment or per segment (segments missing
+        from the mapping are exported plainly). Cut pieces and shells become parts of their own
         (one file each, or one object each in a 3MF file).
     progress : callable, optional
         ``progress(fraction, stage)``.
@@ -587,7 +588,8 @@ def export_segments(
     space = _check_space(space)
     if format not in MESH_FORMATS:
         raise MeshError(f"format must be one of {MESH_FORMATS}, got {format!r}")
-    options = print_options or PrintOptions()
+    per_segment = print_options if isinstance(print_options, Mapping) else None
+    default_options = PrintOptions() if per_segment is not None else (print_options or PrintOptions())
     folder = Path(folder)
     items = _segment_masks(segments, names)
     if not items:
@@ -600,7 +602,8 @@ def export_segments(
     single = merge or format == "3mf"
     single_target = folder / f"{safe_filename(merged_name, default='segmentation')}.{format}"
     if not overwrite:
-        predictable = [single_target] if single else ([] if options.planes or options.per_shell else None)
+        splits = any(o.planes or o.per_shell for o in [default_options, *(per_segment or {}).values()])
+        predictable = [single_target] if single else ([] if splits else None)
         if predictable is None:
             predictable = [folder / f"{n}.{format}" for n in _unique_names([safe_filename(name) for name, _, _ in items])]
         for target in predictable:
@@ -619,6 +622,7 @@ def export_segments(
         def step(fraction: float, stage: str, base: float = base, share: float = share, name: str = name) -> None:
             report(progress, base + share * fraction, f"{name}: {stage}", cancel)
 
+        options = per_segment.get(name, default_options) if per_segment is not None else default_options
         if options.active:
             for part in prepare_segment(
                 name,

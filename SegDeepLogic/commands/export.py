@@ -55,6 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     prep.add_argument(
         "--thin", type=float, metavar="MM", help="measure wall thickness; report regions thinner than MM (e.g. 0.8)"
     )
+    prep.add_argument(
+        "--prep-segments",
+        nargs="+",
+        metavar="NAME",
+        help="apply --hollow, --cut and --per-shell only to these segments (default: all); checks apply to all",
+    )
     prep.add_argument("--build-volume", type=float, nargs=3, metavar=("X", "Y", "Z"), help="printer build volume (mm)")
     p.add_argument("--report", default="-", help="print-readiness report (.json or .csv); '-' prints JSON to stdout")
     p.add_argument("--overwrite", action="store_true", help="replace existing mesh files")
@@ -92,6 +98,13 @@ def run(args: argparse.Namespace) -> int:
         thin_threshold_mm=args.thin,
         build_volume_mm=tuple(args.build_volume) if args.build_volume else None,
     )
+    print_options: PrintOptions | dict[str, PrintOptions] = options
+    if args.prep_segments:
+        unknown = [n for n in args.prep_segments if n not in masks]
+        if unknown:
+            raise MeshError(f"--prep-segments: no segment {unknown[0]!r} to export; exported segments: {', '.join(masks)}")
+        checks_only = PrintOptions(thin_threshold_mm=options.thin_threshold_mm, build_volume_mm=options.build_volume_mm)
+        print_options = {n: options if n in args.prep_segments else checks_only for n in masks}
     name = args.name or Path(args.segmentation).name.split(".")[0]
     with progress_bar("export", enabled=not args.no_progress) as progress:
         results = export_segments(
@@ -105,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             merged_name=name,
             colors={s.name: s.color for s in seg.segments if s.color is not None},
-            print_options=options,
+            print_options=print_options,
             progress=progress,
         )
     rows = [{"file": str(path), "units": "mm", **report.to_dict()} for path, report in results]
