@@ -280,8 +280,17 @@ def prepare_segment(
         mesh, raw = mask_to_mesh(result.wall, space=space, smoothing_factor=smoothing_factor, return_raw=True, cancel=cancel)
         solid = result.solid_surface.to_space(space)
         report(progress, 0.5, "measuring the wall", cancel)
-        inner = _cavity_vertices(raw, result)
-        wall_measured = np.abs(surface_deviation_mm(Mesh(mesh.vertices[inner], np.zeros((0, 3), np.int64), space), solid))
+        inner = np.flatnonzero(_cavity_vertices(raw, result))
+        no_faces = np.zeros((0, 3), np.int64)
+        wall_measured = np.abs(surface_deviation_mm(Mesh(mesh.vertices[inner], no_faces, space), solid))
+        # smoothing may pull the cavity's surface towards the outside by a fraction of a voxel where
+        # the cavity is small; there the voxel surface (at least wall - voxel/2 deep) is kept
+        thin = inner[wall_measured < result.wall_mm - 0.5 * result.voxel_mm]
+        if len(thin):
+            vertices = mesh.vertices.copy()
+            vertices[thin] = raw.vertices[thin]
+            mesh = Mesh(vertices, mesh.faces, space, vertex_normals(vertices, mesh.faces))
+            wall_measured = np.abs(surface_deviation_mm(Mesh(mesh.vertices[inner], no_faces, space), solid))
         solid_ml = enclosed_volume_mm3(solid) / 1000.0
         hollow_ml = enclosed_volume_mm3(mesh) / 1000.0
         hollowing = {
@@ -290,6 +299,7 @@ def prepare_segment(
             "measured_wall_min_mm": float(wall_measured.min()) if wall_measured.size else None,
             "measured_wall_mean_mm": float(wall_measured.mean()) if wall_measured.size else None,
             "measured_wall_note": "distance from every vertex of the cavity's surface (away from drain holes) to the outer surface",
+            "unsmoothed_cavity_vertices": len(thin),
             "solid_volume_ml": solid_ml,
             "hollow_volume_ml": hollow_ml,
             "saved_volume_ml": solid_ml - hollow_ml,

@@ -48,7 +48,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--cut",
         action="append",
         metavar="PX,PY,PZ:NX,NY,NZ",
-        help="cutting plane through a point with a normal (mm, in --space); repeat for several planes",
+        help="cutting plane through a point with a normal (mm, in --space); repeat for several planes; "
+        "write --cut=-10,... when the point starts with a minus sign",
     )
     prep.add_argument("--kerf", type=float, default=0.0, metavar="MM", help="saw gap removed around each cutting plane")
     prep.add_argument("--per-shell", action="store_true", help="one object (or file) per connected shell")
