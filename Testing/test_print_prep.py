@@ -504,3 +504,24 @@ def test_readme_surgical_planning_example_runs_and_prusaslicer_reads_it(tmp_path
         np.testing.assert_allclose(
             [obj["size_x"], obj["size_y"], obj["size_z"]], np.subtract(r.bounds_max_mm, r.bounds_min_mm), atol=2e-3
         )
+
+
+def test_report_export_in_3mf_is_one_file_with_a_coloured_object_per_structure(tmp_path: Path) -> None:
+    from SegDeepLogic.report import build_report, write_report
+    from SegDeepLogic.segmentation_io import Segmentation
+
+    zz, yy, xx = np.mgrid[:40, :40, :40]
+    ct = Volume(np.where((xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 20) ** 2 < 150, 700.0, 0.0).astype(np.float32), spacing=(1, 1, 1))
+    labels = np.zeros(ct.array.shape, np.uint8)
+    labels[(xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 20) ** 2 < 150] = 1
+    labels[5:12, 5:12, 5:15] = 2
+    seg = Segmentation(ct.with_array(labels), [SegmentInfo("bone", 1, (0.9, 0.8, 0.5)), SegmentInfo("nerve", 2, (1.0, 0.9, 0.0))])
+    facts = build_report(ct, segmentation=seg, export_dir=tmp_path / "meshes", export_format="3mf", threshold="bone")
+    write_report(facts, tmp_path / "case.html")
+    assert sorted(p.name for p in (tmp_path / "meshes").iterdir()) == ["structures.3mf"]
+    model = read_3mf(tmp_path / "meshes" / "structures.3mf")
+    assert [(p.name, p.color) for p in model.parts] == [("bone", (0.902, 0.8, 0.502)), ("nerve", (1.0, 0.902, 0.0))]
+    rows = {s["name"]: s["mesh"] for s in facts.data["structures"]}
+    for part in model.parts:
+        lo, hi = part.mesh.bounds()
+        np.testing.assert_allclose(lo, rows[part.name]["bounds_min_mm"], atol=1e-4)
