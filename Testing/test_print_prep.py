@@ -511,7 +511,9 @@ def test_report_export_in_3mf_is_one_file_with_a_coloured_object_per_structure(t
     from SegDeepLogic.segmentation_io import Segmentation
 
     zz, yy, xx = np.mgrid[:40, :40, :40]
-    ct = Volume(np.where((xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 20) ** 2 < 150, 700.0, 0.0).astype(np.float32), spacing=(1, 1, 1))
+    ct = Volume(
+        np.where((xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 20) ** 2 < 150, 700.0, 0.0).astype(np.float32), spacing=(1, 1, 1)
+    )
     labels = np.zeros(ct.array.shape, np.uint8)
     labels[(xx - 20) ** 2 + (yy - 20) ** 2 + (zz - 20) ** 2 < 150] = 1
     labels[5:12, 5:12, 5:15] = 2

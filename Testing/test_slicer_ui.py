@@ -65,6 +65,14 @@ EXPECTED_WIDGETS = {
     "decimationSlider": "ctkSliderWidget",
     "coordinateSystemComboBox": "QComboBox",
     "mergeCheckBox": "QCheckBox",
+    "hollowWallSpinBox": "QDoubleSpinBox",
+    "drainHolesSpinBox": "QSpinBox",
+    "drainDiameterSpinBox": "QDoubleSpinBox",
+    "cutPlanesSelector": "qMRMLCheckableNodeComboBox",
+    "kerfSpinBox": "QDoubleSpinBox",
+    "prepSegmentsLineEdit": "QLineEdit",
+    "perShellCheckBox": "QCheckBox",
+    "thinThresholdSpinBox": "QDoubleSpinBox",
     "outputFolderPathLineEdit": "ctkPathLineEdit",
     "exportButton": "QPushButton",
     "exportStatusLabel": "QLabel",
@@ -89,6 +97,7 @@ QT_CLASSES = {
     "QDoubleSpinBox",
     "QListWidget",
     "QSpinBox",
+    "QLineEdit",
 }
 
 
