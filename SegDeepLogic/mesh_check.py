@@ -320,7 +320,8 @@ def repair_mesh(mesh: Mesh, *, max_hole_edges: int = DEFAULT_MAX_HOLE_EDGES) -> 
     # 5. winding: consistent per shell, then outward (cavities inward)
     before = f.copy()
     n_before_fill = len(f) - (len(new_faces) if topo.boundary_edge_count else 0)
-    f, _ = _orient(f)
+    if mesh_topology(f, len(v)).misoriented_edge_count:
+        f, _ = _orient(f)
     labels = _shell_labels(f, len(v))
     outward_flips = 0
     from .print_prep import winding_number
