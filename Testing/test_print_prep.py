@@ -527,3 +527,35 @@ def test_report_export_in_3mf_is_one_file_with_a_coloured_object_per_structure(t
     for part in model.parts:
         lo, hi = part.mesh.bounds()
         np.testing.assert_allclose(lo, rows[part.name]["bounds_min_mm"], atol=1e-4)
+
+
+def test_cli_hollow_with_a_drain_hole_towards_a_given_point(two_segment_seg: Path, tmp_path: Path) -> None:
+    # the block spans LPS x -115.5..-95.5, y 39.5..64.5, z -395.5..-375.5; drill towards a point below its centre
+    args = ["export", str(two_segment_seg), "-o", str(tmp_path / "o"), "--format", "3mf", "--prep-segments", "bone block"]
+    args += ["--hollow", "2", "--voxel", "0.5", "--drain-at=-105.5,52,-410", "--drain-diameter", "4", "--thin", "0.8"]
+    assert main([*args, "--report", str(tmp_path / "r.json"), "--no-progress"]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())
+    block, tumour = rows
+    assert block["watertight"] and block["manifold"] and block["shell_count"] == 1 and block["print_ready"]
+    (hole,) = block["hollowing"]["drain_holes"]
+    assert hole["diameter_mm"] == 4.0 and hole["direction"][2] < -0.99
+    assert abs(block["hollowing"]["measured_wall_min_mm"] - 2.0) <= 0.25
+    assert block["hollowing"]["saved_percent"] > 40 and tumour["hollowing"] is None
+    assert block["min_wall_thickness_mm"] >= 1.5 and block["thin_regions"] == []  # nothing under 0.8 mm
+    assert main(["export", str(two_segment_seg), "-o", str(tmp_path / "x"), "--drain-holes", "1", "--no-progress"]) == 1
+
+
+def test_mesh_check_repairs_a_3mf_keeping_names_and_colours(tmp_path: Path) -> None:
+    box = box_mesh((0, 0, 0), (10, 10, 10))
+    flipped = Mesh(box.vertices, np.r_[box.faces[:2, [0, 2, 1]], box.faces[2:]])
+    write_3mf(
+        [PrintPart("flipped", flipped, (0.0, 0.5, 1.0)), PrintPart("fine", box_mesh((20, 0, 0), (25, 5, 5)), (1.0, 0.0, 0.0))],
+        tmp_path / "m.3mf",
+    )
+    assert main(["mesh-check", str(tmp_path / "m.3mf"), "--repair", "--report", str(tmp_path / "r.json")]) == 0
+    rows = json.loads((tmp_path / "r.json").read_text())
+    assert rows[0]["repair"] == ["reversed 2 triangle(s) to make the winding consistent and outward"]
+    assert rows[1]["repair"] == ["nothing to repair"]
+    repaired = read_3mf(tmp_path / "m.repaired.3mf")
+    assert [(p.name, p.color) for p in repaired.parts] == [("flipped", (0.0, 0.502, 1.0)), ("fine", (1.0, 0.0, 0.0))]
+    assert all(check_mesh(p.mesh)["print_ready"] for p in repaired.parts)
