@@ -433,6 +433,13 @@ class MeshReport:
         d["thin_regions"] = [dataclasses.asdict(r) for r in self.thin_regions]
         if self.build_volume_mm is not None:
             d["build_volume_mm"] = list(self.build_volume_mm)
+        # the print-preparation facts appear only when they were measured or apply
+        if self.thin_threshold_mm is None:
+            for key in ("min_wall_thickness_mm", "thin_threshold_mm", "thin_regions", "thin_area_mm2"):
+                d.pop(key)
+        for key in ("build_volume_mm", "fits_build_volume", "fits_build_volume_rotated", "segment", "hollowing", "cut"):
+            if d[key] is None:
+                d.pop(key)
         return d
 
 
