@@ -360,8 +360,3 @@ def _shell_labels(faces: np.ndarray, n: int) -> np.ndarray:
     )
     _, label = csgraph.connected_components(graph, directed=False)
     return label[faces[:, 0]]
-
-
-def report_changes(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any]:
-    """The facts that differ between two :func:`check_mesh` reports (for the repair summary)."""
-    return {k: {"before": before[k], "after": after[k]} for k in before if k in after and before[k] != after[k]}

@@ -19,7 +19,7 @@ print checks are asked for:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -372,10 +372,3 @@ def parse_points(values: Sequence[str] | None) -> tuple[tuple[float, float, floa
             raise MeshError(f"a point is 'x,y,z' in mm, got {text!r}")
         points.append(xyz)
     return tuple(points)  # type: ignore[return-value]
-
-
-def options_dict(options: PrintOptions) -> Mapping[str, Any]:
-    """The options as JSON-ready values (planes as dicts)."""
-    d = dataclasses.asdict(options)
-    d["planes"] = [p.to_dict() for p in options.planes]
-    return d

@@ -17,10 +17,13 @@ from ._common import load_segmentation, progress_bar, write_table
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export segments as watertight, smoothed meshes (STL/OBJ/PLY) with a print-readiness report",
+        help="export segments as watertight, smoothed meshes (STL/OBJ/PLY/3MF; hollowed, cut) with a print-readiness report",
         description="Build a closed surface per segment (flying edges, windowed-sinc smoothing that does not shrink, "
         "optional decimation), in physical millimetres, LPS by default (as Slicer's STL export) or RAS, and report "
-        "whether each mesh is print-ready (watertight, manifold, shells, volume vs voxels, smoothing deviation).",
+        "whether each mesh is print-ready (watertight, manifold, shells, volume vs voxels, smoothing deviation). For "
+        "printing and surgical planning: one 3MF file with a named, coloured object per part (--format 3mf), hollowing "
+        "with a wall in mm and drain holes, cutting planes with a kerf, one object per shell, wall-thickness and "
+        "build-volume checks.",
     )
     p.add_argument("segmentation", help="segmentation (.seg.nrrd or label map .nii.gz/.nrrd)")
     p.add_argument("-o", "--output", required=True, help="output folder")
