@@ -147,7 +147,7 @@ class SegDeepParameterNode:
     ``decimation``, ``coordinateSystem``, ``merge``, ``outputFolder``, ``printReportTable``; print
     preparation: ``hollowWallMm`` (0: solid), ``drainHoles``, ``drainDiameterMm``, ``kerfMm``,
     ``perShell``, ``thinThresholdMm`` (0: off); the cutting planes are the markups planes checked
-    in the panel's selector.
+    in the panel's selector, the build volume ("X Y Z" mm) and the segments to hollow/cut are typed in line edits.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -678,6 +678,16 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "thinThresholdMm": p.thinThresholdMm or None,
             "prepSegmentNames": [n.strip() for n in self.ui.prepSegmentsLineEdit.text.split(",") if n.strip()] or None,
         }
+        buildVolume = str(self.ui.buildVolumeLineEdit.text).strip()
+        if buildVolume:
+            try:
+                size = [float(v) for v in buildVolume.replace("x", " ").replace(",", " ").split()]
+            except ValueError:
+                size = []
+            if len(size) != 3:
+                slicer.util.errorDisplay(_("Build volume: give three sizes in mm, e.g. 250 210 220."))
+                return
+            options["buildVolumeMm"] = size
         with slicer.util.tryWithErrorDisplay(_("The export failed."), waitCursor=True):
             folder = str(p.outputFolder)
             try:

@@ -73,6 +73,7 @@ EXPECTED_WIDGETS = {
     "prepSegmentsLineEdit": "QLineEdit",
     "perShellCheckBox": "QCheckBox",
     "thinThresholdSpinBox": "QDoubleSpinBox",
+    "buildVolumeLineEdit": "QLineEdit",
     "outputFolderPathLineEdit": "ctkPathLineEdit",
     "exportButton": "QPushButton",
     "exportStatusLabel": "QLabel",
