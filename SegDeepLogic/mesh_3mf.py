@@ -16,9 +16,12 @@ trimesh's writer. Writes are atomic and refuse to overwrite unless asked.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
+import locale
 import os
+from collections.abc import Iterator
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -83,6 +86,17 @@ def _lib3mf():
     except ImportError as exc:  # pragma: no cover - a declared dependency
         raise MeshError("3MF files need the 'lib3mf' package (pip install lib3mf)") from exc
     return lib3mf, lib3mf.get_wrapper()
+
+
+@contextlib.contextmanager
+def _kept_locale() -> Iterator[None]:
+    """Restore the process locale after lib3mf: its reader and writer switch it to "C" for good,
+    which would make Python (and Slicer) fall back to ASCII for text files."""
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
 
 
 def _set_geometry(lib3mf, obj, vertices: np.ndarray, faces: np.ndarray) -> None:
@@ -204,7 +218,7 @@ def write_3mf(
         model.AddBuildItem(obj, wrapper.GetIdentityTransform())
     if materials.GetCount() == 0:
         model.RemoveResource(materials)
-    with atomic_path(path, overwrite=overwrite) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp, _kept_locale():
         model.QueryWriter("3mf").WriteToFile(str(tmp))
     return path
 
@@ -234,7 +248,8 @@ def read_3mf(path: str | os.PathLike) -> Model3MF:
     lib3mf, wrapper = _lib3mf()
     model = wrapper.CreateModel()
     try:
-        model.QueryReader("3mf").ReadFromFile(str(path))
+        with _kept_locale():
+            model.QueryReader("3mf").ReadFromFile(str(path))
     except lib3mf.ELib3MFException as exc:
         raise MeshError(f"{path.name} is not a readable 3MF file: {exc}") from None
     unit = {

@@ -215,6 +215,14 @@ def test_3mf_per_shell_gives_one_object_per_connected_piece(tmp_path: Path) -> N
     assert results[0][1].volume_ml > results[1][1].volume_ml
 
 
+def test_3mf_write_and_read_leave_the_process_locale_alone(tmp_path: Path) -> None:
+    import locale
+
+    before = locale.setlocale(locale.LC_ALL)
+    read_3mf(write_3mf([PrintPart("a", box_mesh((0, 0, 0), (1, 1, 1)))], tmp_path / "a.3mf"))
+    assert locale.setlocale(locale.LC_ALL) == before  # lib3mf switches to "C"; Python would then read text as ASCII
+
+
 def test_3mf_refuses_to_overwrite_and_writes_nothing_partial(tmp_path: Path) -> None:
     tetra = box_mesh((0, 0, 0), (1, 1, 1))
     path = write_3mf([PrintPart("a", tetra)], tmp_path / "a.3mf")
