@@ -21,8 +21,7 @@ import ctypes
 import dataclasses
 import locale
 import os
-from collections.abc import Iterator
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
