@@ -144,7 +144,10 @@ class SegDeepParameterNode:
     Compare: ``segmentation``, ``segmentName``, ``thresholdPreset`` (``preset:<name>``,
     ``method:<name>`` or ``custom``), ``lowerHU``/``upperHU``, clean-up options, ``toleranceMm``,
     ``comparisonTable``. Export: ``exportSegmentation``, ``exportFormat``, ``smoothing``,
-    ``decimation``, ``coordinateSystem``, ``merge``, ``outputFolder``, ``printReportTable``.
+    ``decimation``, ``coordinateSystem``, ``merge``, ``outputFolder``, ``printReportTable``; print
+    preparation: ``hollowWallMm`` (0: solid), ``drainHoles``, ``drainDiameterMm``, ``kerfMm``,
+    ``perShell``, ``thinThresholdMm`` (0: off); the cutting planes are the markups planes checked
+    in the panel's selector, the build volume ("X Y Z" mm) and the segments to hollow/cut are typed in line edits.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -166,11 +169,17 @@ class SegDeepParameterNode:
     toleranceMm: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
     comparisonTable: vtkMRMLTableNode
     exportSegmentation: vtkMRMLSegmentationNode
-    exportFormat: Annotated[str, Choice(["STL", "OBJ", "PLY"])] = "STL"
+    exportFormat: Annotated[str, Choice(["STL", "OBJ", "PLY", "3MF"])] = "STL"
     smoothing: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     decimation: Annotated[float, WithinRange(0.0, 0.95)] = 0.0
     coordinateSystem: Annotated[str, Choice(["LPS", "RAS"])] = "LPS"
     merge: bool = False
+    hollowWallMm: Annotated[float, WithinRange(0.0, 50.0)] = 0.0
+    drainHoles: Annotated[int, WithinRange(0, 10)] = 0
+    drainDiameterMm: Annotated[float, WithinRange(0.0, 20.0)] = 3.0
+    kerfMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    perShell: bool = False
+    thinThresholdMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     outputFolder: pathlib.Path
     printReportTable: vtkMRMLTableNode
 
@@ -660,7 +669,25 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "coordinateSystem": p.coordinateSystem,
             "merge": p.merge,
             "progress": self._progress,
+            "hollowWallMm": p.hollowWallMm or None,
+            "drainHoles": p.drainHoles if p.hollowWallMm else 0,
+            "drainDiameterMm": p.drainDiameterMm,
+            "cutPlanes": list(self.ui.cutPlanesSelector.checkedNodes()),
+            "kerfMm": p.kerfMm,
+            "perShell": p.perShell,
+            "thinThresholdMm": p.thinThresholdMm or None,
+            "prepSegmentNames": [n.strip() for n in self.ui.prepSegmentsLineEdit.text.split(",") if n.strip()] or None,
         }
+        buildVolume = str(self.ui.buildVolumeLineEdit.text).strip()
+        if buildVolume:
+            try:
+                size = [float(v) for v in buildVolume.replace("x", " ").replace(",", " ").split()]
+            except ValueError:
+                size = []
+            if len(size) != 3:
+                slicer.util.errorDisplay(_("Build volume: give three sizes in mm, e.g. 250 210 220."))
+                return
+            options["buildVolumeMm"] = size
         with slicer.util.tryWithErrorDisplay(_("The export failed."), waitCursor=True):
             folder = str(p.outputFolder)
             try:

@@ -65,6 +65,15 @@ EXPECTED_WIDGETS = {
     "decimationSlider": "ctkSliderWidget",
     "coordinateSystemComboBox": "QComboBox",
     "mergeCheckBox": "QCheckBox",
+    "hollowWallSpinBox": "QDoubleSpinBox",
+    "drainHolesSpinBox": "QSpinBox",
+    "drainDiameterSpinBox": "QDoubleSpinBox",
+    "cutPlanesSelector": "qMRMLCheckableNodeComboBox",
+    "kerfSpinBox": "QDoubleSpinBox",
+    "prepSegmentsLineEdit": "QLineEdit",
+    "perShellCheckBox": "QCheckBox",
+    "thinThresholdSpinBox": "QDoubleSpinBox",
+    "buildVolumeLineEdit": "QLineEdit",
     "outputFolderPathLineEdit": "ctkPathLineEdit",
     "exportButton": "QPushButton",
     "exportStatusLabel": "QLabel",
@@ -89,6 +98,7 @@ QT_CLASSES = {
     "QDoubleSpinBox",
     "QListWidget",
     "QSpinBox",
+    "QLineEdit",
 }
 
 

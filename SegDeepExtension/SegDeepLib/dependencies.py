@@ -22,12 +22,20 @@ from SegDeepLogic.errors import SegDeepError
 
 # The engine's run-time packages that Slicer does not bundle (numpy, SimpleITK and VTK come with
 # Slicer), with the minimum versions of pyproject.toml.
-ENGINE_REQUIREMENTS: tuple[str, ...] = ("scipy>=1.11", "scikit-image>=0.22", "safetensors>=0.4")
+ENGINE_REQUIREMENTS: tuple[str, ...] = (
+    "scipy>=1.11",
+    "scikit-image>=0.22",
+    "safetensors>=0.4",
+    "lib3mf>=2.3",
+    "manifold3d>=2.5",
+)
 TORCH_REQUIREMENT = "torch>=2.2"
 IMPORT_NAMES = {
     "scipy": "scipy",
     "scikit-image": "skimage",
     "safetensors": "safetensors",
+    "lib3mf": "lib3mf",
+    "manifold3d": "manifold3d",
     "SimpleITK": "SimpleITK",
     "torch": "torch",
 }

@@ -102,7 +102,7 @@ THRESHOLD_ONLY_COLOR = (0.2, 0.45, 1.0)
 THRESHOLD_COLOR = (0.95, 0.84, 0.57)
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
-MESH_FORMATS = ("STL", "OBJ", "PLY")
+MESH_FORMATS = ("STL", "OBJ", "PLY", "3MF")
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 
 METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
@@ -981,6 +981,16 @@ class SegDeepLogicBase:
         merge: bool = False,
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
+        hollowWallMm: float | None = None,
+        drainHoles: int = 0,
+        drainDiameterMm: float = 3.0,
+        cutPlanes: Sequence[Any] | None = None,
+        kerfMm: float = 0.0,
+        perShell: bool = False,
+        thinThresholdMm: float | None = None,
+        buildVolumeMm: Sequence[float] | None = None,
+        prepSegmentNames: Sequence[str] | None = None,
+        voxelMm: float | None = None,
     ) -> list[dict[str, Any]]:
         """Write printable closed surfaces of segments and return their print-readiness reports.
 
@@ -989,7 +999,10 @@ class SegDeepLogicBase:
         segmentationNode : vtkMRMLSegmentationNode
         folder : path-like
             Output folder (created if missing).
-        format : {"STL", "OBJ", "PLY"}
+        format : {"STL", "OBJ", "PLY", "3MF"}
+            3MF: one file ``<SegmentationNodeName>.3mf`` with one object per part, named after the
+            segment (or piece/shell), in the segment's colour, in mm, the coordinate system stated
+            in its metadata.
         segmentNames : sequence of str, optional
             Segments to export (default: all; empty segments are skipped).
         smoothing : float
@@ -1005,13 +1018,35 @@ class SegDeepLogicBase:
             Replace existing files (default: ``FileExistsError`` before any work).
         progress : callable, optional
             ``progress(fraction, stage)``.
+        hollowWallMm : float, optional
+            Hollow with this wall thickness (mm); the report gives the measured wall and the saved volume.
+        drainHoles, drainDiameterMm : int, float
+            Drain holes at the cavity's lowest (inferior) points, and their diameter (mm).
+        cutPlanes : sequence, optional
+            Cutting planes: ``vtkMRMLMarkupsPlaneNode`` nodes (their world origin and normal,
+            RAS), or ``(point, normal)`` pairs in RAS mm (Slicer's world coordinates), or
+            ``SegDeepLogic.mesh_cut.CutPlane`` objects. Pieces are capped, watertight and named
+            by side (``mandible_cut1-left_cut2-right``; a markups plane gives its node name).
+        kerfMm : float
+            Saw gap removed around each plane (mm).
+        perShell : bool
+            One part per connected shell.
+        thinThresholdMm : float, optional
+            Measure the wall thickness and report regions thinner than this (mm).
+        buildVolumeMm : (3,) floats, optional
+            The printer's build volume (mm) to check each part's bounding box against.
+        prepSegmentNames : sequence of str, optional
+            Hollow/cut/split only these segments (default: all); the checks apply to all.
+        voxelMm : float, optional
+            Voxel size of the hollowing grid (default: wall / 4).
 
         Returns
         -------
         list of dict
-            One report per exported segment: ``SegDeepLogic.mesh_report.MeshReport.to_dict()``
-            (watertight, manifold, shells, volume, deviation, bounds, ``print_ready``, ...) plus
-            ``segment``, ``path``, ``file``, ``format`` and ``coordinate_system``.
+            One report per exported part: ``SegDeepLogic.mesh_report.MeshReport.to_dict()``
+            (watertight, manifold, shells, volume, deviation, bounds, ``print_ready``, hollowing,
+            cut, wall thickness, thin regions, build volume ...) plus ``segment``, ``path``,
+            ``file``, ``format`` and ``coordinate_system``.
         """
         self.ensureDependencies()
         from SegDeepLogic.mesh_io import export_segments
@@ -1030,14 +1065,29 @@ class SegDeepLogicBase:
         prefix = segmentationNode.GetName() or "Segmentation"
         masks = {}
         keys: dict[str, str] = {}
+        colors: dict[str, tuple[float, float, float]] = {}
+        segmentation = segmentationNode.GetSegmentation()
         for name in names:
-            mask = mrml.segment_mask(segmentationNode, mrml.segment_id_by_name(segmentationNode, name))
+            segment_id = mrml.segment_id_by_name(segmentationNode, name)
+            mask = mrml.segment_mask(segmentationNode, segment_id)
             if mask is None or not mask.array.any():
                 warnings.warn(f"segment {name!r} is empty; no mesh written for it", stacklevel=2)
                 continue
-            key = f"{prefix}_{name}"
+            key = name if fmt == "3MF" else f"{prefix}_{name}"  # 3MF: objects in one file <prefix>.3mf
             masks[key] = mask
             keys[key] = name
+            colors[key] = tuple(float(c) for c in segmentation.GetSegment(segment_id).GetColor())  # type: ignore[assignment]
+        options = self._printOptions(
+            hollowWallMm, drainHoles, drainDiameterMm, cutPlanes, kerfMm, perShell, thinThresholdMm, buildVolumeMm, voxelMm
+        )
+        if prepSegmentNames:
+            unknown = [n for n in prepSegmentNames if n not in names]
+            if unknown:
+                raise SegDeepError(f"prepSegmentNames: no segment {unknown[0]!r} among the exported ones ({', '.join(names)})")
+            from SegDeepLogic.print_prep import PrintOptions
+
+            checks = PrintOptions(thin_threshold_mm=options.thin_threshold_mm, build_volume_mm=options.build_volume_mm)
+            options = {k: options if keys[k] in prepSegmentNames else checks for k in masks}
         if not masks:
             raise SegDeepError("every selected segment is empty; there is no surface to export")
         with warnings.catch_warnings():
@@ -1052,13 +1102,17 @@ class SegDeepLogicBase:
                 smoothing_factor=float(smoothing),
                 decimation=float(decimation),
                 overwrite=bool(overwrite),
+                colors=colors,
+                print_options=options,
                 progress=progress,
             )
         reports = []
         for path, report in results:
             d = report.to_dict()
-            d["segment"] = keys.get(str(d.get("name")), d.get("name"))
-            d["name"] = d["segment"]
+            source = d.get("segment") or d.get("name")
+            d["segment"] = keys.get(str(source), source)
+            d["part"] = d.get("name")
+            d["name"] = d["segment"] if d["part"] == source else d["part"]
             d["path"] = str(path)
             d["file"] = Path(path).name
             d["format"] = fmt
@@ -1066,6 +1120,47 @@ class SegDeepLogicBase:
             reports.append(d)
         self.lastExport = reports
         return reports
+
+    @staticmethod
+    def _printOptions(
+        hollowWallMm: float | None,
+        drainHoles: int,
+        drainDiameterMm: float,
+        cutPlanes: Sequence[Any] | None,
+        kerfMm: float,
+        perShell: bool,
+        thinThresholdMm: float | None,
+        buildVolumeMm: Sequence[float] | None,
+        voxelMm: float | None,
+    ) -> Any:
+        """``SegDeepLogic.print_prep.PrintOptions`` from the console/panel arguments (planes from markups in RAS)."""
+        from SegDeepLogic.mesh_cut import CutPlane
+        from SegDeepLogic.print_prep import PrintOptions
+
+        planes = []
+        for i, plane in enumerate(cutPlanes or []):
+            if isinstance(plane, CutPlane):
+                planes.append(plane)
+            elif hasattr(plane, "GetOriginWorld") and hasattr(plane, "GetNormalWorld"):
+                origin = [0.0, 0.0, 0.0]
+                normal = [0.0, 0.0, 0.0]
+                plane.GetOriginWorld(origin)
+                plane.GetNormalWorld(normal)
+                planes.append(CutPlane(tuple(origin), tuple(normal), "RAS", plane.GetName() or f"cut{i + 1}"))  # type: ignore[arg-type]
+            else:
+                point, normal = plane
+                planes.append(CutPlane(tuple(point), tuple(normal), "RAS", f"cut{i + 1}"))
+        return PrintOptions(
+            wall_mm=None if hollowWallMm in (None, 0) else float(hollowWallMm),  # type: ignore[arg-type]
+            voxel_mm=voxelMm,
+            drain_holes=int(drainHoles),
+            drain_diameter_mm=float(drainDiameterMm),
+            planes=tuple(planes),
+            kerf_mm=float(kerfMm),
+            per_shell=bool(perShell),
+            thin_threshold_mm=None if not thinThresholdMm else float(thinThresholdMm),
+            build_volume_mm=tuple(float(x) for x in buildVolumeMm) if buildVolumeMm else None,  # type: ignore[arg-type]
+        )
 
     def createPrintReportTable(self, reports: Sequence[dict[str, Any]], segmentationNode: Any = None) -> Any:
         """A ``vtkMRMLTableNode`` showing export reports (replaces this module's earlier one for the segmentation)."""
@@ -1079,6 +1174,7 @@ class SegDeepLogicBase:
             tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GetUniqueNameByString("SegDeep print report"))
         columns = [
             ("Segment", "string"),
+            ("Part", "string"),
             ("File", "string"),
             ("Print ready", "string"),
             ("Watertight", "string"),
@@ -1090,6 +1186,10 @@ class SegDeepLogicBase:
             ("Volume difference (%)", "double"),
             ("Max deviation (mm)", "double"),
             ("Size (mm)", "string"),
+            ("Min wall (mm)", "double"),
+            ("Thin regions", "int"),
+            ("Saved by hollowing (mL)", "double"),
+            ("Fits build volume", "string"),
         ]
 
         def yes(value: Any) -> str:
@@ -1098,9 +1198,12 @@ class SegDeepLogicBase:
         rows = []
         for r in reports:
             size = np.asarray(r["bounds_max_mm"], float) - np.asarray(r["bounds_min_mm"], float)
+            hollowing = r.get("hollowing") or {}
+            fits = r.get("fits_build_volume")
             rows.append(
                 (
                     r.get("segment"),
+                    r.get("part") or r.get("name"),
                     r.get("file"),
                     yes(r.get("print_ready")),
                     yes(r.get("watertight")),
@@ -1112,6 +1215,10 @@ class SegDeepLogicBase:
                     r.get("volume_difference_percent"),
                     r.get("deviation_max_mm"),
                     " x ".join(f"{s:.1f}" for s in size),
+                    hollowing.get("measured_wall_min_mm", r.get("min_wall_thickness_mm")),
+                    len(r.get("thin_regions") or []),
+                    hollowing.get("saved_volume_ml"),
+                    "" if fits is None else ("yes" if fits else ("only rotated" if r.get("fits_build_volume_rotated") else "NO")),
                 )
             )
         self._fill_table(tableNode, columns, rows)

@@ -47,7 +47,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threshold-margin-mm", type=float, default=10.0, help="threshold region: the structure grown by this (mm)")
     p.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
     p.add_argument("--export-dir", default=None, help="also write each structure's mesh into this folder (with the report)")
-    p.add_argument("--export-format", choices=["stl", "obj", "ply"], default="stl", help="mesh format (default stl)")
+    p.add_argument(
+        "--export-format",
+        choices=["stl", "obj", "ply", "3mf"],
+        default="stl",
+        help="mesh format (default stl); 3mf: one file structures.3mf with a named, coloured object per structure",
+    )
     p.add_argument("--space", choices=["LPS", "RAS"], default="LPS", help="coordinate system of the mesh files (default LPS)")
     p.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING_FACTOR, help="mesh smoothing factor 0..1 (default 0.5)")
     p.add_argument("--decimation", type=float, default=0.0, help="fraction of mesh triangles to remove, 0..1 (default 0)")

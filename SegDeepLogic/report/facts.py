@@ -107,12 +107,16 @@ class ReportFacts:
     images : dict of str to bytes
         PNG pictures by id (``data["structures"][n]["images"]`` lists each structure's ids).
     meshes : list of (Path, Mesh)
-        Surfaces to write with the report (empty unless ``export_dir`` was given).
+        Surfaces to write with the report (empty unless ``export_dir`` was given). With the 3MF
+        format every structure goes to one file, ``structures.3mf``, as a named, coloured object.
+    mesh_parts : list of (str, colour)
+        Name and colour of each entry of ``meshes`` (the 3MF objects).
     """
 
     data: dict[str, Any]
     images: dict[str, bytes] = dataclasses.field(default_factory=dict)
     meshes: list[tuple[Path, Mesh]] = dataclasses.field(default_factory=list)
+    mesh_parts: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -375,7 +379,7 @@ def build_report(
         Surface Dice tolerance (mm).
     export_dir : path, optional
         Folder where :func:`write_report` writes the meshes (with the report, all or nothing).
-    export_format : {"stl", "obj", "ply"}
+    export_format : {"stl", "obj", "ply", "3mf"}
         Mesh file format.
     space : {"LPS", "RAS"}
         Coordinate system of the mesh files.
@@ -526,6 +530,7 @@ def build_report(
     structures: list[dict[str, Any]] = []
     images: dict[str, bytes] = {}
     meshes: list[tuple[Path, Mesh]] = []
+    mesh_parts: list[tuple[str, Any]] = []
     used_files: set[str] = set()
     stage_time = dict.fromkeys(("threshold", "compare_threshold", "compare_reference", "meshes", "deviation", "figures"), 0.0)
     n = len(seg.segments)
@@ -611,8 +616,9 @@ def build_report(
                 k += 1
                 stem = f"{base}_{k}"
             used_files.add(stem.lower())
-            target = Path(export_dir) / f"{stem}.{export_format}"
+            target = Path(export_dir) / (f"{stem}.{export_format}" if export_format != "3mf" else "structures.3mf")
             meshes.append((target, mesh))
+            mesh_parts.append((s.name, tuple(s.color) if s.color else None))
             row["mesh"]["file"] = str(target.resolve())
         stage_time["meshes"] += time.perf_counter() - t
 
@@ -728,7 +734,7 @@ def build_report(
         "notes": notes,
     }
     report(progress, 1.0, "facts collected", cancel)
-    return ReportFacts(_json_ready(data), images, meshes)
+    return ReportFacts(_json_ready(data), images, meshes, mesh_parts)
 
 
 def _integer(array: np.ndarray) -> np.ndarray:
