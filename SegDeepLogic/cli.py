@@ -16,7 +16,7 @@ from . import __version__
 from .errors import CancelledError, SegDeepError
 
 # Each name is a module SegDeepLogic.commands.<name> with add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("threshold", "compare", "export", "segment", "train", "evaluate", "report")
+COMMANDS = ("threshold", "compare", "export", "segment", "train", "evaluate", "report", "dicom-info", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"segdeep {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f".commands.{name}", __package__).add_parser(sub)
+        importlib.import_module(f".commands.{name.replace('-', '_')}", __package__).add_parser(sub)
     return parser
 
 

@@ -161,7 +161,12 @@ def list_series(folder: str | os.PathLike) -> list[SeriesInfo]:
     if not headers:
         raise VolumeReadError(f"folder {folder} holds no DICOM series")
     groups: dict[str, list[tuple[Path, Any]]] = {}
+    seen: set[str] = set()
     for path, ds in headers:
+        sop = str(ds.get("SOPInstanceUID", ""))
+        if sop and sop in seen:  # the same instance twice (a copy): read it once
+            continue
+        seen.add(sop)
         groups.setdefault(str(ds.SeriesInstanceUID), []).append((path, ds))
     infos = []
     for uid, items in groups.items():
@@ -549,3 +554,46 @@ def write_ct_series(
             written.append(folder / name)
     return written
 
+
+
+def onto_grid(volume: Volume, grid: Volume, *, what: str = "the segmentation") -> Volume:
+    """``volume`` (a label map) on ``grid`` when their voxel centres coincide (same voxels, axes maybe flipped/permuted).
+
+    A NIfTI label map of a series is often stored with another axis order than the series' own
+    (e.g. slices superior to inferior); that is the same set of voxels and is moved exactly.
+    Anything that would need interpolation is refused (:class:`~SegDeepLogic.errors.GeometryMismatchError`).
+    """
+    from .errors import GeometryMismatchError
+
+    if volume.same_grid(grid):
+        return volume
+    # Where does every grid axis go in the volume's index space? It must be a signed permutation
+    # of unit steps and the grid's voxel (0, 0, 0) must be a voxel of the volume.
+    start = volume.physical_to_index(grid.origin)
+    steps = volume.physical_to_index(grid.index_to_physical(np.eye(3))) - start
+    rounded = np.round(steps)
+    ok = (
+        np.allclose(steps, rounded, atol=1e-3)
+        and np.allclose(start, np.round(start), atol=1e-3)
+        and sorted(np.abs(rounded).sum(axis=1).tolist()) == [1.0, 1.0, 1.0]
+        and np.all(np.abs(rounded).sum(axis=0) == 1)
+    )
+    if not ok:
+        raise GeometryMismatchError(
+            f"{what} is not on the CT series' voxel grid (its voxels do not coincide with the CT's: "
+            f"size {volume.shape_ijk}, spacing {volume.spacing}, origin {volume.origin} vs size {grid.shape_ijk}, "
+            f"spacing {grid.spacing}, origin {grid.origin}); resample it onto the CT first"
+        )
+    ni, nj, nk = grid.shape_ijk
+    ii, jj, kk = np.meshgrid(np.arange(ni), np.arange(nj), np.arange(nk), indexing="ij")
+    src = np.round(start).astype(int)[:, None] + rounded.astype(int).T @ np.stack([ii.ravel(), jj.ravel(), kk.ravel()])
+    size = np.array(volume.shape_ijk)[:, None]
+    inside = np.all((src >= 0) & (src < size), axis=0)
+    out = np.zeros((nk, nj, ni), dtype=volume.array.dtype)
+    flat = out.reshape(-1)
+    target = (kk.ravel() * nj + jj.ravel()) * ni + ii.ravel()
+    flat[target[inside]] = volume.array[src[2, inside], src[1, inside], src[0, inside]]
+    lost = int(np.count_nonzero(volume.array)) - int(np.count_nonzero(out))
+    if lost > 0:
+        raise GeometryMismatchError(f"{lost} labelled voxel(s) of {what} lie outside the CT series")
+    return grid.with_array(out)
