@@ -49,7 +49,7 @@ def _srgb_to_lab(color: tuple[float, float, float]) -> list[int]:
 
 
 def write_dicom_seg(
-    segmentation: Segmentation | Mapping[str, Volume],
+    segmentation: Segmentation | Mapping[str | SegmentInfo, Volume],
     reference: CTReference,
     path: str | os.PathLike,
     *,
@@ -70,7 +70,10 @@ def write_dicom_seg(
         items = [(s, segmentation.mask(s.name)) for s in segmentation.segments]
         grid = segmentation.labelmap
     else:
-        items = [(SegmentInfo(name, n), m) for n, (name, m) in enumerate(segmentation.items(), start=1)]
+        items = [
+            (key if isinstance(key, SegmentInfo) else SegmentInfo(str(key), n), m)
+            for n, (key, m) in enumerate(segmentation.items(), start=1)
+        ]
         grid = items[0][1] if items else None
     if not items:
         raise DicomSegError("no segment to write")

@@ -145,7 +145,7 @@ def _color255(color: Sequence[float]) -> list[int]:
 
 
 def write_rtstruct(
-    segmentation: Segmentation | Mapping[str, Volume],
+    segmentation: Segmentation | Mapping[str | SegmentInfo, Volume],
     reference: CTReference,
     path: str | os.PathLike,
     *,
@@ -160,8 +160,8 @@ def write_rtstruct(
 
     Parameters
     ----------
-    segmentation : Segmentation or mapping of name to mask Volume
-        On the CT grid that :func:`~SegDeepLogic.dicom_series.read_dicom_series` returned with
+    segmentation : Segmentation or mapping of name (or SegmentInfo) to mask Volume
+        The masks may overlap (each becomes its own ROI). On the CT grid that :func:`~SegDeepLogic.dicom_series.read_dicom_series` returned with
         ``reference`` (pass that grid as ``ct_grid`` to have it checked).
     reference : CTReference
         The CT series (its UIDs, slice SOP Instance UIDs, patient and study).
@@ -185,7 +185,10 @@ def write_rtstruct(
         items = [(s, segmentation.mask(s.name)) for s in segmentation.segments]
         grid = segmentation.labelmap
     else:
-        items = [(SegmentInfo(name, n), m) for n, (name, m) in enumerate(segmentation.items(), start=1)]
+        items = [
+            (key if isinstance(key, SegmentInfo) else SegmentInfo(str(key), n), m)
+            for n, (key, m) in enumerate(segmentation.items(), start=1)
+        ]
         grid = items[0][1] if items else None
     if not items:
         raise RTStructError("no segment to write")

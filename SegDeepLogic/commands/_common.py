@@ -120,7 +120,8 @@ def load_mask(
     from ..rtstruct import is_rtstruct
 
     if is_rtstruct(path) and label is not None and not label.isdigit():
-        return select_mask(load_segmentation(path, ct=ct, names=[label], repair=repair), label, path=path)
+        seg = load_segmentation(path, ct=ct, names=[label], repair=repair)  # one ROI (a case-insensitive match is accepted)
+        return seg.segments[0].name, seg.mask(seg.segments[0].name)
     return select_mask(load_segmentation(path, ct=ct, repair=repair), label, path=path)
 
 
