@@ -9,6 +9,12 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
   echo "== installing chromium (Debian) for the report tests"
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "warning: could not install chromium"
 fi
+# The DICOM tests check every file SegDeep writes with dciodvfy (Debian package dicom3tools);
+# without it those checks are skipped.
+if ! command -v dciodvfy >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "== installing dicom3tools (dciodvfy) for the DICOM tests"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dicom3tools >/dev/null) || echo "warning: could not install dicom3tools"
+fi
 if [ "${CI:-}" = "true" ]; then export SEGDEEP_REQUIRE_CHROMIUM=1; fi
 echo "== ruff check"; ruff check .
 echo "== ruff format --check"; ruff format --check .
