@@ -535,3 +535,39 @@ def test_no_warning_for_a_clean_series(true_case: dict) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         read_dicom_series(true_case["folder"])
+
+
+def test_readme_radiotherapy_workflow_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The README's DICOM commands, run in order on a crop of the sample CT written as a DICOM series."""
+    import re
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Radiotherapy and PACS") :]
+    block = re.findall(r"```bash\n(.*?)```", section, re.S)[0]
+    commands = [shlex.split(line.split("  #")[0]) for line in block.splitlines() if line.startswith("segdeep ")]
+    assert [c[1] for c in commands] == ["dicom-info", "segment", "segment", "convert", "compare", "report"]
+    # the crop: both parotids and the mandible, one sliding window of the bundled model
+    ct = read_volume(SAMPLE / "ct.nii.gz")
+    box = (slice(26, 66), slice(24, 72), slice(36, 92))
+    origin = ct.index_to_physical([box[2].start, box[1].start, box[0].start])
+    write_ct_series(Volume(ct.array[box], ct.spacing, origin, ct.direction), tmp_path / "CT_DICOM")
+    left = read_volume(SAMPLE / "parotid_left.nii.gz")
+    from SegDeepLogic.segmentation_io import write_labelmap_nifti
+
+    write_labelmap_nifti(
+        Volume(left.array[box], ct.spacing, origin, ct.direction), [SegmentInfo("parotid_left", 1)], tmp_path / "clinical.nii.gz"
+    )
+    monkeypatch.chdir(tmp_path)
+    extra = {"segment": ["--allow-mismatch", "--no-progress"], "report": ["--allow-mismatch", "--no-progress"]}
+    for argv in commands:
+        assert main(argv[1:] + extra.get(argv[1], [])) == 0, argv
+    for name in ("auto_rs.dcm", "auto_seg.dcm", "clinical_rs.dcm"):
+        assert dciodvfy_errors(tmp_path / name) == [], name
+    metrics = json.loads((tmp_path / "parotid_left.json").read_text())
+    assert metrics["segment_a"] == metrics["segment_b"] == "parotid_left" and 0.3 < metrics["dice"] <= 1.0
+    facts = json.loads((tmp_path / "case.json").read_text())
+    assert facts["reference"]["segments"] == ["parotid_left"]
+    row = next(r for r in facts["structures"] if r["name"] == "parotid_left")
+    assert row["reference_comparison"]["dice"] == pytest.approx(metrics["dice"], abs=1e-6)  # the report scores the RTSTRUCT
+    assert "56x48x40 voxels, 3.906 x 3.906 x 3 mm" in capsys.readouterr().out  # dicom-info
