@@ -308,6 +308,11 @@ def write_rtstruct(
     ds.RTROIObservationsSequence = obs_seq
     ds.ApprovalStatus = "UNAPPROVED"
     report(progress, 0.95, "write")
+    # The contour items hold raw (pre-encoded) Contour Data: declaring their encoding equal to the
+    # file's lets pydicom write those bytes as they are instead of decoding every number again.
+    for roi_contour in contour_seq:
+        for item in roi_contour.get("ContourSequence", []):
+            item.set_original_encoding(False, True, item._character_set)
     with atomic_path(path, overwrite=overwrite) as tmp:
         ds.save_as(tmp, enforce_file_format=True)
     report(progress, 1.0, "done")
@@ -580,7 +585,13 @@ def read_rtstruct(
             )
         mask = np.zeros((nk, nj, ni), bool)
         for k, polys in per_slice.items():
-            mask[k] = _fill_even_odd(polys, nj, ni)
+            # fill only the polygons' bounding box (voxel centres outside it are outside every polygon)
+            points = np.concatenate(polys)
+            i0, j0 = (max(0, int(np.floor(v))) for v in points.min(axis=0))
+            i1, j1 = (min(n, int(np.ceil(v)) + 1) for v, n in zip(points.max(axis=0), (ni, nj)))
+            if i1 > i0 and j1 > j0:
+                local = [p - np.array([i0, j0], dtype=float) for p in polys]
+                mask[k, j0:j1, i0:i1] = _fill_even_odd(local, j1 - j0, i1 - i0)
         out[name] = grid.with_array(mask)
     return {n: out[n] for n in wanted if n in out}
 

@@ -5,8 +5,8 @@ Usage::
     python benchmarks/bench_dicom.py [--quick] [--repeats N]
 
 The 7 clinical structure masks of the sample CT (OpenKBP pt_236: mandible, brainstem,
-spinal_cord, parotids, esophagus, larynx; 128³ at 3.9×3.9×3 mm) are upsampled (nearest
-neighbour) to a CT-size grid of 512×512×300 voxels (256×256×150 with ``--quick``), about
+spinal_cord, parotids, esophagus, larynx; 128³ at 3.9×3.9×3 mm) are upsampled (linear
+interpolation, > 0.5: smooth boundaries at the fine resolution) to a CT-size grid of 512×512×300 voxels (256×256×150 with ``--quick``), about
 0.98×0.98×1.28 mm. The CT series itself is not written (its UIDs are generated): the time is
 that of :func:`SegDeepLogic.rtstruct.write_rtstruct` — tracing every slice of every structure,
 converting to LPS millimetres, building and writing the DICOM file — and of
@@ -50,7 +50,8 @@ def build(shape_kji: tuple[int, int, int]):  # noqa: ANN201
     masks = {}
     for name in STRUCTURES:
         m = read_volume(SAMPLE / f"{name}.nii.gz").array > 0
-        masks[name] = grid.with_array(ndimage.zoom(m.astype(np.uint8), zoom, order=0).astype(bool))
+        # linear interpolation then 0.5: smooth, CT-resolution boundaries (not 4-voxel staircases)
+        masks[name] = grid.with_array(ndimage.zoom(m.astype(np.float32), zoom, order=1) > 0.5)
     header = pydicom.Dataset()
     header.PatientName, header.PatientID, header.SeriesNumber = "Bench^Mark", "BENCH", 1
     study, series, frame = new_uid(), new_uid(), new_uid()
