@@ -154,8 +154,17 @@ def copy_patient_study(target: Any, source: Any) -> None:
     for keyword in PATIENT_STUDY_KEYWORDS:
         if keyword in source:
             setattr(target, keyword, source.get(keyword))
-        elif keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                         "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        elif keyword in (
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyDate",
+            "StudyTime",
+            "ReferringPhysicianName",
+            "StudyID",
+            "AccessionNumber",
+        ):
             setattr(target, keyword, "")
 
 

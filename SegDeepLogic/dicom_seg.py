@@ -45,7 +45,9 @@ def _srgb_to_lab(color: tuple[float, float, float]) -> list[int]:
     xyz = m @ lin / np.array([0.95047, 1.0, 1.08883])
     f = np.where(xyz > 216 / 24389, np.cbrt(xyz), (24389 / 27 * xyz + 16) / 116)
     lab = (116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2]))
-    return list(CIELabColor(float(np.clip(lab[0], 0, 100)), float(np.clip(lab[1], -128, 127)), float(np.clip(lab[2], -128, 127))).value)
+    return list(
+        CIELabColor(float(np.clip(lab[0], 0, 100)), float(np.clip(lab[1], -128, 127)), float(np.clip(lab[2], -128, 127))).value
+    )
 
 
 def write_dicom_seg(

@@ -221,9 +221,7 @@ def _floats(value: Any, n: int, what: str, path: Path) -> np.ndarray:
 def _series_geometry(images: Sequence[tuple[Path, Any]], uid: str) -> dict[str, Any]:
     """Check that the slices form a regular grid; return its geometry and the slice order."""
     if any(int(d.get("NumberOfFrames", 1) or 1) > 1 for _, d in images):
-        raise DicomSeriesError(
-            f"series {uid} is a multi-frame (enhanced) image; only single-frame slice series are supported"
-        )
+        raise DicomSeriesError(f"series {uid} is a multi-frame (enhanced) image; only single-frame slice series are supported")
     sizes = sorted({(int(d.Rows), int(d.Columns)) for _, d in images})
     if len(sizes) > 1:
         counts = {s: sum((int(d.Rows), int(d.Columns)) == s for _, d in images) for s in sizes}
@@ -231,7 +229,7 @@ def _series_geometry(images: Sequence[tuple[Path, Any]], uid: str) -> dict[str, 
         raise DicomSeriesError(f"series {uid} mixes image sizes ({shown}); it is not one volume")
     iops = [_floats(d.ImageOrientationPatient, 6, "Image Orientation (Patient)", p) for p, d in images]
     iop = iops[0]
-    for (p, _), other in zip(images, iops):
+    for (p, _), other in ((images[n], iops[n]) for n in range(len(images))):
         if not np.allclose(other, iop, atol=1e-4):
             raise DicomSeriesError(
                 f"series {uid} mixes slice orientations ({p.name}: {np.round(other, 4).tolist()} vs "
@@ -255,9 +253,7 @@ def _series_geometry(images: Sequence[tuple[Path, Any]], uid: str) -> dict[str, 
     order = np.argsort(along, kind="stable")
     along, positions = along[order], positions[order]
     if len(images) == 1:
-        raise DicomSeriesError(
-            f"series {uid} has a single slice ({images[0][0].name}); a 3D volume needs at least 2 slices"
-        )
+        raise DicomSeriesError(f"series {uid} has a single slice ({images[0][0].name}); a 3D volume needs at least 2 slices")
     steps = np.diff(along)
     duplicates = np.flatnonzero(steps < SPACING_TOLERANCE_MM)
     if duplicates.size:
@@ -476,7 +472,7 @@ def write_ct_series(
     """
     import pydicom
     from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID, UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     from .atomic import atomic_dir
 
@@ -553,7 +549,6 @@ def write_ct_series(
             ds.save_as(tmp / name, enforce_file_format=True)
             written.append(folder / name)
     return written
-
 
 
 def onto_grid(volume: Volume, grid: Volume, *, what: str = "the segmentation") -> Volume:

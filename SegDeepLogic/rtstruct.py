@@ -375,9 +375,7 @@ def _find_ct_for(path: Path, ds: Any) -> tuple[Volume, CTReference]:
     if series_uid and any(s.series_uid == series_uid for s in candidates):
         return read_dicom_series(folder, series_uid)
     if not candidates:
-        raise RTStructError(
-            f"{path.name}: no CT series next to it in {folder}; give the CT series folder it was drawn on"
-        )
+        raise RTStructError(f"{path.name}: no CT series next to it in {folder}; give the CT series folder it was drawn on")
     raise RTStructError(
         f"{path.name} references CT series {series_uid}, which is not in {folder} (it holds "
         f"{', '.join(s.series_uid for s in candidates)}); give the CT series folder it was drawn on"
@@ -514,9 +512,7 @@ def read_rtstruct(
         if len(folded) == 1:
             wanted.append(folded[0])
             continue
-        raise RTStructError(
-            f"{path.name} has no ROI named {name!r}; its ROIs are: {', '.join(roi_names) or '(none)'}"
-        )
+        raise RTStructError(f"{path.name} has no ROI named {name!r}; its ROIs are: {', '.join(roi_names) or '(none)'}")
     contours_of = {int(c.ReferencedROINumber): c for c in ds.get("ROIContourSequence", [])}
     sop_index = {uid: k for k, uid in enumerate(reference.sop_instance_uids)}
     nk, nj, ni = grid.array.shape
@@ -588,7 +584,8 @@ def read_rtstruct(
             # fill only the polygons' bounding box (voxel centres outside it are outside every polygon)
             points = np.concatenate(polys)
             i0, j0 = (max(0, int(np.floor(v))) for v in points.min(axis=0))
-            i1, j1 = (min(n, int(np.ceil(v)) + 1) for v, n in zip(points.max(axis=0), (ni, nj)))
+            top = points.max(axis=0)
+            i1, j1 = min(ni, int(np.ceil(top[0])) + 1), min(nj, int(np.ceil(top[1])) + 1)
             if i1 > i0 and j1 > j0:
                 local = [p - np.array([i0, j0], dtype=float) for p in polys]
                 mask[k, j0:j1, i0:i1] = _fill_even_odd(local, j1 - j0, i1 - i0)
@@ -628,4 +625,4 @@ def rtstruct_segmentation(
             stacklevel=2,
         )
     first = next(iter(masks.values()))
-    return labelmap_from_masks(dict(zip(keys, masks.values())), reference=first, overlap="first")
+    return labelmap_from_masks({key: masks[key.name] for key in keys}, reference=first, overlap="first")

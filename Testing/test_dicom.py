@@ -28,7 +28,7 @@ from SegDeepLogic.dicom_common import Algorithm, format_ds
 from SegDeepLogic.dicom_seg import read_dicom_seg, write_dicom_seg
 from SegDeepLogic.dicom_series import DicomSeriesError, list_series, onto_grid, read_dicom_series, write_ct_series
 from SegDeepLogic.errors import GeometryMismatchError
-from SegDeepLogic.io import from_sitk, to_sitk
+from SegDeepLogic.io import to_sitk
 from SegDeepLogic.metrics import compare_masks
 from SegDeepLogic.rtstruct import RTStructError, read_rtstruct, rtstruct_segmentation, write_rtstruct
 from SegDeepLogic.segmentation_io import SegmentInfo, labelmap_from_masks
@@ -98,16 +98,20 @@ def oblique_case(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def segmentation_of(case: dict):
-    keys = {SegmentInfo(lab["name"], v, tuple(lab["color"]), TERMS[lab["name"]]): case["masks"][lab["name"]]
-            for v, lab in enumerate(CARD["labels"], start=1)}
+    keys = {
+        SegmentInfo(lab["name"], v, tuple(lab["color"]), TERMS[lab["name"]]): case["masks"][lab["name"]]
+        for v, lab in enumerate(CARD["labels"], start=1)
+    }
     return labelmap_from_masks(keys, overlap="first")
 
 
 @pytest.fixture(scope="module")
 def true_rtstruct(true_case: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("rs") / "rtstruct.dcm"
-    infos = {SegmentInfo(lab["name"], v, tuple(lab["color"]), lab["terminology"]): true_case["masks"][lab["name"]]
-             for v, lab in enumerate(CARD["labels"], start=1)}
+    infos = {
+        SegmentInfo(lab["name"], v, tuple(lab["color"]), lab["terminology"]): true_case["masks"][lab["name"]]
+        for v, lab in enumerate(CARD["labels"], start=1)
+    }
     write_rtstruct(infos, true_case["reference"], path, ct_grid=true_case["grid"], algorithm=ALGORITHM)
     return path
 
@@ -184,7 +188,9 @@ def test_rtstruct_references_the_series_and_describes_the_rois(true_case: dict, 
     series = fr.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
     assert series.SeriesInstanceUID == ref.series_uid
     assert [i.ReferencedSOPInstanceUID for i in series.ContourImageSequence] == ref.sop_instance_uids
-    for roi, obs, rc, lab in zip(ds.StructureSetROISequence, ds.RTROIObservationsSequence, ds.ROIContourSequence, CARD["labels"]):
+    for roi, obs, rc, lab in zip(
+        ds.StructureSetROISequence, ds.RTROIObservationsSequence, ds.ROIContourSequence, CARD["labels"], strict=True
+    ):
         assert roi.ROIName == lab["name"] and roi.ROIGenerationAlgorithm == "AUTOMATIC"
         alg = roi.ROIDerivationAlgorithmIdentificationSequence[0]
         assert alg.AlgorithmVersion == CARD["version"] and CARD["weights_sha256"] in alg.AlgorithmParameters
@@ -249,7 +255,9 @@ def test_independent_reader_rt_utils_rasterises_our_contours(true_case: dict, tr
 # DICOM SEG
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("case_name", ["true_case", "oblique_case"])
-def test_dicom_seg_round_trip_is_identical_with_its_geometry(case_name: str, request: pytest.FixtureRequest, tmp_path: Path) -> None:
+def test_dicom_seg_round_trip_is_identical_with_its_geometry(
+    case_name: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
     import highdicom as hd
 
     case = request.getfixturevalue(case_name)
@@ -304,8 +312,22 @@ def test_rtstruct_of_another_frame_of_reference_is_refused(true_case: dict, true
     bad = _edited(true_rtstruct, tmp_path / "other_for.dcm", edit)
     out = tmp_path / "metrics.json"
     _cli_fails_writing_nothing(
-        ["compare", str(SAMPLE / "mandible.nii.gz"), str(bad), "--label-b", "mandible", "--ct", str(true_case["folder"]),
-         "-o", str(out), "--no-progress"], out, capsys, "another Frame of Reference (1.2.3.4)")
+        [
+            "compare",
+            str(SAMPLE / "mandible.nii.gz"),
+            str(bad),
+            "--label-b",
+            "mandible",
+            "--ct",
+            str(true_case["folder"]),
+            "-o",
+            str(out),
+            "--no-progress",
+        ],
+        out,
+        capsys,
+        "another Frame of Reference (1.2.3.4)",
+    )
 
 
 def test_rtstruct_referencing_missing_slices_is_refused(true_case: dict, true_rtstruct: Path, tmp_path: Path) -> None:
@@ -320,8 +342,22 @@ def test_rtstruct_referencing_missing_slices_is_refused(true_case: dict, true_rt
 def test_unknown_roi_name_lists_the_available_ones(true_case: dict, true_rtstruct: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "metrics.json"
     err = _cli_fails_writing_nothing(
-        ["compare", str(SAMPLE / "mandible.nii.gz"), str(true_rtstruct), "--label-b", "Parotid_L", "--ct",
-         str(true_case["folder"]), "-o", str(out), "--no-progress"], out, capsys, "no ROI named 'Parotid_L'")
+        [
+            "compare",
+            str(SAMPLE / "mandible.nii.gz"),
+            str(true_rtstruct),
+            "--label-b",
+            "Parotid_L",
+            "--ct",
+            str(true_case["folder"]),
+            "-o",
+            str(out),
+            "--no-progress",
+        ],
+        out,
+        capsys,
+        "no ROI named 'Parotid_L'",
+    )
     assert "mandible, brainstem, spinal_cord, parotid_left, parotid_right, esophagus, larynx" in err
     # a unique case-insensitive match is accepted
     assert list(read_rtstruct(true_rtstruct, true_case["folder"], names=["PAROTID_LEFT"])) == ["parotid_left"]
@@ -336,7 +372,9 @@ def test_open_contour_is_refused_naming_it(true_case: dict, true_rtstruct: Path,
         read_rtstruct(bad, true_case["folder"], names=["parotid_left"])
 
 
-def test_self_intersecting_contour_is_refused_or_repaired_on_request(true_case: dict, true_rtstruct: Path, tmp_path: Path) -> None:
+def test_self_intersecting_contour_is_refused_or_repaired_on_request(
+    true_case: dict, true_rtstruct: Path, tmp_path: Path
+) -> None:
     def edit(ds) -> None:  # noqa: ANN001
         c = ds.ROIContourSequence[1].ContourSequence[0]  # brainstem, first contour
         pts = np.asarray(c.ContourData, float).reshape(-1, 3)
@@ -345,14 +383,18 @@ def test_self_intersecting_contour_is_refused_or_repaired_on_request(true_case: 
         c.ContourData = [format_ds(v) for v in pts.ravel()]
 
     bad = _edited(true_rtstruct, tmp_path / "bowtie.dcm", edit)
-    with pytest.raises(RTStructError, match=r"ROI 'brainstem', contour 1 \(slice at .*\) is self-intersecting \(edges \d+ and \d+"):
+    with pytest.raises(
+        RTStructError, match=r"ROI 'brainstem', contour 1 \(slice at .*\) is self-intersecting \(edges \d+ and \d+"
+    ):
         read_rtstruct(bad, true_case["folder"], names=["brainstem"])
     with pytest.warns(UserWarning, match="self-intersecting contour filled by the even-odd rule"):
         repaired = read_rtstruct(bad, true_case["folder"], names=["brainstem"], repair=True)["brainstem"]
     assert compare_masks(repaired, true_case["masks"]["brainstem"]).dice > 0.9
 
 
-def test_rtstruct_is_found_next_to_its_ct_and_overlaps_keep_the_first_roi(true_case: dict, true_rtstruct: Path, tmp_path: Path) -> None:
+def test_rtstruct_is_found_next_to_its_ct_and_overlaps_keep_the_first_roi(
+    true_case: dict, true_rtstruct: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "case"
     shutil.copytree(true_case["folder"], folder)
     shutil.copy(true_rtstruct, folder / "RS.dcm")
@@ -407,7 +449,9 @@ def test_irregularly_spaced_series_is_refused(small_ct: Volume, tmp_path: Path, 
     folder = tmp_path / "gap"
     write_ct_series(small_ct, folder)
     (folder / "CT0006.dcm").unlink()
-    with pytest.raises(DicomSeriesError, match=r"irregularly spaced: 1 step\(s\) differ from the usual 3\.000 mm \(e\.g\. 6\.000 mm"):
+    with pytest.raises(
+        DicomSeriesError, match=r"irregularly spaced: 1 step\(s\) differ from the usual 3\.000 mm \(e\.g\. 6\.000 mm"
+    ):
         read_volume(folder)
     _convert_refused(folder, tmp_path, capsys, "irregularly spaced")
 
@@ -488,7 +532,10 @@ def test_cli_segment_writes_rtstruct_and_dicom_seg_from_a_dicom_ct(small_ct: Vol
     ds = pydicom.dcmread(rs)
     assert [r.ROIName for r in ds.StructureSetROISequence] == [lab["name"] for lab in card["labels"]]
     assert all(r.ROIGenerationAlgorithm == "AUTOMATIC" for r in ds.StructureSetROISequence)
-    assert card["weights_sha256"] in ds.StructureSetROISequence[0].ROIDerivationAlgorithmIdentificationSequence[0].AlgorithmParameters
+    assert (
+        card["weights_sha256"]
+        in ds.StructureSetROISequence[0].ROIDerivationAlgorithmIdentificationSequence[0].AlgorithmParameters
+    )
     # the RTSTRUCT, read back as the reference, agrees with the DICOM SEG of the same run
     grid, reference = read_dicom_series(folder)
     seg_masks = read_dicom_seg(seg, reference, grid)
@@ -499,21 +546,52 @@ def test_cli_segment_writes_rtstruct_and_dicom_seg_from_a_dicom_ct(small_ct: Vol
     # nothing is written for a non-DICOM CT (the RTSTRUCT must reference a series)
     out = tmp_path / "x.dcm"
     _cli_fails_writing_nothing(
-        ["segment", str(SAMPLE / "ct.nii.gz"), "-o", str(out), "--format", "rtstruct", *common], out, capsys,
-        "give the CT as a DICOM series folder")
+        ["segment", str(SAMPLE / "ct.nii.gz"), "-o", str(out), "--format", "rtstruct", *common],
+        out,
+        capsys,
+        "give the CT as a DICOM series folder",
+    )
 
 
 def test_cli_convert_and_compare_with_an_rtstruct_reference(true_case: dict, tmp_path: Path) -> None:
     rs = tmp_path / "clinical.dcm"
-    assert main(["convert", str(SAMPLE / "mandible.nii.gz"), "--reference-ct", str(true_case["folder"]), "-o", str(rs),
-                 "--format", "rtstruct"]) == 0
+    assert (
+        main(
+            [
+                "convert",
+                str(SAMPLE / "mandible.nii.gz"),
+                "--reference-ct",
+                str(true_case["folder"]),
+                "-o",
+                str(rs),
+                "--format",
+                "rtstruct",
+            ]
+        )
+        == 0
+    )
     assert dciodvfy_errors(rs) == []
     assert pydicom.dcmread(rs).StructureSetROISequence[0].ROIGenerationAlgorithm == ""  # unknown author
     back = tmp_path / "back.seg.nrrd"
     assert main(["convert", str(rs), "--reference-ct", str(true_case["folder"]), "-o", str(back)]) == 0
     metrics = tmp_path / "m.json"
-    assert main(["compare", str(back), str(rs), "--label-b", "mandible", "--ct", str(true_case["folder"]), "-o", str(metrics),
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(back),
+                str(rs),
+                "--label-b",
+                "mandible",
+                "--ct",
+                str(true_case["folder"]),
+                "-o",
+                str(metrics),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(metrics.read_text())["dice"] == 1.0
 
 

@@ -44,8 +44,8 @@ def build(shape_kji: tuple[int, int, int]):  # noqa: ANN201
     from SegDeepLogic.volume import Volume
 
     ct = read_volume(SAMPLE / "ct.nii.gz")
-    zoom = [n / o for n, o in zip(shape_kji, ct.array.shape)]
-    spacing = tuple(s * o / n for s, o, n in zip(ct.spacing, ct.shape_ijk, shape_kji[::-1]))
+    zoom = [n / o for n, o in zip(shape_kji, ct.array.shape, strict=True)]
+    spacing = tuple(s * o / n for s, o, n in zip(ct.spacing, ct.shape_ijk, shape_kji[::-1], strict=True))
     grid = Volume(np.zeros(shape_kji, np.uint8), spacing, ct.origin, ct.direction)
     masks = {}
     for name in STRUCTURES:

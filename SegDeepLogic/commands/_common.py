@@ -113,9 +113,7 @@ def load_segmentation(
     return seg
 
 
-def load_mask(
-    path: str | Path, label: str | None, *, ct: str | Path | None = None, repair: bool = False
-) -> tuple[str, Volume]:
+def load_mask(path: str | Path, label: str | None, *, ct: str | Path | None = None, repair: bool = False) -> tuple[str, Volume]:
     """:func:`select_mask` of a segmentation file; an RTSTRUCT rasterises only the ROI ``label``."""
     from ..rtstruct import is_rtstruct
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dicom_series import onto_grid
+from ..errors import GeometryMismatchError
 from ..metrics import compare_masks, disagreement_masks
 from ..segmentation_io import SegmentInfo
 from ..threshold import grow_mask
-from ..dicom_series import onto_grid
-from ..errors import GeometryMismatchError
 from ._common import load_mask, load_segmentation, progress_bar, save_segmentation, select_mask, write_table
 
 

@@ -25,7 +25,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", help="segmentation: .seg.nrrd, label map (.nii.gz/.nrrd/.mha) or an RTSTRUCT .dcm file")
     p.add_argument("-o", "--output", required=True, help="output file: .dcm (RTSTRUCT or SEG), .seg.nrrd or .nii.gz")
-    p.add_argument("--reference-ct", required=False, help="the CT's DICOM series folder (default for an RTSTRUCT: its own folder)")
+    p.add_argument(
+        "--reference-ct", required=False, help="the CT's DICOM series folder (default for an RTSTRUCT: its own folder)"
+    )
     p.add_argument("--series", default=None, metavar="UID", help="series in --reference-ct (default: the referenced or largest)")
     p.add_argument("--format", choices=FORMATS, default=None, help="output format (default: from the suffix; .dcm needs it)")
     p.add_argument(
@@ -69,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     if args.reference_ct is not None:
         ct, reference = read_dicom_series(args.reference_ct, args.series)
     if is_rtstruct(args.input):
-        seg = rtstruct_segmentation(args.input, (ct, reference) if ct is not None else None, names=args.rois, repair=args.repair_contours)
+        seg = rtstruct_segmentation(
+            args.input, (ct, reference) if ct is not None else None, names=args.rois, repair=args.repair_contours
+        )
         if ct is None:
             ct = seg.labelmap
     else:

@@ -32,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="output segmentation: .seg.nrrd (3D Slicer), .nii.gz label map, or a .dcm RT Structure Set / DICOM SEG "
         "(with --format rtstruct / dicom-seg and a DICOM CT folder)",
     )
-    p.add_argument("--series", default=None, metavar="UID", help="DICOM folder: the series to segment (segdeep dicom-info lists them)")
+    p.add_argument(
+        "--series", default=None, metavar="UID", help="DICOM folder: the series to segment (segdeep dicom-info lists them)"
+    )
     p.add_argument("--model", default=None, help="model package folder or .zip (default: the first bundled in Resources/Models)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(

@@ -95,7 +95,10 @@ def _dicom_rtstructs(folder: Path) -> list[tuple[Path, list[str]]]:
 @functools.lru_cache(maxsize=32)
 def _dicom_rtstructs_cached(name: str, mtime_ns: int) -> list[tuple[Path, list[str]]]:
     folder = Path(name)
-    if not any(p.is_file() and not p.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".json", ".csv")) for p in folder.iterdir()):
+    if not any(
+        p.is_file() and not p.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".json", ".csv"))
+        for p in folder.iterdir()
+    ):
         return []
     from ..dicom_series import list_series
 
