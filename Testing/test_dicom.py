@@ -607,6 +607,13 @@ def test_training_and_evaluation_cases_read_rtstruct_labels(true_case: dict, tru
     grid = read_volume(cases.ct)
     assert mask.same_grid(grid)
     assert compare_masks(mask.with_array(mask.array > 0), true_case["masks"]["parotid_left"]).dice == 1.0
+    # segdeep train's case preparation takes the RTSTRUCT's ROIs as the labels (class 2 = parotid_left)
+    from SegDeepLogic.training.data import prepare_case
+
+    prepared = prepare_case(cases, ["mandible", "parotid_left"], (3.906, 3.906, 3.0), "LPI")
+    assert prepared.available.tolist() == [True, True, True]
+    voxels = int((prepared.labels == 2).sum())
+    assert abs(voxels - int(true_case["masks"]["parotid_left"].array.sum())) <= 0.02 * voxels
 
 
 def test_no_warning_for_a_clean_series(true_case: dict) -> None:

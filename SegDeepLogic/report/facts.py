@@ -334,6 +334,7 @@ def _load_segmentation(
 def build_report(
     ct: Volume | str | os.PathLike,
     *,
+    series_uid: str | None = None,
     model: Any = None,
     segmentation: Any = None,
     reference: Any = None,
@@ -362,6 +363,9 @@ def build_report(
     ----------
     ct : Volume or path
         The CT in HU (a path is read with :func:`~SegDeepLogic.io.read_volume` and recorded).
+    series_uid : str, optional
+        With a DICOM folder: the series to read (default the largest). An RTSTRUCT
+        ``reference``/``segmentation`` is rasterised onto that folder's series.
     model : ModelPackage, path or None
         Model package for the network (None: the first bundled one). Ignored with ``segmentation``.
     segmentation : Segmentation, SegmentationResult or path, optional
@@ -422,7 +426,7 @@ def build_report(
     ct_path = None
     if not isinstance(ct, Volume):
         ct_path = Path(ct)
-        ct = read_volume(ct_path)
+        ct = read_volume(ct_path, series_uid=series_uid)
     timings["read"] = time.perf_counter() - t
 
     result = None
