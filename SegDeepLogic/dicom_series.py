@@ -403,8 +403,7 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
             ) from None
         slope = float(ds.get("RescaleSlope", 1) or 1)
         intercept = float(ds.get("RescaleIntercept", 0) or 0)
-        if slope != 1 or intercept != int(intercept):
-            integral = integral and slope == int(slope) and intercept == int(intercept)
+        integral = integral and slope.is_integer() and intercept.is_integer()
         slices.append(pixels.astype(np.float64) * slope + intercept if (slope != 1 or intercept != 0) else pixels)
     array = np.stack(slices)
     if integral and array.min() >= -32768 and array.max() <= 32767:

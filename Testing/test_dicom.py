@@ -656,3 +656,25 @@ def test_readme_radiotherapy_workflow_runs_as_written(tmp_path: Path, monkeypatc
     row = next(r for r in facts["structures"] if r["name"] == "parotid_left")
     assert row["reference_comparison"]["dice"] == pytest.approx(metrics["dice"], abs=1e-6)  # the report scores the RTSTRUCT
     assert "56x48x40 voxels, 3.906 x 3.906 x 3 mm" in capsys.readouterr().out  # dicom-info
+
+
+def test_rescale_slope_and_intercept_are_applied_per_slice(tmp_path: Path) -> None:
+    ct = Volume((np.arange(2 * 4 * 5).reshape(2, 4, 5) * 10 - 1000).astype(np.int16), (1.0, 1.0, 2.0))
+    folder = tmp_path / "unsigned"
+    write_ct_series(ct, folder)
+    for path in folder.glob("*.dcm"):  # stored unsigned with intercept -1024, as many scanners do
+        ds = pydicom.dcmread(path)
+        stored = ds.pixel_array.astype(np.int32) + 1024
+        ds.PixelRepresentation = 0
+        ds.PixelData = stored.astype(np.uint16).tobytes()
+        ds.RescaleIntercept = "-1024"
+        ds.save_as(path)
+    back, _ = read_dicom_series(folder)
+    assert back.array.dtype == np.int16 and np.array_equal(back.array, ct.array)
+    for path in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.RescaleSlope = "0.5"
+        ds.save_as(path)
+    back, _ = read_dicom_series(folder)
+    assert back.array.dtype == np.float32
+    np.testing.assert_allclose(back.array, (ct.array.astype(float) + 1024) * 0.5 - 1024)
