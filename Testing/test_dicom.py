@@ -678,3 +678,21 @@ def test_rescale_slope_and_intercept_are_applied_per_slice(tmp_path: Path) -> No
     back, _ = read_dicom_series(folder)
     assert back.array.dtype == np.float32
     np.testing.assert_allclose(back.array, (ct.array.astype(float) + 1024) * 0.5 - 1024)
+
+
+def test_cli_evaluate_scores_against_rtstruct_labels(small_ct: Volume, tmp_path: Path, capsys) -> None:
+    """segdeep evaluate on a case folder holding a CT series and an RTSTRUCT whose ROI is named like the structure."""
+    case = tmp_path / "data" / "case_1"
+    write_ct_series(small_ct, case)
+    grid, reference = read_dicom_series(case)
+    bone = grid.with_array(grid.array >= 300)
+    write_rtstruct({"Bone": bone}, reference, case / "RS_clinical.dcm")  # ROI name differs in case only
+    out = tmp_path / "evaluation"
+    args = ["evaluate", str(TEST_MODEL), str(tmp_path / "data"), "-o", str(out), "--bone", "bone", "--threshold-hu", "300"]
+    assert main([*args, "--no-refine", "--no-progress"]) == 0
+    rows = (out / "per_case.csv").read_text().splitlines()
+    threshold_row = next(r for r in rows if ",bone," in r and "threshold," in r)
+    assert "case_1" in threshold_row
+    summary = json.loads((out / "summary.json").read_text())
+    # the threshold baseline at the reference's own threshold reproduces the RTSTRUCT exactly
+    assert summary["structures"]["bone"]["threshold"]["dice"]["median"] == 1.0
