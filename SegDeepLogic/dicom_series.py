@@ -351,7 +351,9 @@ def _choose_series(folder: Path, series_uid: str | None) -> tuple[SeriesInfo, li
     return chosen, images
 
 
-def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) -> tuple[Volume, CTReference]:
+def read_dicom_series(
+    folder: str | os.PathLike, series_uid: str | None = None, *, read_pixels: bool = True
+) -> tuple[Volume, CTReference]:
     """Read one image series of ``folder`` as a Volume (LPS mm) with what references it.
 
     Parameters
@@ -362,6 +364,9 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     series_uid : str, optional
         Series Instance UID to read. By default the largest readable image series (a warning
         names the others when there are several).
+    read_pixels : bool
+        False: only the grid (the volume's array is all zeros, uint8; no pixel data is decoded),
+        e.g. to rasterise an RT Structure Set onto the series.
 
     Returns
     -------
@@ -388,6 +393,10 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
             headers.append((path, ds))
     geometry = _series_geometry(headers, info.series_uid)
     ordered = [headers[i] for i in geometry["order"]]
+    if not read_pixels:
+        shape = (len(ordered), geometry["rows"], geometry["columns"])
+        volume = Volume(np.zeros(shape, np.uint8), geometry["spacing"], geometry["origin"], geometry["direction"])
+        return volume, _reference(folder, info, ordered)
     slices = []
     integral = True
     for path, _ in ordered:
@@ -411,9 +420,13 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
     else:
         array = array.astype(np.float32)
     volume = Volume(array, geometry["spacing"], geometry["origin"], geometry["direction"])
+    return volume, _reference(folder, info, ordered)
+
+
+def _reference(folder: Path, info: SeriesInfo, ordered: Sequence[tuple[Path, Any]]) -> CTReference:
     datasets = [d for _, d in ordered]
     ds0 = datasets[0]
-    reference = CTReference(
+    return CTReference(
         folder=folder,
         series_uid=info.series_uid,
         study_uid=str(ds0.get("StudyInstanceUID", "")),
@@ -423,7 +436,6 @@ def read_dicom_series(folder: str | os.PathLike, series_uid: str | None = None) 
         files=[p for p, _ in ordered],
         datasets=datasets,
     )
-    return volume, reference
 
 
 # --------------------------------------------------------------------------------------------

@@ -373,7 +373,7 @@ def _find_ct_for(path: Path, ds: Any) -> tuple[Volume, CTReference]:
     folder = path.parent
     candidates = [s for s in list_series(folder) if s.is_image]
     if series_uid and any(s.series_uid == series_uid for s in candidates):
-        return read_dicom_series(folder, series_uid)
+        return read_dicom_series(folder, series_uid, read_pixels=False)
     if not candidates:
         raise RTStructError(f"{path.name}: no CT series next to it in {folder}; give the CT series folder it was drawn on")
     raise RTStructError(
@@ -489,7 +489,7 @@ def read_rtstruct(
 
             if any(s.series_uid == ref_series for s in list_series(folder)):
                 series_uid = ref_series
-        grid, reference = read_dicom_series(folder, series_uid)
+        grid, reference = read_dicom_series(folder, series_uid, read_pixels=False)
 
     rois = {int(r.ROINumber): r for r in ds.get("StructureSetROISequence", [])}
     roi_names = [str(r.ROIName) for r in rois.values()]

@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise SegDeepError("--reference-ct (the CT's DICOM series folder) is needed to write DICOM or read a label map onto it")
     ct, reference = (None, None)
     if args.reference_ct is not None:
-        ct, reference = read_dicom_series(args.reference_ct, args.series)
+        ct, reference = read_dicom_series(args.reference_ct, args.series, read_pixels=False)  # the grid only
     if is_rtstruct(args.input):
         seg = rtstruct_segmentation(
             args.input, (ct, reference) if ct is not None else None, names=args.rois, repair=args.repair_contours
