@@ -696,3 +696,22 @@ def test_cli_evaluate_scores_against_rtstruct_labels(small_ct: Volume, tmp_path:
     summary = json.loads((out / "summary.json").read_text())
     # the threshold baseline at the reference's own threshold reproduces the RTSTRUCT exactly
     assert summary["structures"]["bone"]["threshold"]["dice"]["median"] == 1.0
+
+
+def test_cli_convert_writes_a_nifti_ct_as_a_dicom_series(tmp_path: Path, capsys) -> None:
+    nifti = tmp_path / "ct.nii.gz"
+    ct = read_volume(SAMPLE / "ct.nii.gz")
+    from SegDeepLogic import write_volume
+
+    write_volume(Volume(ct.array[60:64], ct.spacing, ct.index_to_physical([0, 0, 60]), ct.direction), nifti)
+    out = tmp_path / "CT_DICOM"
+    assert main(["convert", str(nifti), "-o", str(out), "--format", "dicom-ct"]) == 0
+    assert len(list(out.glob("*.dcm"))) == 4 and dciodvfy_errors(next(out.glob("*.dcm"))) == []
+    back = onto_grid(read_volume(nifti), read_volume(out))
+    np.testing.assert_array_equal(back.array, read_volume(out).array)
+    _cli_fails_writing_nothing(
+        ["convert", str(nifti), "-o", str(out), "--format", "dicom-ct"],
+        tmp_path / "none",
+        capsys,
+        "refusing to overwrite existing folder",
+    )

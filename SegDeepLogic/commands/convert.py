@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import SegDeepError
 from ._common import load_segmentation, save_segmentation
 
-FORMATS = ("rtstruct", "dicom-seg", "seg.nrrd", "nii.gz")
+FORMATS = ("rtstruct", "dicom-seg", "seg.nrrd", "nii.gz", "dicom-ct")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +21,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Write a .seg.nrrd or NIfTI label map as an RT Structure Set (contours for a planning system) or a "
         "DICOM SEG referencing the CT series it was made on (--reference-ct); or read an RT Structure Set "
         "(rasterised onto that CT's grid, holes by the even-odd rule) and write it as .seg.nrrd / NIfTI. The "
-        "segmentation must be on the CT series' voxels (flipped axes are fine; nothing is interpolated).",
+        "segmentation must be on the CT series' voxels (flipped axes are fine; nothing is interpolated). "
+        "--format dicom-ct writes a CT volume (NIfTI, NRRD, ...) as a DICOM CT series folder with its true geometry.",
     )
     p.add_argument("input", help="segmentation: .seg.nrrd, label map (.nii.gz/.nrrd/.mha) or an RTSTRUCT .dcm file")
     p.add_argument("-o", "--output", required=True, help="output file: .dcm (RTSTRUCT or SEG), .seg.nrrd or .nii.gz")
@@ -53,7 +54,19 @@ def _format(path: Path, fmt: str | None) -> str:
     raise SegDeepError(f"cannot tell the output format from {path.name}: pass --format ({', '.join(FORMATS)})")
 
 
+def _write_ct(args: argparse.Namespace) -> int:
+    from ..dicom_series import write_ct_series
+    from ..io import read_volume
+
+    ct = read_volume(args.input, check_hu=True)
+    files = write_ct_series(ct, args.output, overwrite=args.overwrite)
+    print(f"{Path(args.input).name}: {len(files)} CT slices -> {args.output}", file=sys.stderr)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.format == "dicom-ct":
+        return _write_ct(args)
     from ..dicom_common import Algorithm
     from ..dicom_series import onto_grid, read_dicom_series
     from ..rtstruct import is_rtstruct, rtstruct_segmentation
