@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,3 +56,39 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def atomic_dir(final_dir: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``final_dir``; rename it into place on success.
+
+    For outputs made of several files (a DICOM series): nothing appears under the final name
+    until every file is written. With ``overwrite=True`` an existing folder is replaced (it is
+    moved aside first and deleted only after the new one is in place).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "series"
+    >>> with atomic_dir(target) as tmp:
+    ...     _ = (tmp / "a.dcm").write_text("x")
+    >>> sorted(p.name for p in target.iterdir())
+    ['a.dcm']
+    """
+    final = Path(final_dir)
+    if final.exists() and not overwrite:
+        raise FileExistsError(f"refusing to overwrite existing folder: {final}")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        yield tmp
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+            os.replace(final, old / final.name)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

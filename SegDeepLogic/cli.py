@@ -15,8 +15,19 @@ import warnings
 from . import __version__
 from .errors import CancelledError, SegDeepError
 
-# Each name is a module SegDeepLogic.commands.<name> with add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("threshold", "compare", "export", "segment", "train", "evaluate", "report", "mesh-check")
+# Each name is a module SegDeepLogic.commands.<name> (hyphens as underscores) with add_parser(subparsers) and run(args) -> int.
+COMMANDS = (
+    "threshold",
+    "compare",
+    "export",
+    "segment",
+    "train",
+    "evaluate",
+    "report",
+    "mesh-check",
+    "dicom-info",
+    "convert",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,7 +48,7 @@ from .plausibility import reference_statistics
 from .progress import CancelToken, ProgressCallback, report
 from .refine import refine_mask
 from .threshold import grow_mask, keep_largest_component
-from .training.data import find_cases
+from .training.data import find_cases, read_case_mask
 from .volume import Volume
 
 __all__ = [
@@ -127,7 +127,7 @@ def choose_threshold(
     for n, case in enumerate(cases):
         report(progress, n / len(cases), f"threshold on {case.case_id}", cancel)
         ct = read_volume(case.ct)
-        ref = read_volume(case.masks[structure]).array > 0
+        ref = read_case_mask(case, structure).array > 0
         roi = roi_around(ref, ct.spacing_kji, roi_mm)
         hu, r = ct.array[roi], ref[roi]
         for t, value in enumerate(cand):
@@ -236,7 +236,7 @@ def evaluate_model(
         for name, value in labels:
             if name not in case.masks:
                 continue
-            ref_vol = read_volume(case.masks[name])
+            ref_vol = read_case_mask(case, name)
             ct.require_same_grid(ref_vol, f"{case.ct.name} and {case.masks[name].name}")
             ref = ref_vol.array > 0
             mask = pred == value

@@ -111,15 +111,20 @@ def check_hounsfield(volume: Volume, *, name: str = "volume") -> bool:
     return True
 
 
-def read_volume(path: str | os.PathLike, *, check_hu: bool = False) -> Volume:
+def read_volume(path: str | os.PathLike, *, check_hu: bool = False, series_uid: str | None = None) -> Volume:
     """Read a 3D scalar image file (NRRD, NIfTI, MHA/MHD) or a DICOM series folder.
 
     Parameters
     ----------
     path : path-like
-        Image file, or a folder holding one DICOM series (the largest is taken if several).
+        Image file, or a folder of DICOM files (read with
+        :func:`~SegDeepLogic.dicom_series.read_dicom_series`: the series ``series_uid``, else the
+        largest readable image series, with a warning naming the others; gantry-tilted,
+        irregularly spaced or mixed series are refused with the reason).
     check_hu : bool, optional
         Also warn (:class:`HounsfieldWarning`) if the values do not look like Hounsfield units.
+    series_uid : str, optional
+        Series Instance UID to read from a DICOM folder (``segdeep dicom-info`` lists them).
 
     Returns
     -------
@@ -135,8 +140,15 @@ def read_volume(path: str | os.PathLike, *, check_hu: bool = False) -> Volume:
     path = Path(path)
     if not path.exists():
         raise VolumeReadError(f"no such file or folder: {path}")
+    if series_uid is not None and not path.is_dir():
+        raise VolumeReadError(f"a series UID was given but {path} is not a DICOM folder")
     if path.is_dir():
-        image = _read_dicom_folder(path)
+        from .dicom_series import read_dicom_series
+
+        volume = validate_volume(read_dicom_series(path, series_uid)[0], name=str(path))
+        if check_hu:
+            check_hounsfield(volume, name=str(path))
+        return volume
     else:
         try:
             image = sitk.ReadImage(str(path))
@@ -149,19 +161,6 @@ def read_volume(path: str | os.PathLike, *, check_hu: bool = False) -> Volume:
     if check_hu:
         check_hounsfield(volume, name=str(path))
     return volume
-
-
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise VolumeReadError(f"folder {folder} holds no DICOM series")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
-    reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise VolumeReadError(f"cannot read the DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from exc
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True, overwrite: bool = True) -> Path:

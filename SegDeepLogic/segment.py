@@ -1262,7 +1262,12 @@ def segment_volume(
         probabilities = {s.name: ct.with_array(probability_maps[c]) for c, s in enumerate(segments)}
 
     parameters = {
-        "model": {"name": _field(card, "name"), "version": _field(card, "version"), "architecture": _field(card, "architecture")},
+        "model": {
+            "name": _field(card, "name"),
+            "version": _field(card, "version"),
+            "architecture": _field(card, "architecture"),
+            "weights_sha256": _field(card, "weights_sha256", ""),
+        },
         "model_orientation": orientation,
         "model_spacing_ijk_mm": spacing_model,
         "model_grid": grid.as_dict(),
@@ -1313,6 +1318,10 @@ def _axial_axis(orientation: str) -> int:
     return 0
 
 
+OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "rtstruct", "dicom-seg")
+DICOM_OUTPUT_FORMATS = ("rtstruct", "dicom-seg")
+
+
 def _output_format(path: Path, fmt: str | None) -> str:
     name = path.name.lower()
     if fmt is None:
@@ -1320,10 +1329,17 @@ def _output_format(path: Path, fmt: str | None) -> str:
             return "seg.nrrd"
         if name.endswith((".nii.gz", ".nii")):
             return "nii.gz"
-        raise SegDeepError(f"cannot tell the output format from {path.name}: name it .seg.nrrd or .nii.gz, or pass a format")
+        raise SegDeepError(
+            f"cannot tell the output format from {path.name}: name it .seg.nrrd or .nii.gz, or pass a format "
+            f"({', '.join(OUTPUT_FORMATS)})"
+        )
     fmt = fmt.lower().lstrip(".")
-    if fmt not in ("seg.nrrd", "nii.gz"):
-        raise SegDeepError(f"unknown output format {fmt!r}: use 'seg.nrrd' or 'nii.gz'")
+    if fmt not in OUTPUT_FORMATS:
+        raise SegDeepError(f"unknown output format {fmt!r}: use one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt in DICOM_OUTPUT_FORMATS:
+        if not name.endswith(".dcm"):
+            raise SegDeepError(f"output {path.name} does not match the format {fmt!r}: name the DICOM file *.dcm")
+        return fmt
     expected = ".seg.nrrd" if fmt == "seg.nrrd" else (".nii.gz", ".nii")
     if not name.endswith(expected):
         raise SegDeepError(f"output {path.name} does not match the format {fmt!r}")
@@ -1339,6 +1355,7 @@ def segment_file(
     uncertainty_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     allow_mismatch: bool = False,
+    series_uid: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     **options: Any,
@@ -1354,8 +1371,11 @@ def segment_file(
         ``.nii.gz`` (label map with ``.labels.json`` / ``.labels.csv`` sidecars).
     model : ModelPackage, path or None
         As in :func:`segment_volume`.
-    output_format : {"seg.nrrd", "nii.gz"}, optional
-        Checked against the file name; inferred from it by default.
+    output_format : {"seg.nrrd", "nii.gz", "rtstruct", "dicom-seg"}, optional
+        Checked against the file name; inferred from it by default. ``"rtstruct"`` (an RT
+        Structure Set, :func:`SegDeepLogic.rtstruct.write_rtstruct`) and ``"dicom-seg"`` (a
+        DICOM Segmentation, :func:`SegDeepLogic.dicom_seg.write_dicom_seg`) need the CT as a
+        DICOM series folder, whose UIDs they reference, and a ``.dcm`` output name.
     uncertainty_path : path-like, optional
         Also write the uncertainty map (float32, .nii.gz/.nrrd/.mha) here.
     overwrite : bool
@@ -1365,6 +1385,8 @@ def segment_file(
         the anatomy the model knows). False (default, as on the command line): raise
         :class:`MismatchError` naming the reasons and the withheld structures, and write
         nothing, so a batch never stores output the check calls meaningless.
+    series_uid : str, optional
+        With a DICOM folder: the Series Instance UID to segment (default: the largest series).
     **options
         Passed to :func:`segment_volume`.
 
@@ -1397,8 +1419,21 @@ def segment_file(
         raise SegDeepError("an uncertainty file was requested with uncertainty=False")
     timings: dict[str, float] = {}
     stages = _Stages(progress, cancel, timings)
+    ct_reference = None
+    if fmt in DICOM_OUTPUT_FORMATS and not Path(ct_path).is_dir():
+        raise SegDeepError(
+            f"the {fmt} output references the CT's DICOM series: give the CT as a DICOM series folder, not {Path(ct_path).name}"
+        )
     with stages("read"):
-        ct = read_volume(ct_path, check_hu=True)
+        if fmt in DICOM_OUTPUT_FORMATS:
+            from .dicom_series import read_dicom_series
+            from .io import check_hounsfield
+
+            ct, ct_reference = read_dicom_series(ct_path, series_uid)
+            validate_volume(ct, name=str(ct_path))
+            check_hounsfield(ct, name=str(ct_path))
+        else:
+            ct = read_volume(ct_path, check_hu=True, series_uid=series_uid)
     result = segment_volume(
         ct, model, allow_mismatch=allow_mismatch, progress=progress, cancel=cancel, _timings=timings, **options
     )
@@ -1416,6 +1451,20 @@ def segment_file(
     written: list[Path] = []
     if fmt == "seg.nrrd":
         written.append(write_seg_nrrd(result.labels, result.segments, output, overwrite=overwrite))
+    elif fmt in DICOM_OUTPUT_FORMATS:
+        from .dicom_common import Algorithm
+        from .segmentation_io import Segmentation
+
+        segmentation = Segmentation(result.labels, result.segments)
+        algorithm = Algorithm.from_parameters(result.parameters)
+        if fmt == "rtstruct":
+            from .rtstruct import write_rtstruct
+
+            written.append(write_rtstruct(segmentation, ct_reference, output, algorithm=algorithm, overwrite=overwrite))
+        else:
+            from .dicom_seg import write_dicom_seg
+
+            written.append(write_dicom_seg(segmentation, ct_reference, output, algorithm=algorithm, overwrite=overwrite))
     else:
         written.extend(write_labelmap_nifti(result.labels, result.segments, output, overwrite=overwrite).values())
     if uncertainty_path is not None and result.uncertainty is not None:

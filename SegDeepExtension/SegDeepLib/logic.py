@@ -634,6 +634,8 @@ class SegDeepLogicBase:
             mrml.fill_segmentation(segmentationNode, labels.array, segments, volumeNode)
             if segmentationNode.GetDisplayNode() is None:
                 segmentationNode.CreateDefaultDisplayNodes()
+            # a CT loaded from DICOM: the segmentation goes under its study, ready for DICOM export
+            mrml.place_under_volume_study(segmentationNode, volumeNode)
 
             old_uncertainty = self._output_node(
                 scene, "vtkMRMLScalarVolumeNode", ROLE_UNCERTAINTY, SOURCE_VOLUME_REFERENCE, volumeNode

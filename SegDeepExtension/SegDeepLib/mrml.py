@@ -322,3 +322,34 @@ def segment_mask(segmentationNode: Any, segmentId: str, referenceVolumeNode: Any
     if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
         return None
     return volume_from_image(image, array_from_image(image) == value)
+
+
+# --------------------------------------------------------------------------------------------
+# Subject hierarchy (DICOM patient / study)
+# --------------------------------------------------------------------------------------------
+def place_under_volume_study(dataNode: Any, volumeNode: Any) -> int | None:
+    """Put ``dataNode`` in the subject hierarchy under the study of ``volumeNode``.
+
+    A CT loaded from DICOM sits under its patient and study items; a segmentation placed beside
+    it (same study) is what Slicer's DICOM export (Data module: right-click the study or the
+    segmentation, "Export to DICOM...", with SlicerRT for RTSTRUCT or QuantitativeReporting for
+    DICOM SEG) offers to send on, referencing that CT. Returns the study item ID, or None when the
+    volume is not under a study (then nothing changes).
+    """
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volumeNode.GetScene())
+    if shNode is None:
+        return None
+    volumeItem = shNode.GetItemByDataNode(volumeNode)
+    if not volumeItem:
+        return None
+    study = shNode.GetItemParent(volumeItem)
+    while study and shNode.GetItemLevel(study) != slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy():
+        study = shNode.GetItemParent(study)
+    if not study or study == shNode.GetSceneItemID():
+        return None
+    dataItem = shNode.GetItemByDataNode(dataNode)
+    if not dataItem:
+        dataItem = shNode.CreateItem(study, dataNode)
+    elif shNode.GetItemParent(dataItem) != study:
+        shNode.SetItemParent(dataItem, study)
+    return study

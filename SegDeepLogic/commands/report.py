@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("ct", help="CT volume (NRRD, NIfTI, MHA/MHD or a DICOM series folder)")
     p.add_argument("-o", "--output", required=True, help="report file (.html)")
+    p.add_argument("--series", default=None, metavar="UID", help="DICOM folder: the series to report on (default the largest)")
     p.add_argument("--json", default=None, help="JSON facts file (default: the report's name with .json)")
     p.add_argument("--model", default=None, help="model package folder or .zip (default: the first bundled one)")
     p.add_argument(
@@ -101,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("report", enabled=not args.no_progress) as progress:
         facts = build_report(
             args.ct,
+            series_uid=args.series,
             model=args.model,
             segmentation=args.segmentation,
             uncertainty=args.uncertainty,

@@ -302,10 +302,21 @@ def _plausibility_facts(result: Any) -> dict[str, Any] | None:
     }
 
 
-def _load_segmentation(seg: Any, ct: Volume, what: str) -> tuple[Segmentation, dict[str, Any] | None]:
-    """A Segmentation on the CT's grid, from a Segmentation, a SegmentationResult or a file."""
+def _load_segmentation(
+    seg: Any, ct: Volume, what: str, ct_folder: Path | None = None
+) -> tuple[Segmentation, dict[str, Any] | None]:
+    """A Segmentation on the CT's grid, from a Segmentation, a SegmentationResult or a file.
+
+    A DICOM RT Structure Set is rasterised onto its CT series: ``ct_folder`` when the CT was
+    given as a DICOM folder, else the series it references next to the RTSTRUCT file.
+    """
+    from ..rtstruct import is_rtstruct, rtstruct_segmentation
+
     source = None
-    if isinstance(seg, str | os.PathLike):
+    if isinstance(seg, (str, os.PathLike)) and is_rtstruct(seg):
+        source = _file_facts(seg)
+        seg = rtstruct_segmentation(seg, ct_folder)
+    elif isinstance(seg, (str, os.PathLike)):
         path = Path(seg)
         source = _file_facts(path)
         if path.name.lower().endswith(".seg.nrrd"):
@@ -327,6 +338,7 @@ def _load_segmentation(seg: Any, ct: Volume, what: str) -> tuple[Segmentation, d
 def build_report(
     ct: Volume | str | os.PathLike,
     *,
+    series_uid: str | None = None,
     model: Any = None,
     segmentation: Any = None,
     reference: Any = None,
@@ -355,6 +367,9 @@ def build_report(
     ----------
     ct : Volume or path
         The CT in HU (a path is read with :func:`~SegDeepLogic.io.read_volume` and recorded).
+    series_uid : str, optional
+        With a DICOM folder: the series to read (default the largest). An RTSTRUCT
+        ``reference``/``segmentation`` is rasterised onto that folder's series.
     model : ModelPackage, path or None
         Model package for the network (None: the first bundled one). Ignored with ``segmentation``.
     segmentation : Segmentation, SegmentationResult or path, optional
@@ -415,7 +430,7 @@ def build_report(
     ct_path = None
     if not isinstance(ct, Volume):
         ct_path = Path(ct)
-        ct = read_volume(ct_path)
+        ct = read_volume(ct_path, series_uid=series_uid)
     timings["read"] = time.perf_counter() - t
 
     result = None
@@ -463,7 +478,9 @@ def build_report(
             result = segmentation
             network_timings = {k: float(v) for k, v in result.timings_s.items()}
         t = time.perf_counter()
-        seg, seg_source = _load_segmentation(segmentation, ct, "segmentation")
+        seg, seg_source = _load_segmentation(
+            segmentation, ct, "segmentation", ct_path if ct_path is not None and ct_path.is_dir() else None
+        )
         timings["read_segmentation"] = time.perf_counter() - t
         seg_facts = {
             "source": "segmentation result given to the report" if result is not None else "segmentation file (network not run)",
@@ -500,7 +517,8 @@ def build_report(
     ref_seg = ref_source = None
     t = time.perf_counter()
     if reference is not None:
-        ref_seg, ref_source = _load_segmentation(reference, ct, "reference segmentation")
+        ct_folder = ct_path if ct_path is not None and ct_path.is_dir() else None
+        ref_seg, ref_source = _load_segmentation(reference, ct, "reference segmentation", ct_folder)
     timings["read_reference"] = time.perf_counter() - t
     matches = _match_reference(seg, ref_seg, reference_labels)
 
