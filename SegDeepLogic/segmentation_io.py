@@ -49,6 +49,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
+from ._compat import zip_strict
 from .atomic import atomic_path
 from .errors import GeometryMismatchError, SegDeepError, VolumeReadError
 from .volume import Volume
@@ -148,7 +149,7 @@ class SegmentInfo:
         if _CONTROL.search(self.name):
             raise SegmentationFileError(f"segment name {self.name!r} contains a line break or control character")
         value = self.value
-        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
             raise SegmentationFileError(f"label value of segment {self.name!r} must be an integer, got {value!r}")
         if not 1 <= int(value) <= MAX_LABEL_VALUE:
             raise SegmentationFileError(
@@ -341,7 +342,7 @@ def labelmap_from_masks(
     top = max(s.value for s in segments)
     labels = np.zeros(grid.array.shape, dtype=np.uint8 if top <= 255 else np.uint16)
     owner = {}  # label value -> segment name, for overlap messages
-    for seg, mask in zip(segments, masks.values(), strict=True):
+    for seg, mask in zip_strict(segments, masks.values()):
         if isinstance(mask, Volume):
             grid.require_same_grid(mask, f"mask {seg.name!r} and the label map grid")
             m = mask.array
@@ -815,8 +816,8 @@ def _paste_on_grid(labelmap: Volume, reference: Volume, path: Path) -> Volume:
     if np.any(hi <= lo):
         inside = np.zeros(src.shape, bool)
     else:
-        dst_box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        src_box = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset_kji, strict=True))
+        dst_box = tuple(slice(a, b) for a, b in zip_strict(lo, hi))
+        src_box = tuple(slice(a - o, b - o) for a, b, o in zip_strict(lo, hi, offset_kji))
         out[dst_box] = src[src_box]
         inside = np.zeros(src.shape, bool)
         inside[src_box] = True

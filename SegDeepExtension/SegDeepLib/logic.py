@@ -51,6 +51,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from SegDeepLogic._compat import zip_strict
 from SegDeepLogic.errors import CancelledError, MismatchError, SegDeepError
 from SegDeepLogic.plausibility import mismatch_message
 
@@ -955,7 +956,7 @@ class SegDeepLogicBase:
             arrays.append((array, kind))
             table.AddColumn(array)
         for r, row in enumerate(rows):
-            for (array, kind), value in zip(arrays, row, strict=True):
+            for (array, kind), value in zip_strict(arrays, row):
                 if kind == "double":
                     array.SetValue(r, math.nan if value is None else float(value))
                 elif kind == "int":

@@ -163,7 +163,7 @@ def run_scenario(
     )
     assert check == logic.lastSegmentation["plausibility"], "the node's check is not the one the worker reported"
     assert progress and progress[-1][0] == 1.0, f"progress did not reach 100%: {progress[-3:]}"
-    assert all(b[0] >= a[0] for a, b in zip(progress, progress[1:], strict=False)), "progress went backwards"
+    assert all(b[0] >= a[0] for a, b in zip(progress, progress[1:])), "progress went backwards"
 
     uncertainty = seg.GetNodeReference(UNCERTAINTY_REFERENCE)
     assert uncertainty is not None, "no uncertainty volume"

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .. import __version__
+from .._compat import zip_strict
 from ..errors import SegDeepError
 from ..io import read_volume
 from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
@@ -134,7 +135,7 @@ def parse_threshold(spec: str | tuple[float | None, float | None] | None) -> dic
     """
     if spec is None:
         return {"preset": "bone"}
-    if isinstance(spec, tuple | list):
+    if isinstance(spec, (tuple, list)):
         lower, upper = spec
         return {"lower_hu": None if lower is None else float(lower), "upper_hu": None if upper is None else float(upper)}
     text = str(spec).strip()
@@ -200,15 +201,15 @@ def _json_ready(value: Any) -> Any:
     """Recursively turn numpy values, tuples and paths into JSON types (non-finite floats -> None)."""
     if isinstance(value, Mapping):
         return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
         return _json_ready(value.tolist())
-    if isinstance(value, np.bool_ | bool):
+    if isinstance(value, (np.bool_, bool)):
         return bool(value)
     if isinstance(value, np.integer):
         return int(value)
-    if isinstance(value, float | np.floating):
+    if isinstance(value, (float, np.floating)):
         v = float(value)
         return v if math.isfinite(v) else None
     if isinstance(value, Path):
@@ -222,7 +223,7 @@ def _crop(volume: Volume, box: tuple[slice, ...]) -> Volume:
 
 
 def _grow_box(box: tuple[slice, ...], margin: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, margin, shape, strict=True))
+    return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip_strict(box, margin, shape))
 
 
 def _compare(a: Volume, b: Volume, tolerance_mm: float) -> dict[str, Any]:
@@ -248,7 +249,7 @@ def orientation_code(direction: np.ndarray) -> str:
     """
     perm, flips = _best_axes(np.asarray(direction, dtype=float))
     letters = [""] * 3
-    for t, (p, f) in enumerate(zip(perm, flips, strict=True)):
+    for t, (p, f) in enumerate(zip_strict(perm, flips)):
         letters[p] = ("RAI" if f else "LPS")[t]
     return "".join(letters)
 
@@ -264,9 +265,9 @@ def to_lps(volume: Volume) -> Volume:
     if flip_axes:
         array = np.flip(array, axis=flip_axes)
     first = [0, 0, 0]
-    for p, f in zip(perm, flips, strict=True):
+    for p, f in zip_strict(perm, flips):
         first[p] = volume.shape_ijk[p] - 1 if f else 0
-    direction = np.stack([volume.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip(perm, flips, strict=True)], axis=1)
+    direction = np.stack([volume.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip_strict(perm, flips)], axis=1)
     spacing = tuple(volume.spacing[p] for p in perm)
     return Volume(np.ascontiguousarray(array), spacing, volume.index_to_physical(first), direction)
 
@@ -301,7 +302,7 @@ def _plausibility_facts(result: Any) -> dict[str, Any] | None:
 def _load_segmentation(seg: Any, ct: Volume, what: str) -> tuple[Segmentation, dict[str, Any] | None]:
     """A Segmentation on the CT's grid, from a Segmentation, a SegmentationResult or a file."""
     source = None
-    if isinstance(seg, str | os.PathLike):
+    if isinstance(seg, (str, os.PathLike)):
         path = Path(seg)
         source = _file_facts(path)
         if path.name.lower().endswith(".seg.nrrd"):
@@ -555,7 +556,7 @@ def build_report(
             ref_box = ref_boxes[ref_value - 1]
             crop_box = tuple(
                 slice(min(a.start, b.start), max(a.stop, b.stop))
-                for a, b in zip(crop_box, _grow_box(ref_box, [2, 2, 2], labels.shape), strict=True)
+                for a, b in zip_strict(crop_box, _grow_box(ref_box, [2, 2, 2], labels.shape))
             )
         mask = _crop(ct, crop_box).with_array(labels[crop_box] == s.value)
         ct_crop = _crop(ct, crop_box)
@@ -671,7 +672,7 @@ def build_report(
         stage_time["figures"] += time.perf_counter() - t
 
     report(progress, 0.97, "provenance", cancel)
-    for name, row in zip(names, structures, strict=True):
+    for name, row in zip_strict(names, structures):
         for u in uncertainty_rows:
             if u.get("name") == name:
                 row["uncertainty"] = {k: v for k, v in u.items() if k not in ("name", "value")}
@@ -686,7 +687,7 @@ def build_report(
     }
     data = {
         "title": title or f"SegDeep report: {ct_path.name if ct_path else 'CT'}",
-        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "units": {"length": "mm", "volume": "mL", "coordinates": "LPS mm (report); mesh files in " + space},
         "input": {
             "ct": _file_facts(ct_path) or {"path": None, "bytes": None, "sha256": None, "source": "in-memory volume"},
