@@ -51,19 +51,22 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from ._compat import zip_strict
 from .errors import SegDeepError
+
+if TYPE_CHECKING:  # torch is imported where it is needed: listing the bundled packages never imports it
+    import torch
+    from torch import nn
 
 __all__ = [
     "CARD_FILE",
@@ -492,7 +495,8 @@ class ModelCard:
         """
         lo, hi = self.intensity["clip_hu"]
         subtract, divide = self.intensity["subtract"], self.intensity["divide"]
-        if isinstance(hu, torch.Tensor):
+        torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+        if torch is not None and isinstance(hu, torch.Tensor):
             return (hu.to(torch.float32).clamp(lo, hi) - subtract) / divide
         out = np.clip(np.asarray(hu, dtype=np.float32), lo, hi)
         out -= np.float32(subtract)
@@ -728,6 +732,8 @@ def load_model_card(path: str | os.PathLike) -> ModelCard:
 
 # --- weights ----------------------------------------------------------------------------------
 def _read_state_dict(weights: Path, source: str) -> dict[str, torch.Tensor]:
+    import torch
+
     if weights.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -762,6 +768,8 @@ def _few(items: list[str], n: int = 5) -> str:
 
 def _check_weights(network: nn.Module, state: Mapping[str, torch.Tensor], card: ModelCard, source: str) -> None:
     """Raise a ModelPackageError naming the mismatches between ``state`` and ``network``."""
+    import torch
+
     expected = network.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -817,6 +825,8 @@ def load_model_package(path: str | os.PathLike, *, verify_hash: bool = True) -> 
     >>> package.label_names, package.patch_size_kji
     (['bone', 'soft_tissue'], (32, 32, 32))
     """
+    import torch
+
     from .networks import build_network
 
     with _opened_package(path, with_weights=True) as (card, weights, package):
@@ -844,6 +854,8 @@ def load_model_package(path: str | os.PathLike, *, verify_hash: bool = True) -> 
 
 # --- saving -----------------------------------------------------------------------------------
 def _cpu_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
+    import torch
+
     # Own contiguous CPU copies: safetensors refuses tensors that share memory; floats are
     # stored as float32 so that every device can read them.
     state = {}
@@ -897,6 +909,8 @@ def save_model_package(
         The weights do not match the card's architecture, or the destination is not a
         package that may be replaced.
     """
+    from torch import nn
+
     from .networks import build_network
 
     if not isinstance(card, ModelCard):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -210,3 +211,17 @@ def run_scenario(
         "model": model,
         "plausibility": check,
     }
+
+
+def skip_message(missing: Sequence[str]) -> str:
+    """Why ``SegDeepTest`` skips in Slicer's testing mode when Python packages are missing (none is installed there).
+
+    Examples
+    --------
+    >>> print(skip_message(["torch>=2.2"]))
+    SegDeep self-test skipped: torch>=2.2 not installed (packages are never installed in testing mode; install them with slicer.util.pip_install or the PyTorch extension to run it)
+    """
+    return (
+        f"SegDeep self-test skipped: {', '.join(missing)} not installed (packages are never installed in testing mode; "
+        "install them with slicer.util.pip_install or the PyTorch extension to run it)"
+    )
