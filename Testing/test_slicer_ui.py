@@ -423,3 +423,103 @@ def test_catalog_entry():
         "tier",
     }
     assert isinstance(entry.get("tier", 1), int)
+
+
+# --------------------------------------------------------------------------------------------
+# Panel correctness
+# --------------------------------------------------------------------------------------------
+def test_every_float_bound_to_a_spin_box_or_slider_has_the_widgets_range():
+    # An unbounded float parameter sets the widget's range to -inf..inf when the GUI is connected.
+    fields = parameter_fields()
+    for name, element in ui_widgets().items():
+        prop = ui_property(element, "SlicerParameterName")
+        if prop is None or _field_kind(fields[prop.findtext("string")]) != "float":
+            continue
+        field = prop.findtext("string")
+        match = re.search(r"WithinRange\(([-0-9.e]+), ([-0-9.e]+)\)", fields[field])
+        assert match, f"{field!r} (bound to {name}) must be Annotated[float, WithinRange(lo, hi)]"
+        lo, hi = float(match.group(1)), float(match.group(2))
+        ui_lo, ui_hi = ui_property(element, "minimum"), ui_property(element, "maximum")
+        if ui_lo is not None and ui_hi is not None:
+            assert (lo, hi) == (float(ui_lo.findtext("double")), float(ui_hi.findtext("double"))), field
+
+
+@pytest.fixture
+def widget(segdeep_module, monkeypatch):
+    """A panel object with the .ui replaced by plain attributes (no Qt): its state logic runs for real."""
+    w = segdeep_module.SegDeepWidget.__new__(segdeep_module.SegDeepWidget)
+    w._job = w._probe = w._busy = w._withheld = None
+    w.ui = types.SimpleNamespace(
+        stageLabel=types.SimpleNamespace(text="x"), progressBar=types.SimpleNamespace(value=50), outputFolderPathLineEdit=None
+    )
+    states = []
+    monkeypatch.setattr(w, "_updateGui", lambda *a: states.append(w._busy), raising=False)
+    w.states = states
+    return w
+
+
+def test_compare_and_export_cannot_start_twice_and_recover_after_an_error(widget):
+    calls = []
+
+    def compare_again():
+        calls.append("compare")
+        widget.onCompareButton()  # a second click while the first runs (processEvents in the progress callback)
+        widget.onExportButton()
+        raise RuntimeError("bad input")
+
+    widget._compare = compare_again
+    widget._export = lambda: calls.append("export")
+    with pytest.raises(RuntimeError):
+        widget.onCompareButton()
+    assert calls == ["compare"] and widget._busy is None
+    assert widget.states[0] == "compare" and widget.states[-1] is None  # buttons disabled, then restored
+    assert widget.ui.stageLabel.text == "" and widget.ui.progressBar.value == 0
+    widget.onExportButton()
+    assert calls == ["compare", "export"] and widget._busy is None
+    widget._job = object()  # a segmentation runs: neither starts
+    widget.onCompareButton()
+    widget.onExportButton()
+    assert calls == ["compare", "export"]
+
+
+def test_buttons_are_disabled_while_busy():
+    source = MODULE_SCRIPT.read_text(encoding="utf-8")
+    assert "running = self._job is not None or self._busy is not None" in source
+    for button in ("segmentButton", "compareButton", "exportButton"):
+        assert re.search(rf"self\.ui\.{button}\.enabled = .*and not running", source), button
+
+
+def test_reload_reimports_the_module_library_and_the_engine(segdeep_module, monkeypatch):
+    import SegDeepLib.logic  # noqa: F401
+
+    reloaded = []
+    base = sys.modules["slicer.ScriptedLoadableModule"].ScriptedLoadableModuleWidget
+    monkeypatch.setattr(base, "onReload", lambda self: reloaded.append(sorted(sys.modules)), raising=False)
+    saved = {name: m for name, m in sys.modules.items() if name.split(".")[0] in ("SegDeepLib", "SegDeepLogic")}
+    try:
+        segdeep_module.SegDeepWidget.onReload(object())
+        assert reloaded and not [n for n in reloaded[0] if n.split(".")[0] in ("SegDeepLib", "SegDeepLogic")]
+    finally:
+        sys.modules.update(saved)
+
+
+def test_output_folder_is_remembered_between_sessions():
+    tree = module_ast()
+    widget_class = class_def(tree, "SegDeepWidget")
+    methods = {f.name: ast.unparse(f) for f in widget_class.body if isinstance(f, ast.FunctionDef)}
+    assert "QSettings().setValue(OUTPUT_FOLDER_SETTING, folder)" in methods["_export"]
+    assert "QSettings().value(OUTPUT_FOLDER_SETTING)" in methods["initializeParameterNode"]
+    assert "outputFolder = pathlib.Path" in methods["initializeParameterNode"]
+
+
+def test_too_old_slicer_gets_one_clear_message(segdeep_module, monkeypatch):
+    import slicer
+
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(majorVersion=5, minorVersion=6), raising=False)
+    message = segdeep_module.unsupportedSlicerMessage()
+    assert message.startswith("SegDeep needs 3D Slicer 5.8 or newer; this is 3D Slicer 5.6.")
+    parent = types.SimpleNamespace()
+    segdeep_module.SegDeep(parent)
+    assert parent.helpText == message
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(majorVersion=5, minorVersion=8), raising=False)
+    assert segdeep_module.unsupportedSlicerMessage() is None
