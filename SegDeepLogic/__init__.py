@@ -46,4 +46,3 @@ def __getattr__(name: str) -> Any:
 
         return getattr(io, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-

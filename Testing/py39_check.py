@@ -66,6 +66,22 @@ def _call_name(node: ast.Call) -> str:
     return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
 
 
+def _parenthesised_items(node: ast.With | ast.AsyncWith, lines: list[str]) -> bool:
+    """``with (a as x, b as y):``: a parenthesis after ``with`` that closes right before the colon."""
+    header = "\n".join(lines[node.lineno - 1 : node.body[0].lineno - 1])[node.col_offset :]
+    rest = header.split(None, 1)[-1] if not header.startswith("async") else header.split(None, 2)[-1]
+    if not rest.startswith("("):
+        return False
+    depth = 0
+    for i, ch in enumerate(rest):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            after = rest[i + 1 :].lstrip()
+            inside = rest[1:i]
+            return after.startswith(":") and (len(node.items) > 1 or " as " in inside)
+    return False
+
+
 def problems(source: str, filename: str = "<source>") -> list[str]:
     """Every construct of ``source`` that would fail (or is ruled out) on Python 3.9, as ``file:line: what``."""
     tree = ast.parse(source, filename)
@@ -87,10 +103,8 @@ def problems(source: str, filename: str = "<source>") -> list[str]:
                 inside.update(id(sub) for sub in ast.walk(node))
         elif type(node).__name__ == "Match":
             found.append((node.lineno, "match statement (Python 3.10)"))
-        elif isinstance(node, (ast.With, ast.AsyncWith)) and len(node.items) > 1:
-            text = lines[node.lineno - 1][node.col_offset :]
-            if text.split(None, 1)[-1].startswith("(") and not text.rstrip().endswith(":"):
-                found.append((node.lineno, "parenthesised context managers (Python 3.10)"))
+        elif isinstance(node, (ast.With, ast.AsyncWith)) and _parenthesised_items(node, lines):
+            found.append((node.lineno, "parenthesised context managers (Python 3.10)"))
         elif isinstance(node, ast.Call):
             name = _call_name(node)
             keywords = {k.arg for k in node.keywords}

@@ -148,3 +148,19 @@ def test_installed_copy_works_alone_without_the_repository(installed, tmp_path):
     assert found["engine_file"].replace("\\", "/") == "SegDeepLogic/__init__.py"
     assert "ct.nii.gz" in found["sample_files"] and found["ui_widgets_bound"] >= 20
     assert found["plausibility"] in ("ok", "caution")
+
+
+def test_installed_tree_runs_on_python39_by_vermin(installed):
+    # Slicer 5.8 runs Python 3.9: every installed file, checked where Slicer would load it from.
+    vermin = shutil.which("vermin") or str(Path(sys.executable).with_name("vermin"))
+    if not Path(vermin).exists() and shutil.which(vermin) is None:
+        pytest.fail("vermin is not installed (it is in the test extras)")
+    result = subprocess.run(
+        [vermin, "--target=3.9-", "--violations", "--eval-annotations", "--no-tips", "--no-parse-comments", str(installed)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    files = sorted(installed.rglob("*.py"))
+    assert len(files) > 40
