@@ -52,6 +52,7 @@ import SimpleITK as sitk
 from ._compat import zip_strict
 from .atomic import atomic_path
 from .errors import GeometryMismatchError, SegDeepError, VolumeReadError
+from .terminology import TerminologyError, terminology_codes, terminology_entry
 from .volume import Volume
 
 __all__ = [
@@ -124,9 +125,11 @@ class SegmentInfo:
     color : (r, g, b) floats in [0, 1], optional
         Display colour; :func:`default_color` of ``value`` if omitted.
     terminology : str, optional
-        Slicer terminology entry, stored verbatim in the segment's ``TerminologyEntry`` tag,
-        e.g. ``"Segmentation category and type - 3D Slicer General Anatomy list~SCT^85756007^
-        Tissue~SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list~^^~^^"``.
+        A model card's coded concept (``"SCT^91609006^Mandible"``) or a full Slicer terminology
+        entry (e.g. ``"Segmentation category and type - 3D Slicer General Anatomy list~SCT^85756007^
+        Tissue~SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list~^^~^^"``). Stored as the
+        full entry (:func:`SegDeepLogic.terminology.terminology_entry`), which the segment's
+        ``TerminologyEntry`` tag holds.
 
     Examples
     --------
@@ -169,8 +172,11 @@ class SegmentInfo:
                 raise SegmentationFileError(
                     f"terminology of segment {self.name!r} must be a one-line string without '|', got {self.terminology!r}"
                 )
-            if not self.terminology.strip():
-                object.__setattr__(self, "terminology", None)
+            try:  # a model card's "SCT^91609006^Mandible" becomes the full entry Slicer and slicerio read
+                entry = terminology_entry(self.terminology, self.name)
+            except TerminologyError as exc:
+                raise SegmentationFileError(f"terminology of segment {self.name!r}: {exc}") from None
+            object.__setattr__(self, "terminology", entry)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -691,6 +697,10 @@ def _segments_from_keys(keys: Mapping[str, str], layers: int, path: Path) -> lis
         for tag in (get("Tags") or "").split("|"):
             if tag.startswith("TerminologyEntry:"):
                 terminology = tag[len("TerminologyEntry:") :] or None
+        try:  # another program's entry SegDeep cannot interpret is dropped, not an error
+            terminology = terminology_entry(terminology, name)
+        except TerminologyError:
+            terminology = None
         if color is not None and (len(color) != 3 or not all(0 <= c <= 1 for c in color)):
             color = None
         result.append((SegmentInfo(name, value, color, terminology), layer))
@@ -868,17 +878,9 @@ def _labels_json(segments: Sequence[SegmentInfo], labelmap_name: str) -> str:
 
 def _terminology_columns(terminology: str | None) -> list[str]:
     """Slicer CSV colour-table code columns from a terminology entry string (blank if unknown)."""
-    blank = [""] * (3 * len(_TERMINOLOGY_PARTS))
-    if not terminology:
-        return blank
-    parts = terminology.split("~")
-    if len(parts) != 7:
-        return blank
-    codes = [parts[1], parts[2], parts[3], parts[5], parts[6]]  # skip the two context names
     out: list[str] = []
-    for code in codes:
-        fields = code.split("^")
-        out += (fields + ["", "", ""])[:3] if len(fields) == 3 else ["", "", ""]
+    for code in terminology_codes(terminology).values():
+        out += list(code) if code else ["", "", ""]
     return out
 
 
