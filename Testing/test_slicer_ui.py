@@ -402,9 +402,15 @@ def test_cmake_builds_a_scripted_module_with_tests():
     assert "add_subdirectory(SegDeepExtension)" in root
 
 
-def test_catalog_entry():
+def test_catalog_entry_is_valid_against_the_extensions_index_schema():
+    # The schema of the Slicer Extensions Index (Slicer/Slicer Schemas/, v1.0.2), kept offline in Testing/Data.
+    jsonschema = pytest.importorskip("jsonschema")
     entry = json.loads(CATALOG.read_text(encoding="utf-8"))
-    assert entry["$schema"].endswith("slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    schema = json.loads((REPO / "Testing" / "Data" / "slicer-extension-catalog-entry-schema-v1.0.2.json").read_text("utf-8"))
+    assert entry["$schema"] == schema["$id"]
+    jsonschema.Draft7Validator.check_schema(schema)
+    errors = [e.message for e in jsonschema.Draft7Validator(schema).iter_errors(entry)]
+    assert not errors, errors
     root = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
     category = re.search(r'set\(EXTENSION_CATEGORY "([^"]+)"\)', root).group(1)
     depends = re.search(r'set\(EXTENSION_DEPENDS "([^"]*)"\)', root).group(1).split()
@@ -412,17 +418,18 @@ def test_catalog_entry():
     assert entry["category"] == category == "Segmentation"
     assert entry["build_dependencies"] == depends == ["PyTorch"]
     assert entry["scm_url"] == homepage + ".git" and entry["scm_revision"]
-    assert set(entry) <= {
-        "$schema",
-        "build_dependencies",
-        "build_subdirectory",
-        "category",
-        "enabled",
-        "scm_revision",
-        "scm_url",
-        "tier",
-    }
-    assert isinstance(entry.get("tier", 1), int)
+    assert CATALOG.stem == re.search(r"project\((\w+)\)", root).group(1)  # the index names the file after the extension
+
+
+def test_license_the_catalog_and_readme_name_is_at_the_root():
+    license_text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert "Apache License" in license_text and "Version 2.0" in license_text
+    assert 'license = { text = "Apache-2.0" }' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
+    assert "[LICENSE](LICENSE)" in (REPO / "README.md").read_text(encoding="utf-8")
+    root = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
+    for url in re.findall(r'set\(EXTENSION_(?:ICONURL|SCREENSHOTURLS) "([^"]+)"\)', root):
+        relative = url.split("/main/", 1)[1]
+        assert (REPO / relative).is_file(), f"{url} names a file the repository does not have"
 
 
 # --------------------------------------------------------------------------------------------
