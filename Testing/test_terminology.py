@@ -159,3 +159,19 @@ def test_segment_cli_labels_csv_has_the_terminology_columns(cli_outputs):
         row = by_name[label["name"]]
         assert (row["Type_CodingScheme"], row["Type_CodeValue"], row["Type_CodeMeaning"]) == (scheme, value, meaning)
         assert row["Category_CodeMeaning"] == "Tissue"
+
+
+def test_threshold_cli_bone_segment_carries_the_bone_entry(cli_outputs):
+    folder = cli_outputs["out.seg.nrrd"].parent
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    result = subprocess.run(
+        [sys.executable, "-m", "SegDeepLogic.cli", "threshold", str(folder / "ct.nii.gz"), "-o", str(folder / "bone.seg.nrrd")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    segment = slicerio.read_segmentation(str(folder / "bone.seg.nrrd"), skip_voxels=True)["segments"][0]
+    assert segment["terminology"]["category"] == ["SCT", "85756007", "Tissue"]
+    assert segment["terminology"]["type"] == ["SCT", "272673000", "Bone"]
