@@ -523,6 +523,8 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showModelInfo()
 
     def onSegmentButton(self) -> None:
+        if self._job is not None or self._busy is not None:  # one action at a time
+            return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("The segmentation could not start."), waitCursor=True):
             self.logic.ensureDependencies(torch=True)

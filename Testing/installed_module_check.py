@@ -12,7 +12,8 @@ with the installed extension is checked from the module folder alone:
 * ``Resources/UI/SegDeep.ui`` (where ``ScriptedLoadableModule.resourcePath`` looks) parses and
   names every widget ``SegDeep.py`` binds, the icon and the sample data exist;
 * the Logic segments the sample CT with the bundled model into a real MRML scene (slicer-core),
-  compares a structure with the bone threshold and exports an STL (``SegDeepLib.selftest``).
+  compares a structure with the bone threshold and exports an STL (``SegDeepLib.selftest``);
+* bad input (a blank volume) gives one clear error and leaves the scene unchanged.
 
 Prints one JSON line with what was found and exits with 0, or raises (non-zero exit).
 """
@@ -74,8 +75,7 @@ def main(module_dir: Path, helpers_dir: Path, repo_dir: Path) -> dict:
     headless = slicer_scene.create_scene()
     ct_path = selftest.sample_ct_path()
     assert ct_path.resolve().is_relative_to(module_dir), ct_path
-    volume = slicer_scene.load_volume(headless.scene, ct_path, "SegDeepHeadNeckCT")
-    selftest.apply_test_geometry(volume)
+    volume = slicer_scene.load_volume(headless.scene, ct_path, "SegDeepHeadNeckCT")  # (rotated grids: test_slicer_logic)
     logic = SegDeepLogicBase()
     assert [Path(m.path).resolve() for m in logic.availableModels()] == [p.resolve() for p in models]
     start = time.perf_counter()
@@ -88,6 +88,25 @@ def main(module_dir: Path, helpers_dir: Path, repo_dir: Path) -> dict:
     ]
     found["dice_vs_bone_threshold"] = results["rows"]["dice"]
     found["plausibility"] = results["plausibility"]["verdict"]
+
+    # Bad input: one clear error, and nothing (half-)added to the scene.
+    import numpy as np
+    import SimpleITK as sitk
+
+    from SegDeepLogic.errors import SegDeepError
+
+    with tempfile.TemporaryDirectory() as folder:
+        flat = sitk.GetImageFromArray(np.zeros((6, 7, 8), np.int16))
+        sitk.WriteImage(flat, str(Path(folder) / "flat.nii.gz"))
+        flat_node = slicer_scene.load_volume(headless.scene, Path(folder) / "flat.nii.gz", "flat")
+    before = slicer_scene.scene_snapshot(headless.scene)
+    try:
+        logic.segment(flat_node, model=models[0], device="cpu", numThreads=2)
+    except SegDeepError as exc:
+        found["bad_input_message"] = str(exc).splitlines()[0]
+    else:
+        raise AssertionError("a blank 6x7x8 volume was segmented without an error")
+    assert slicer_scene.scene_snapshot(headless.scene) == before, "the failed run changed the scene"
 
     # Nothing was imported from the source checkout.
     leaked = sorted(

@@ -148,6 +148,7 @@ def test_installed_copy_works_alone_without_the_repository(installed, tmp_path):
     assert found["engine_file"].replace("\\", "/") == "SegDeepLogic/__init__.py"
     assert "ct.nii.gz" in found["sample_files"] and found["ui_widgets_bound"] >= 20
     assert found["plausibility"] in ("ok", "caution")
+    assert found["bad_input_message"]
 
 
 def test_installed_tree_runs_on_python39_by_vermin(installed):
