@@ -307,6 +307,8 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        if self.logic is None:  # an unsupported Slicer: the panel only shows the message
+            return
         self.setParameterNode(self.logic.getParameterNode())
         if str(self._parameterNode.outputFolder or "") in ("", "."):
             remembered = qt.QSettings().value(OUTPUT_FOLDER_SETTING)
