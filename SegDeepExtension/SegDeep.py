@@ -74,7 +74,7 @@ ENGINE_PACKAGES = ("SegDeepLib", "SegDeepLogic")
 """Packages the developer Reload re-imports with ``SegDeep.py``."""
 
 
-def unsupportedSlicerMessage():
+def unsupportedSlicerMessage() -> str | None:
     """The one message shown in a 3D Slicer older than SegDeep supports (None in a supported one)."""
     try:
         version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
