@@ -11,8 +11,9 @@ with the installed extension is checked from the module folder alone:
 * the bundled model package is found by the engine's ``list_bundled_models`` and loads;
 * ``Resources/UI/SegDeep.ui`` (where ``ScriptedLoadableModule.resourcePath`` looks) parses and
   names every widget ``SegDeep.py`` binds, the icon and the sample data exist;
-* the Logic segments the sample CT with the bundled model into a real MRML scene (slicer-core),
-  compares a structure with the bone threshold and exports an STL (``SegDeepLib.selftest``);
+* the Logic segments the sample CT with the bundled model into a real MRML scene (slicer-core): one
+  segment per structure on the CT's grid, each with a terminology entry Slicer parses, and exports
+  the mandible as an STL (the self-test scenario with compare runs in ``test_slicer_logic.py``);
 * bad input (a blank volume) gives one clear error and leaves the scene unchanged.
 
 Prints one JSON line with what was found and exits with 0, or raises (non-zero exit).
@@ -79,15 +80,33 @@ def main(module_dir: Path, helpers_dir: Path, repo_dir: Path) -> dict:
     logic = SegDeepLogicBase()
     assert [Path(m.path).resolve() for m in logic.availableModels()] == [p.resolve() for p in models]
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as folder:
-        results = selftest.run_scenario(logic, volume, folder, model=models[0], numThreads=2)
-    found["scenario_s"] = round(time.perf_counter() - start, 1)
-    found["segments"] = [
-        results["segmentation"].GetSegmentation().GetNthSegment(i).GetName()
-        for i in range(results["segmentation"].GetSegmentation().GetNumberOfSegments())
-    ]
-    found["dice_vs_bone_threshold"] = results["rows"]["dice"]
-    found["plausibility"] = results["plausibility"]["verdict"]
+    seg = logic.segment(volume, model=str(models[0]), device="cpu", numThreads=2)
+    found["segment_s"] = round(time.perf_counter() - start, 1)
+    import numpy as np
+    import slicer
+    import vtk
+    from SegDeepLib import mrml
+
+    segmentation = seg.GetSegmentation()
+    found["segments"] = mrml.segment_names(seg)
+    ijk_to_ras = mrml.ijk_to_ras_matrix(volume)
+    for i in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(i)
+        image = segment.GetRepresentation(mrml.BINARY_LABELMAP)
+        matrix = vtk.vtkMatrix4x4()
+        image.GetImageToWorldMatrix(matrix)
+        assert np.allclose(slicer.util.arrayFromVTKMatrix(matrix), ijk_to_ras, atol=1e-9), "labelmap not on the CT's grid"
+        tag = vtk.reference("")
+        assert segment.GetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), tag), segment.GetName()
+        entry = slicer.vtkSlicerTerminologyEntry()
+        assert slicer.vtkSlicerTerminologiesModuleLogic().DeserializeTerminologyEntry(str(tag), entry), str(tag)
+    mandible = slicer.util.arrayFromSegmentBinaryLabelmap(seg, segmentation.GetSegmentIdBySegmentName("mandible"), volume)
+    found["mandible_ml"] = round(float(mandible.astype(bool).sum()) * float(np.prod(volume.GetSpacing())) / 1000.0, 1)
+    found["plausibility"] = logic.plausibility(seg)["verdict"]
+    with tempfile.TemporaryDirectory() as folder:  # export for printing (in Slicer's process)
+        reports = logic.exportForPrinting(seg, folder, format="STL", segmentNames=["mandible"], decimation=0.5)
+        found["mandible_stl_watertight"] = bool(reports[0]["watertight"])
+        assert Path(reports[0]["path"]).is_file()
 
     # Bad input: one clear error, and nothing (half-)added to the scene.
     import numpy as np

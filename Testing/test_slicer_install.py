@@ -147,7 +147,8 @@ def test_installed_copy_works_alone_without_the_repository(installed, tmp_path):
     assert found["segments"] == found["model_labels"] and "mandible" in found["segments"]
     assert found["engine_file"].replace("\\", "/") == "SegDeepLogic/__init__.py"
     assert "ct.nii.gz" in found["sample_files"] and found["ui_widgets_bound"] >= 20
-    assert found["plausibility"] in ("ok", "caution")
+    assert found["plausibility"] in ("ok", "caution") and found["mandible_stl_watertight"]
+    assert 40 < found["mandible_ml"] < 100  # the CLI measures 65 mL on this CT
     assert found["bad_input_message"]
 
 
