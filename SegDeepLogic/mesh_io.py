@@ -19,10 +19,11 @@ import unicodedata
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Literal, TextIO, Union
 
 import numpy as np
 
+from ._compat import zip_strict
 from .atomic import atomic_path
 from .errors import MeshError
 from .mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, Space, _check_space, mask_to_mesh, merge_meshes
@@ -36,7 +37,7 @@ __all__ = ["MESH_FORMATS", "export_segments", "read_mesh", "safe_filename", "wri
 
 MESH_FORMATS = ("stl", "obj", "ply", "3mf")
 MeshFormat = Literal["stl", "obj", "ply", "3mf"]
-SegmentsLike = Volume | Mapping[str, Volume] | Segmentation
+SegmentsLike = Union[Volume, Mapping[str, Volume], Segmentation]
 
 _SPACE_RE = re.compile(rb"SPACE=(LPS|RAS)")
 _STL_RECORD = np.dtype([("normal", "<f4", (3,)), ("vertices", "<f4", (3, 3)), ("attribute", "<u2")])  # 50 bytes
@@ -497,7 +498,7 @@ def _segment_masks(segments: SegmentsLike, names: Mapping[int, str] | Sequence[s
             names = [names] if isinstance(names, str) else list(names)
             if len(names) != len(label_names):
                 raise ValueError(f"{len(names)} names given for {len(label_names)} labels {sorted(label_names)}")
-            label_names = dict(zip(sorted(label_names), names, strict=True))
+            label_names = dict(zip_strict(sorted(label_names), names))
     return [(name, value, segments.with_array(array == value)) for value, name in sorted(label_names.items())]
 
 

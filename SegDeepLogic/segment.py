@@ -47,6 +47,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ._compat import zip_strict
 from .devices import (
     RunConfig,
     autocast,
@@ -213,9 +214,9 @@ def reorient_grid(grid: Grid | Volume, code: str) -> tuple[Grid, tuple[int, ...]
     perm, flips = _axis_map(grid.direction, code)
     size = tuple(grid.size_ijk[p] for p in perm)
     spacing = tuple(grid.spacing[p] for p in perm)
-    direction = np.stack([grid.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip(perm, flips, strict=True)], axis=1)
+    direction = np.stack([grid.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip_strict(perm, flips)], axis=1)
     first = [0, 0, 0]
-    for p, f in zip(perm, flips, strict=True):
+    for p, f in zip_strict(perm, flips):
         first[p] = grid.size_ijk[p] - 1 if f else 0
     origin = tuple(float(x) for x in grid.index_to_physical(first))
     return Grid(size, spacing, origin, direction), perm, flips  # type: ignore[arg-type]
@@ -345,7 +346,7 @@ def interpolation_matrix(n: int, positions: np.ndarray, sigma_voxels: float = 0.
         taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_voxels) ** 2)
         taps /= taps.sum()
         smooth = np.zeros((n, n))  # smooth[q, p]: weight of input q in the smoothed value at p
-        for offset, tap in zip(range(-radius, radius + 1), taps, strict=True):
+        for offset, tap in zip_strict(range(-radius, radius + 1), taps):
             np.add.at(smooth, (np.clip(np.arange(n) + offset, 0, n - 1), np.arange(n)), tap)
         w = smooth @ w
     return torch.from_numpy(w.astype(np.float32))
@@ -482,7 +483,7 @@ def load_model(model: Any = None) -> Any:
     """
     if model is None:
         model = default_model_path()
-    if isinstance(model, str | os.PathLike):
+    if isinstance(model, (str, os.PathLike)):
         from .model_package import load_model_package  # imported late: optional until a model is used
 
         return load_model_package(model)
@@ -590,7 +591,7 @@ class SegmentationResult:
         counts = None
         if not volumes:
             values, n = np.unique(self.labels.array, return_counts=True)
-            counts = dict(zip(values.tolist(), n.tolist(), strict=True))
+            counts = dict(zip_strict(values.tolist(), n.tolist()))
         segments = []
         for s in self.segments:
             volume = volumes.get(s.name)
@@ -1083,7 +1084,7 @@ def segment_volume(
         raise SegDeepError("the model card lacks patch_size_kji or spacing_ijk_mm")
     patch = tuple(int(p) for p in _field(card, "patch_size_kji"))
     divisor = _size_divisor(network)
-    if len(patch) != 3 or min(patch) < 1 or (divisor and any(p % d for p, d in zip(patch, divisor, strict=True))):
+    if len(patch) != 3 or min(patch) < 1 or (divisor and any(p % d for p, d in zip_strict(patch, divisor))):
         raise SegDeepError(
             f"the model's patch size {patch} (D, H, W) must be 3 sizes divisible by {divisor} (the network's downsampling)"
         )

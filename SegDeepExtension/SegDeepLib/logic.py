@@ -51,8 +51,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from SegDeepLogic._compat import zip_strict
 from SegDeepLogic.errors import CancelledError, MismatchError, SegDeepError
-from SegDeepLogic.plausibility import mismatch_message
 
 from . import mrml
 from .dependencies import ensure_dependencies
@@ -352,18 +352,13 @@ class SegDeepLogicBase:
     # --- models ----------------------------------------------------------------------------
     @staticmethod
     def bundledModelPaths() -> list[Path]:
-        """Model packages shipped in ``Resources/Models`` (``list_bundled_models``), sorted."""
-        try:
-            from SegDeepLogic.model_package import list_bundled_models
-        except ImportError:  # PyTorch not installed yet: same rule, without importing torch
-            folder = ENGINE_ROOT / "Resources" / "Models"
-            if not folder.is_dir():
-                return []
-            return sorted(
-                p
-                for p in folder.iterdir()
-                if (p.is_dir() and (p / "model.json").is_file()) or (p.is_file() and p.suffix.lower() == ".zip")
-            )
+        """Model packages shipped in ``Resources/Models`` (``list_bundled_models``), sorted.
+
+        Never imports PyTorch (``model_package`` imports it only to check a card or read weights), so the
+        panel lists models in Slicer's process while torch lives only in the worker process.
+        """
+        from SegDeepLogic.model_package import list_bundled_models
+
         return list(list_bundled_models())
 
     @staticmethod
@@ -573,6 +568,7 @@ class SegDeepLogicBase:
 
     def _load_result(self, job: SegmentationJob) -> Any:
         from SegDeepLogic.io import read_volume
+        from SegDeepLogic.plausibility import mismatch_message  # scipy: not at Slicer start-up
 
         volumeNode = job.volumeNode
         scene = volumeNode.GetScene()
@@ -957,7 +953,7 @@ class SegDeepLogicBase:
             arrays.append((array, kind))
             table.AddColumn(array)
         for r, row in enumerate(rows):
-            for (array, kind), value in zip(arrays, row, strict=True):
+            for (array, kind), value in zip_strict(arrays, row):
                 if kind == "double":
                     array.SetValue(r, math.nan if value is None else float(value))
                 elif kind == "int":

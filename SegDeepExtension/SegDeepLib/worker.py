@@ -149,7 +149,7 @@ def run(job: dict[str, Any]) -> int:
 def _error_kind(exc: BaseException) -> str:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "InferenceOutOfMemoryError":
         return "out-of-memory"
-    if isinstance(exc, ModuleNotFoundError | ImportError):
+    if isinstance(exc, (ModuleNotFoundError, ImportError)):
         return "missing-dependency"
     if "out of memory" in str(exc).lower():
         return "out-of-memory"
@@ -157,7 +157,7 @@ def _error_kind(exc: BaseException) -> str:
         from SegDeepLogic.errors import SegDeepError
     except ImportError:
         return "internal"
-    return "input" if isinstance(exc, SegDeepError | FileNotFoundError) else "internal"
+    return "input" if isinstance(exc, (SegDeepError, FileNotFoundError)) else "internal"
 
 
 def probe() -> int:

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .. import __version__
+from .._compat import zip_strict
 from ..errors import SegDeepError
 from ..io import read_volume
 from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
@@ -138,7 +139,7 @@ def parse_threshold(spec: str | tuple[float | None, float | None] | None) -> dic
     """
     if spec is None:
         return {"preset": "bone"}
-    if isinstance(spec, tuple | list):
+    if isinstance(spec, (tuple, list)):
         lower, upper = spec
         return {"lower_hu": None if lower is None else float(lower), "upper_hu": None if upper is None else float(upper)}
     text = str(spec).strip()
@@ -204,15 +205,15 @@ def _json_ready(value: Any) -> Any:
     """Recursively turn numpy values, tuples and paths into JSON types (non-finite floats -> None)."""
     if isinstance(value, Mapping):
         return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
         return _json_ready(value.tolist())
-    if isinstance(value, np.bool_ | bool):
+    if isinstance(value, (np.bool_, bool)):
         return bool(value)
     if isinstance(value, np.integer):
         return int(value)
-    if isinstance(value, float | np.floating):
+    if isinstance(value, (float, np.floating)):
         v = float(value)
         return v if math.isfinite(v) else None
     if isinstance(value, Path):
@@ -226,7 +227,7 @@ def _crop(volume: Volume, box: tuple[slice, ...]) -> Volume:
 
 
 def _grow_box(box: tuple[slice, ...], margin: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, margin, shape, strict=True))
+    return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip_strict(box, margin, shape))
 
 
 def _compare(a: Volume, b: Volume, tolerance_mm: float) -> dict[str, Any]:
@@ -252,7 +253,7 @@ def orientation_code(direction: np.ndarray) -> str:
     """
     perm, flips = _best_axes(np.asarray(direction, dtype=float))
     letters = [""] * 3
-    for t, (p, f) in enumerate(zip(perm, flips, strict=True)):
+    for t, (p, f) in enumerate(zip_strict(perm, flips)):
         letters[p] = ("RAI" if f else "LPS")[t]
     return "".join(letters)
 
@@ -268,9 +269,9 @@ def to_lps(volume: Volume) -> Volume:
     if flip_axes:
         array = np.flip(array, axis=flip_axes)
     first = [0, 0, 0]
-    for p, f in zip(perm, flips, strict=True):
+    for p, f in zip_strict(perm, flips):
         first[p] = volume.shape_ijk[p] - 1 if f else 0
-    direction = np.stack([volume.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip(perm, flips, strict=True)], axis=1)
+    direction = np.stack([volume.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip_strict(perm, flips)], axis=1)
     spacing = tuple(volume.spacing[p] for p in perm)
     return Volume(np.ascontiguousarray(array), spacing, volume.index_to_physical(first), direction)
 
@@ -578,7 +579,7 @@ def build_report(
             ref_box = ref_boxes[ref_value - 1]
             crop_box = tuple(
                 slice(min(a.start, b.start), max(a.stop, b.stop))
-                for a, b in zip(crop_box, _grow_box(ref_box, [2, 2, 2], labels.shape), strict=True)
+                for a, b in zip_strict(crop_box, _grow_box(ref_box, [2, 2, 2], labels.shape))
             )
         mask = _crop(ct, crop_box).with_array(labels[crop_box] == s.value)
         ct_crop = _crop(ct, crop_box)
@@ -695,7 +696,7 @@ def build_report(
         stage_time["figures"] += time.perf_counter() - t
 
     report(progress, 0.97, "provenance", cancel)
-    for name, row in zip(names, structures, strict=True):
+    for name, row in zip_strict(names, structures):
         for u in uncertainty_rows:
             if u.get("name") == name:
                 row["uncertainty"] = {k: v for k, v in u.items() if k not in ("name", "value")}
@@ -710,7 +711,7 @@ def build_report(
     }
     data = {
         "title": title or f"SegDeep report: {ct_path.name if ct_path else 'CT'}",
-        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "units": {"length": "mm", "volume": "mL", "coordinates": "LPS mm (report); mesh files in " + space},
         "input": {
             "ct": _file_facts(ct_path) or {"path": None, "bytes": None, "sha256": None, "source": "in-memory volume"},

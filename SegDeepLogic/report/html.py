@@ -134,7 +134,7 @@ def _fmt(value: Any) -> str:
 
 def _cell(value: Any, key: str | None = None, text: str | None = None) -> str:
     """A ``<td>`` with the rounded value (or ``text``), its exact JSON value and its key in the facts."""
-    cls = "num" if isinstance(value, int | float) and not isinstance(value, bool) else ""
+    cls = "num" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
     if isinstance(value, bool):
         cls = "good" if value else "bad"
     attrs = f' class="{cls}"' if cls else ""

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .._compat import zip_strict
 from ..errors import SegDeepError
 from ..io import from_sitk, read_volume, to_sitk
 from ..progress import CancelToken, ProgressCallback, report
@@ -157,7 +158,7 @@ def find_cases(source: str | os.PathLike | Sequence[str | os.PathLike], structur
     list of CaseFiles, sorted by case id for folders (natural order), file order for lists.
     Cases without a CT are skipped; a folder without any case is an error.
     """
-    if isinstance(source, str | os.PathLike):
+    if isinstance(source, (str, os.PathLike)):
         sources = [Path(source)]
     else:
         sources = [Path(s) for s in source]
@@ -249,7 +250,7 @@ def prepare_case(
 
 def _antialias(ct: Volume, target: Sequence[float]) -> Volume:
     """Gaussian smoothing before downsampling, the rule of :func:`SegDeepLogic.segment.segment_volume`."""
-    sigma = [max(0.0, (t - s) / 2.0) for t, s in zip(target, ct.spacing, strict=True)]
+    sigma = [max(0.0, (t - s) / 2.0) for t, s in zip_strict(target, ct.spacing)]
     if max(sigma) <= 0.25 * min(ct.spacing):
         return ct
     image = sitk.Cast(to_sitk(ct), sitk.sitkFloat32)
