@@ -354,7 +354,15 @@ def main() -> int:
     parser.add_argument(
         "--cases", nargs="+", default=list(CASES), choices=list(CASES), help="sliding-window cases (default: all)"
     )
+    parser.add_argument(
+        "--formats",
+        nargs="+",
+        default=["channels_last", "contiguous"],
+        choices=["channels_last", "contiguous"],
+        help="memory formats to compare (both sides use each; bf16 uses the first)",
+    )
     parser.add_argument("--no-bf16", action="store_true", help="skip the bf16 variants")
+    parser.add_argument("--name", default="sliding_window", help="result file name for the sliding-window part")
     parser.add_argument("--monai-default", action="store_true", help="also time MONAI at its default sw_batch_size=1")
     parser.add_argument("--profile", action="store_true", help="torch.profiler op table of one run of each side")
     parser.add_argument("--e2e-model", default=None, help="model package for the end-to-end run (default: the test model)")
@@ -383,6 +391,8 @@ def main() -> int:
                 "statistic": "median over interleaved rounds (order reversed every other round)",
                 "torch_threads": torch.get_num_threads(),
                 "cases": args.cases,
+                "formats": args.formats,
+                "bf16": not args.no_bf16,
             },
         )
         results: dict = {"sliding_window": [], "profiles": {}}
@@ -390,7 +400,16 @@ def main() -> int:
             name, network, x, patch = CASES[case](args.quick)
             batch = default_batch_size(patch, torch.device("cpu"))
             r = compare_with_monai(
-                name, network, x, patch, 0.5, repeats, batch=batch, bf16=not args.no_bf16, monai_default=args.monai_default
+                name,
+                network,
+                x,
+                patch,
+                0.5,
+                repeats,
+                batch=batch,
+                formats=tuple(args.formats),
+                bf16=not args.no_bf16,
+                monai_default=args.monai_default,
             )
             results["sliding_window"].append(r)
             ratios = r["ratios_ours_over_monai_equal_settings"]
@@ -409,7 +428,7 @@ def main() -> int:
                 for side, p in results["profiles"][case].items():
                     ops = ", ".join(f"{o['op']} {o['share']:.0%}" for o in p["top_ops"][:6])
                     print(f"    profile {side}: {p['self_cpu_s_total']:.2f} s self CPU: {ops}", flush=True)
-        path = record.write(out_dir / "sliding_window.json", results)
+        path = record.write(out_dir / f"{args.name}.json", results)
         print(f"wrote {path}")
 
     if not args.skip_e2e:
