@@ -12,7 +12,8 @@
    overhead; ``--profile`` adds a ``torch.profiler`` op table of one run of each side.
    Cases: the test model on the sample CT's model grid (32³ patch), a random UNet3D
    [16, 32, 64, 128] with a 64³ patch on a 96³ crop, and the bundled ``headneck-ct`` model
-   (64×80×80 patch) on a crop holding 2×2×2 windows. ``--monai-default`` adds MONAI at its
+   (64×80×80 patch) on a crop holding 2×2×2 windows; ``no_network`` replaces the network by a
+   free copy on the test model's geometry (245 windows of 32³), timing the sliding window alone. ``--monai-default`` adds MONAI at its
    default ``sw_batch_size=1`` (what a user gets from MONAI's defaults; not an equal-settings ratio).
 2. End to end: ``segdeep segment`` (read -> segment -> write .seg.nrrd + JSON summary) on a
    512 x 512 x 300 CT (the sample CT resampled to ~0.98 x 0.98 x 1.28 mm, written to a temporary
@@ -268,7 +269,25 @@ def _case_headneck(quick: bool):
     return f"bundled headneck-ct, patch {patch}", package.network, model_input(package, crop), patch
 
 
-CASES = {"test_model": _case_test_model, "unet64": _case_unet64, "headneck": _case_headneck}
+class _NoNetwork(torch.nn.Module):
+    """Stands in for a network that costs nothing: three copies of the window as the output channels."""
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return windows.expand(-1, 3, -1, -1, -1).clone()
+
+
+def _case_no_network(quick: bool):
+    package = load_model_package(TEST_MODEL)
+    x = model_input(package, (48, 64, 64) if quick else None)
+    return "no network (the sliding window's own cost), test model geometry", _NoNetwork(), x, (32, 32, 32)
+
+
+CASES = {
+    "test_model": _case_test_model,
+    "unet64": _case_unet64,
+    "headneck": _case_headneck,
+    "no_network": _case_no_network,
+}
 
 
 def make_big_ct(path: Path, size_ijk=(512, 512, 300)) -> dict:
