@@ -15,32 +15,34 @@ Two masks at CT size:
   ``| |p - c| - r |`` over the vertices (mm) and the enclosed-volume error against 4/3 pi r³.
 
 The reference is Slicer's closed-surface conversion chain on the same mask, in the same
-process: ``vtkImageConstantPad`` (1 voxel) -> ``vtkDiscreteFlyingEdges3D`` ->
+process, given the same work as ours: the mask cropped to its bounding box (as
+``mask_to_mesh`` does first; the crop is timed on both sides), then ``vtkImageConstantPad``
+(1 voxel) -> ``vtkDiscreteFlyingEdges3D`` ->
 ``vtkWindowedSincPolyDataFilter`` (smoothing factor 0.5: 20 iterations, pass band 0.01,
 NormalizeCoordinates on, as Slicer) -> ``vtkTransformPolyDataFilter`` (IJK -> LPS mm). Ours is
 ``mask_to_mesh(mask)`` with its defaults (same smoothing, plus vertex normals and the conversion
-to numpy arrays). Runs alternate between the two; medians are reported. The print-readiness
+to numpy arrays). Both are warmed up once, then runs alternate (order reversed every other
+round); medians are reported. The print-readiness
 report, the deviation measurement and the STL write are timed separately, and so is decimation
 to a quarter of the triangles (``decimate_mesh``, topology preserving, against
-``vtkQuadricDecimation``; topology and, for the sphere, accuracy are compared). Results and the
-machine description go to ``benchmarks/results/mesh.json``.
+``vtkQuadricDecimation``; topology and, for the sphere, accuracy are compared). Results, with the
+machine, versions and load, go to ``benchmarks/results/mesh.json``
+(``benchmarks/results/quick/`` with ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
-import platform
 import statistics
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import scipy
 import vtk
 from scipy import ndimage
 from vtkmodules.util import numpy_support
@@ -54,14 +56,14 @@ from vtkmodules.vtkImagingCore import vtkImageConstantPad
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _machine import RESULTS_DIR, Record  # noqa: E402
+
 from SegDeepLogic import Volume, read_volume  # noqa: E402
-from SegDeepLogic.atomic import atomic_path  # noqa: E402
-from SegDeepLogic.mesh import Mesh, decimate_mesh, mask_to_mesh, mesh_to_vtk, smoothing_passband  # noqa: E402
+from SegDeepLogic.mesh import Mesh, _bounding_box, decimate_mesh, mask_to_mesh, mesh_to_vtk, smoothing_passband  # noqa: E402
 from SegDeepLogic.mesh_io import write_mesh  # noqa: E402
 from SegDeepLogic.mesh_report import enclosed_volume_mm3, mesh_report, mesh_topology, surface_deviation_mm  # noqa: E402
 
 SAMPLE_CT = ROOT / "Resources" / "SampleData" / "openkbp_pt_236" / "ct.nii.gz"
-RESULTS = ROOT / "benchmarks" / "results" / "mesh.json"
 SMOOTHING_FACTOR = 0.5
 BONE_HU = 226.0
 SPHERE_RADIUS_MM = 80.0
@@ -96,14 +98,17 @@ def sphere_mask(size_ijk: tuple[int, int, int]) -> tuple[Volume, np.ndarray]:
 
 # --- the reference chain (Slicer's vtkBinaryLabelmapToClosedSurfaceConversionRule) -------------
 def vtk_chain(mask: Volume, smoothing_factor: float = SMOOTHING_FACTOR) -> vtkPolyData:
-    array = np.ascontiguousarray(mask.array).view(np.uint8)
+    """Slicer's chain on the mask's bounding box (the same crop ``mask_to_mesh`` makes), in LPS mm."""
+    box = _bounding_box(mask.array)
+    assert box is not None
+    array = np.ascontiguousarray(mask.array[box]).view(np.uint8)
     image = vtkImageData()
     image.SetDimensions(array.shape[::-1])
+    image.SetExtent(box[2].start, box[2].stop - 1, box[1].start, box[1].stop - 1, box[0].start, box[0].stop - 1)
     image.GetPointData().SetScalars(numpy_support.numpy_to_vtk(array.ravel(), deep=False))
-    nx, ny, nz = array.shape[::-1]
     pad = vtkImageConstantPad()
     pad.SetInputData(image)
-    pad.SetOutputWholeExtent(-1, nx, -1, ny, -1, nz)
+    pad.SetOutputWholeExtent(box[2].start - 1, box[2].stop, box[1].start - 1, box[1].stop, box[0].start - 1, box[0].stop)
     pad.SetConstant(0)
     surface = vtkDiscreteFlyingEdges3D()
     surface.SetInputConnection(pad.GetOutputPort())
@@ -193,26 +198,6 @@ def mesh_summary(mesh: Mesh, mask: Volume) -> dict[str, object]:
     }
 
 
-def machine() -> dict[str, object]:
-    info: dict[str, object] = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "vtk": vtk.__version__,
-        "vtk_smp_backend": vtkSMPTools.GetBackend(),
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        pass
-    return info
-
-
 def run_case(name: str, mask: Volume, repeats: int, centre: np.ndarray | None) -> dict[str, object]:
     a = mask.array
     print(f"\n[{name}] mask {mask.shape_ijk} voxels (i, j, k), {a.mean() * 100:.2f}% set, spacing {mask.spacing} mm")
@@ -285,9 +270,9 @@ def run_case(name: str, mask: Volume, repeats: int, centre: np.ndarray | None) -
     mesh, raw = mask_to_mesh(mask, return_raw=True)
     t_dev, deviation = once(lambda: surface_deviation_mm(mesh, raw))
     t_report, report = once(lambda: mesh_report(mesh, mask=mask, deviation_mm=deviation))
-    out = ROOT / "benchmarks" / "results" / f"_bench_mesh_{name}.stl"
-    t_write, _ = once(lambda: write_mesh(mesh, out, overwrite=True))
-    out.unlink()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / f"{name}.stl"
+        t_write, _ = once(lambda: write_mesh(mesh, out, overwrite=True))
     result["export_steps_s"] = {"surface_deviation": t_dev, "report": t_report, "write_stl": t_write}
     result["report"] = report.to_dict()
     print(f"  export extras: deviation {t_dev:.2f} s, report {t_report:.2f} s, STL write {t_write:.2f} s")
@@ -302,30 +287,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="256 x 256 x 150 masks, 3 repeats")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per contender (default 5, 3 with --quick)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON output (default {RESULTS.relative_to(ROOT)})")
+    parser.add_argument("--output", type=Path, default=None, help="JSON output (default benchmarks/results/mesh.json)")
     args = parser.parse_args(argv)
     size = (256, 256, 150) if args.quick else (512, 512, 300)
     repeats = args.repeats or (3 if args.quick else 5)
     print(f"VTK {vtk.__version__}, SMP backend {vtkSMPTools.GetBackend()}, {os.cpu_count()} CPUs")
 
-    results: dict[str, object] = {
-        "benchmark": "mask -> smoothed watertight mesh: mask_to_mesh vs Slicer's VTK chain",
-        "size_ijk": list(size),
-        "smoothing_factor": SMOOTHING_FACTOR,
-        "repeats": repeats,
-        "machine": machine(),
-        "cases": {},
-    }
+    output = args.output or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR) / "mesh.json"
+    record = Record(
+        "mask -> smoothed watertight mesh: mask_to_mesh vs Slicer's VTK chain, both on the mask's bounding box",
+        {
+            "size_ijk": list(size),
+            "smoothing_factor": SMOOTHING_FACTOR,
+            "smoothing": "vtkWindowedSincPolyDataFilter, 20 iterations, pass band "
+            f"{smoothing_passband(SMOOTHING_FACTOR)}, NormalizeCoordinates on, both sides",
+            "crop": "bounding box of the mask + 1 voxel of padding, both sides (timed)",
+            "vtk_smp_backend": vtkSMPTools.GetBackend(),
+            "repeats": repeats,
+            "statistic": "median of alternating runs after one warm-up run each; decimation and export steps timed once",
+            "decimation_reduction": DECIMATION,
+        },
+    )
+    results: dict[str, object] = {"cases": {}}
     bone = bone_mask(size)
     results["cases"]["bone_ct_226hu"] = run_case("bone_ct_226hu", bone, repeats, None)  # type: ignore[index]
     del bone
     sphere, centre = sphere_mask(size)
     results["cases"]["sphere"] = run_case("sphere", sphere, repeats, centre)  # type: ignore[index]
 
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(args.output) as tmp:
-        tmp.write_text(json.dumps(results, indent=2, default=float))
-    print(f"\nwrote {args.output}")
+    record.write(output, results)
+    print(f"\nwrote {output}")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Benchmark: ``compare_masks`` (all metrics at once) vs MONAI computing the same metrics.
+"""Benchmark: SegDeep's comparison metrics vs MONAI's, metric for metric and as a set.
 
 Usage::
 
@@ -11,13 +11,22 @@ Two realistic, slightly different bone masks are built from the sample head-and-
 * A (test) = upsampled CT > 250 HU,
 * B (reference) = upsampled CT smoothed at its native resolution (Gaussian, σ = 0.6 voxel) > 250 HU.
 
-Each contender runs in its own subprocess (same data, loaded from .npy files) so that its
-peak resident memory can be measured: ``peak_extra_mib`` is the peak RSS minus the RSS just
-before the first call (masks loaded, libraries imported). MONAI computes Dice, HD, HD95,
-ASSD and surface Dice with one call each, as a user would (``compute_dice``,
-``compute_hausdorff_distance`` twice, ``compute_average_surface_distance(symmetric=True)``,
-``compute_surface_dice``). Times are the best of ``--repeats`` runs. The table is printed and
-the results (with the machine description) are written to ``benchmarks/results/metrics.json``.
+Two kinds of comparison, each at equal work:
+
+* **one metric against the same metric**: SegDeep's single-metric functions (``dice``,
+  ``hausdorff_distance``, ``hausdorff_distance(percentile=95)``,
+  ``average_symmetric_surface_distance``, ``surface_dice``) against MONAI's
+  (``compute_dice``, ``compute_hausdorff_distance``, the same with ``percentile=95``,
+  ``compute_average_surface_distance(symmetric=True)``, ``compute_surface_dice``);
+* **all five at once**: ``compare_masks`` (one call, every metric) against MONAI's five calls.
+
+Each contender runs in its own subprocess (same data, loaded from .npy files), is warmed up
+on a small corner of the masks (imports, lazy initialisation, first allocations), then timed
+on the full masks; ``peak_extra_mib`` is the peak RSS minus the RSS just before the timed call.
+The rounds are interleaved (every contender once per round, the order reversed every other
+round) so that a burst of load from other jobs hits both sides alike; medians over the
+rounds are reported. Results, with the machine, versions and load, go to
+``benchmarks/results/metrics.json`` (``benchmarks/results/quick/`` with ``--quick``).
 """
 
 from __future__ import annotations
@@ -25,8 +34,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,8 +46,11 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from _machine import RESULTS_DIR, Record  # noqa: E402
+
 SAMPLE_CT = ROOT / "Resources" / "SampleData" / "openkbp_pt_236" / "ct.nii.gz"
-RESULTS = ROOT / "benchmarks" / "results" / "metrics.json"
 TOLERANCE_MM = 1.0
 PERCENTILE = 95.0
 KEYS = ("dice", "hd_mm", "hd95_mm", "assd_mm", "surface_dice")
@@ -69,153 +81,188 @@ def _peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
 
 
-def run_contender(name: str, data_dir: Path, repeats: int) -> dict:
-    """Runs in a child process: time one contender on the saved masks, return a JSON-able dict."""
+# name -> (ours or monai, metric or "all")
+CONTENDERS = {
+    "ours_all": ("ours", "all"),
+    "ours_all_1_thread": ("ours", "all"),
+    "monai_all": ("monai", "all"),
+    **{f"{side}_{key}": (side, key) for key in KEYS for side in ("ours", "monai")},
+}
+
+
+def _ours(metric: str, spacing: tuple[float, ...], workers: int):
+    from SegDeepLogic import metrics as m
+
+    if metric == "all":
+
+        def fn(a, b):
+            r = m.compare_masks(a, b, spacing_mm=spacing, tolerance_mm=TOLERANCE_MM, percentile=PERCENTILE, workers=workers)
+            return {k: getattr(r, k) for k in KEYS}
+
+        return fn
+    single = {
+        "dice": lambda a, b: m.dice(a, b),
+        "hd_mm": lambda a, b: m.hausdorff_distance(a, b, spacing_mm=spacing),
+        "hd95_mm": lambda a, b: m.hausdorff_distance(a, b, spacing_mm=spacing, percentile=PERCENTILE),
+        "assd_mm": lambda a, b: m.average_symmetric_surface_distance(a, b, spacing_mm=spacing),
+        "surface_dice": lambda a, b: m.surface_dice(a, b, tolerance_mm=TOLERANCE_MM, spacing_mm=spacing),
+    }[metric]
+    return lambda a, b: {metric: float(single(a, b))}
+
+
+def _monai(metric: str, spacing: tuple[float, ...]):
+    import torch
+    from monai.metrics import (
+        compute_average_surface_distance,
+        compute_dice,
+        compute_hausdorff_distance,
+        compute_surface_dice,
+    )
+
+    warnings.simplefilter("ignore")  # MONAI's deprecation warnings
+    sp = list(spacing)
+    calls = {
+        "dice": lambda ya, yb: compute_dice(ya, yb, include_background=True),
+        "hd_mm": lambda ya, yb: compute_hausdorff_distance(ya, yb, include_background=True, spacing=sp),
+        "hd95_mm": lambda ya, yb: compute_hausdorff_distance(ya, yb, include_background=True, spacing=sp, percentile=PERCENTILE),
+        "assd_mm": lambda ya, yb: compute_average_surface_distance(ya, yb, include_background=True, symmetric=True, spacing=sp),
+        "surface_dice": lambda ya, yb: compute_surface_dice(ya, yb, [TOLERANCE_MM], include_background=True, spacing=sp),
+    }
+    keys = KEYS if metric == "all" else (metric,)
+
+    def fn(a, b):
+        ya, yb = torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]
+        return {k: float(calls[k](ya, yb).item()) for k in keys}
+
+    return fn
+
+
+def run_contender(name: str, data_dir: Path) -> dict:
+    """Runs in a child process: warm up, then time one call of one contender on the saved masks."""
     a = np.load(data_dir / "a.npy")
     b = np.load(data_dir / "b.npy")
     spacing = tuple(float(s) for s in np.load(data_dir / "spacing.npy"))
-    info: dict = {}
-    if name.startswith("ours"):
-        from SegDeepLogic.metrics import compare_masks
-
-        workers = 1 if name == "ours_1_thread" else -1
-
-        def compute() -> dict:
-            r = compare_masks(a, b, spacing_mm=spacing, tolerance_mm=TOLERANCE_MM, percentile=PERCENTILE, workers=workers)
-            return {k: getattr(r, k) for k in KEYS}
-
+    side, metric = CONTENDERS[name]
+    info: dict = {"side": side, "metric": metric}
+    if side == "ours":
+        workers = 1 if name.endswith("_1_thread") else -1
+        fn = _ours(metric, spacing, workers)
         info["workers"] = workers
     else:
         import torch
-        from monai.metrics import (
-            compute_average_surface_distance,
-            compute_dice,
-            compute_hausdorff_distance,
-            compute_surface_dice,
-        )
 
-        warnings.simplefilter("ignore")  # MONAI's deprecation warnings
-        sp = list(spacing)
-
-        def compute() -> dict:
-            ya, yb = torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None]
-            return {
-                "dice": compute_dice(ya, yb, include_background=True).item(),
-                "hd_mm": compute_hausdorff_distance(ya, yb, include_background=True, spacing=sp).item(),
-                "hd95_mm": compute_hausdorff_distance(ya, yb, include_background=True, spacing=sp, percentile=PERCENTILE).item(),
-                "assd_mm": compute_average_surface_distance(ya, yb, include_background=True, symmetric=True, spacing=sp).item(),
-                "surface_dice": compute_surface_dice(ya, yb, [TOLERANCE_MM], include_background=True, spacing=sp).item(),
-            }
-
+        fn = _monai(metric, spacing)
         info["torch_threads"] = torch.get_num_threads()
+    # warm-up on a central block holding both surfaces: imports, lazy initialisation, first allocations
+    block = tuple(slice(n // 3, n // 3 + max(8, n // 8)) for n in a.shape)
+    fn(np.ascontiguousarray(a[block]), np.ascontiguousarray(b[block]))
     rss_before = _rss_mib()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        values = compute()
-        times.append(time.perf_counter() - t0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    values = fn(a, b)
     return {
-        "name": name,
-        "seconds_best": min(times),
-        "seconds_all": times,
+        "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
         "values": values,
         "peak_extra_mib": max(0.0, _peak_rss_mib() - rss_before),
         **info,
     }
 
 
-def machine() -> dict:
-    import scipy
-
-    out = {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-    }
-    try:
-        import monai
-        import torch
-
-        out.update(torch=torch.__version__, monai=monai.__version__)
-    except ImportError:
-        pass
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="256×256×150 grid instead of 512×512×300")
-    parser.add_argument("--repeats", type=int, default=None, help="runs per contender, best kept (default 3, 2 full)")
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS.relative_to(ROOT)})")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds, medians kept (default 3)")
+    parser.add_argument("--output", type=Path, default=None, help="JSON results (default benchmarks/results/metrics.json)")
     parser.add_argument("--child", nargs=2, metavar=("NAME", "DATA_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    repeats = args.repeats or (3 if args.quick else 2)
 
     if args.child:
-        print(json.dumps(run_contender(args.child[0], Path(args.child[1]), repeats)))
+        print(json.dumps(run_contender(args.child[0], Path(args.child[1]))))
         return 0
 
+    output = args.output or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR) / "metrics.json"
     shape = (150, 256, 256) if args.quick else (300, 512, 512)
+    record = Record(
+        "SegDeep metrics vs MONAI: each metric against the same metric, and all five (compare_masks) against MONAI's five calls",
+        {
+            "grid_kji": list(shape),
+            "tolerance_mm": TOLERANCE_MM,
+            "percentile": PERCENTILE,
+            "rounds": args.repeats,
+            "statistic": "median over interleaved rounds; one timed call per contender per round, each in a fresh "
+            "subprocess after a warm-up call on a block of the masks",
+            "threads": "ours: scipy KDTree workers=-1 (all cores) except ours_all_1_thread; MONAI: torch default threads",
+        },
+    )
     t0 = time.perf_counter()
     a, b, spacing = build_masks(shape)
     print(
         f"grid {shape[::-1]} voxels (i, j, k), spacing {tuple(round(s, 4) for s in spacing[::-1])} mm (i, j, k); "
-        f"|A| = {int(a.sum())}, |B| = {int(b.sum())} voxels; built in {time.perf_counter() - t0:.1f} s"
+        f"|A| = {int(a.sum())}, |B| = {int(b.sum())} voxels; built in {time.perf_counter() - t0:.1f} s",
+        flush=True,
     )
-    contenders = ["ours", "ours_1_thread", "monai"]
-    results = {}
+    record.data["settings"]["spacing_kji_mm"] = list(spacing)  # type: ignore[index]
+    record.data["settings"]["voxels_a_b"] = [int(a.sum()), int(b.sum())]  # type: ignore[index]
+    runs: dict[str, list[dict]] = {name: [] for name in CONTENDERS}
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "a.npy", a)
         np.save(Path(tmp) / "b.npy", b)
         np.save(Path(tmp) / "spacing.npy", np.array(spacing))
         del a, b
-        for name in contenders:
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, tmp, "--repeats", str(repeats)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
-            if proc.returncode != 0:
-                print(f"{name} failed:\n{proc.stderr}", file=sys.stderr)
-                return 1
-            results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        for r in range(args.repeats):
+            order = list(CONTENDERS) if r % 2 == 0 else list(CONTENDERS)[::-1]
+            for name in order:
+                cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, tmp]
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=ROOT)
+                if proc.returncode != 0:
+                    print(f"{name} failed:\n{proc.stderr}", file=sys.stderr)
+                    return 1
+                runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(f"round {r + 1}/{args.repeats} done, load {os.getloadavg()[0]:.1f}", flush=True)
 
-    monai_values = results["monai"]["values"]
+    results = {}
+    for name, rs in runs.items():
+        results[name] = {
+            "median_s": statistics.median(x["seconds"] for x in rs),
+            "all_s": [x["seconds"] for x in rs],
+            "median_cpu_s": statistics.median(x["cpu_seconds"] for x in rs),
+            "peak_extra_mib": max(x["peak_extra_mib"] for x in rs),
+            "values": rs[-1]["values"],
+            **{k: v for k, v in rs[-1].items() if k not in ("seconds", "cpu_seconds", "values", "peak_extra_mib")},
+        }
+
+    def ratio(ours: str, ref: str) -> float:
+        return results[ours]["median_s"] / results[ref]["median_s"]
+
+    ratios = {f"{key}: ours / MONAI": ratio(f"ours_{key}", f"monai_{key}") for key in KEYS}
+    ratios["all five: compare_masks / MONAI's five calls"] = ratio("ours_all", "monai_all")
+    ratios["all five: compare_masks 1 thread / MONAI's five calls"] = ratio("ours_all_1_thread", "monai_all")
     rel_diff = {}
     for key in KEYS:
-        ours, ref = results["ours"]["values"][key], monai_values[key]
-        rel_diff[key] = abs(ours - ref) / max(abs(ref), 1e-300)
+        ref = results["monai_all"]["values"][key]
+        ours = (results["ours_all"]["values"][key], results[f"ours_{key}"]["values"][key])
+        single_ref = results[f"monai_{key}"]["values"][key]
+        rel_diff[key] = max(abs(x - y) for x in ours for y in (ref, single_ref)) / max(abs(ref), 1e-300)
     identical = all(d <= 1e-6 for d in rel_diff.values())
 
-    print(f"\n{'contender':<16}{'time (s)':>10}{'vs MONAI':>10}{'peak extra (MiB)':>18}")
-    for name in contenders:
-        r = results[name]
-        ratio = r["seconds_best"] / results["monai"]["seconds_best"]
-        print(f"{name:<16}{r['seconds_best']:>10.2f}{ratio:>9.3f}x{r['peak_extra_mib']:>18.0f}")
+    print(f"\n{'contender':<22}{'median (s)':>12}{'peak extra (MiB)':>18}")
+    for name, r in results.items():
+        print(f"{name:<22}{r['median_s']:>12.3f}{r['peak_extra_mib']:>18.0f}")
+    print()
+    for label, value in ratios.items():
+        print(f"{label:<55}{value:>8.3f}x")
     print(f"\n{'metric':<14}{'ours':>22}{'MONAI':>22}{'rel. diff':>12}")
     for key in KEYS:
-        print(f"{key:<14}{results['ours']['values'][key]:>22.10g}{monai_values[key]:>22.10g}{rel_diff[key]:>12.1e}")
-    print(f"\nvalues identical to MONAI (relative difference <= 1e-6): {identical}")
+        print(
+            f"{key:<14}{results['ours_all']['values'][key]:>22.10g}{results['monai_all']['values'][key]:>22.10g}{rel_diff[key]:>12.1e}"
+        )
+    print(f"\nvalues equal to MONAI (relative difference <= 1e-6): {identical}")
 
-    report = {
-        "benchmark": "compare_masks vs MONAI (dice, HD, HD95, ASSD, surface Dice)",
-        "grid_kji": list(shape),
-        "spacing_kji_mm": list(spacing),
-        "tolerance_mm": TOLERANCE_MM,
-        "percentile": PERCENTILE,
-        "repeats": repeats,
-        "machine": machine(),
-        "results": results,
-        "ratio_ours_to_monai": results["ours"]["seconds_best"] / results["monai"]["seconds_best"],
-        "ratio_ours_1_thread_to_monai": results["ours_1_thread"]["seconds_best"] / results["monai"]["seconds_best"],
-        "relative_difference_to_monai": rel_diff,
-        "identical_to_monai": identical,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
-    print(f"results written to {args.output}")
+    record.write(
+        output,
+        {"results": results, "ratios": ratios, "relative_difference_to_monai": rel_diff, "identical_to_monai": identical},
+    )
+    print(f"results written to {output}")
     return 0 if identical else 2
 
 

@@ -16,7 +16,8 @@ Usage::
 
     python benchmarks/bench_report.py [--quick] [--repeats N]
 
-Results go to ``benchmarks/results/report.json`` (git-ignored) with the machine's details.
+Results go to ``benchmarks/results/report.json`` (``benchmarks/results/quick/`` with ``--quick``)
+with the machine, versions and load.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -39,13 +39,14 @@ from scipy import ndimage as ndi
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _machine import RESULTS_DIR, Record  # noqa: E402
+
 from SegDeepLogic.io import from_sitk, write_volume  # noqa: E402
 from SegDeepLogic.report import build_report, write_report  # noqa: E402
 from SegDeepLogic.segmentation_io import Segmentation, SegmentInfo, write_labelmap_nifti  # noqa: E402
 
 SAMPLE = ROOT / "Resources" / "SampleData" / "openkbp_pt_236"
 STRUCTURES = ("mandible", "parotid_left", "parotid_right", "spinal_cord", "brainstem")
-RESULTS = ROOT / "benchmarks" / "results" / "report.json"
 
 
 def _resample(image: sitk.Image, size_ijk: tuple[int, int, int], linear: bool) -> sitk.Image:
@@ -87,7 +88,11 @@ def main() -> None:
     size = (256, 256, 150) if args.quick else (512, 512, 300)
     repeats = 1 if args.quick else max(1, args.repeats)
 
-    load_before = os.getloadavg()
+    output = RESULTS_DIR / "quick" / "report.json" if args.quick else RESULTS_DIR / "report.json"
+    record = Record(
+        "per-case report (build_report, write_report, segdeep report from files), network excluded",
+        {"size_ijk": list(size), "repeats": repeats, "structures": list(STRUCTURES), "statistic": "median of repeats"},
+    )
     t = time.perf_counter()
     ct, seg, reference, uncertainty = make_case(size)
     print(f"case {size} ready in {time.perf_counter() - t:.1f} s", file=sys.stderr)
@@ -134,9 +139,7 @@ def main() -> None:
 
     best = int(np.argmin(build_times))
     result = {
-        "size_ijk": list(size),
         "spacing_mm": [round(s, 4) for s in ct.spacing],
-        "structures": list(STRUCTURES),
         "build_report_s": {"median": statistics.median(build_times), "all": build_times},
         "build_report_cpu_s": {"median": statistics.median(cpu_times), "all": cpu_times},
         "stages_s_fastest_run": stages[best],
@@ -144,19 +147,15 @@ def main() -> None:
         "html_mb": round(html_mb, 2),
         "cli_end_to_end_s": cli_s,
         "cli_timings_s": cli_timings,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "load_average_before_after": [load_before, os.getloadavg()],
-        "date": time.strftime("%Y-%m-%d %H:%M"),
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    record.write(output, result)
     s = stages[best]
     print(
         f"report on {size}: build_report median {result['build_report_s']['median']:.2f} s "
         f"(CPU {result['build_report_cpu_s']['median']:.2f} s; "
         f"threshold {s['threshold']:.2f}, comparisons {s['compare_threshold'] + s['compare_reference']:.2f}, "
         f"meshes {s['meshes']:.2f}, distances {s['deviation']:.2f}, pictures {s['figures']:.2f}), "
-        f"write_report {write_s:.2f} s ({html_mb:.1f} MB HTML), segdeep report from files {cli_s:.1f} s -> {RESULTS}"
+        f"write_report {write_s:.2f} s ({html_mb:.1f} MB HTML), segdeep report from files {cli_s:.1f} s -> {output}"
     )
 
 

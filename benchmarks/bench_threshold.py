@@ -9,15 +9,13 @@ The volume is the sample head-and-neck CT (128³ at 3.9 x 3.9 x 3 mm) upsampled 
 nearest-neighbour index mapping to the target size (so its anatomy, bone fraction and component
 structure are real), stored as int16 like a DICOM CT. Every timing is taken in the same run,
 against ``(ct >= lo) & (ct <= hi)`` on the same array. Results go to
-``benchmarks/results/threshold.json`` with the machine description.
+``benchmarks/results/threshold.json`` with the machine, versions and load
+(``benchmarks/results/quick/`` with ``--quick``).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -25,18 +23,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import scipy
-import skimage
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _machine import RESULTS_DIR, Record  # noqa: E402
+
 from SegDeepLogic import Volume, read_volume  # noqa: E402
-from SegDeepLogic.atomic import atomic_path  # noqa: E402
 from SegDeepLogic.threshold import PRESETS, auto_threshold_hu, threshold_hu, threshold_segment  # noqa: E402
 
 SAMPLE_CT = ROOT / "Resources" / "SampleData" / "openkbp_pt_236" / "ct.nii.gz"
-RESULTS = ROOT / "benchmarks" / "results" / "threshold.json"
 
 
 def ct_of_size(size_ijk: tuple[int, int, int]) -> Volume:
@@ -62,40 +58,19 @@ def timed(fn: Callable[[], object], repeats: int) -> dict[str, float]:
     return {"median_s": statistics.median(times), "min_s": min(times), "repeats": repeats}
 
 
-def machine() -> dict[str, object]:
-    info: dict[str, object] = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "processor": platform.processor() or None,
-        "python": platform.python_version(),
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "numpy": np.__version__,
-        "scipy": scipy.__version__,
-        "scikit-image": skimage.__version__,
-    }
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu_model"] = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
-    except OSError:
-        pass
-    try:
-        import psutil
-
-        info["memory_gib"] = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        pass
-    return info
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="256 x 256 x 150 volume, 3 repeats")
-    parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON output (default {RESULTS.relative_to(ROOT)})")
+    parser.add_argument("--output", type=Path, default=None, help="JSON output (default benchmarks/results/threshold.json)")
     args = parser.parse_args(argv)
+    output = args.output or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR) / "threshold.json"
 
     size = (256, 256, 150) if args.quick else (512, 512, 300)
     repeats = 3 if args.quick else 7
+    record = Record(
+        "threshold_hu and threshold_segment vs plain numpy on the same int16 CT-size array",
+        {"size_ijk": list(size), "repeats": repeats, "statistic": "median after one warm-up call, same array"},
+    )
     ct = ct_of_size(size)
     a = ct.array
     lo, hi = PRESETS["bone"].lower_hu, PRESETS["bone"].upper_hu
@@ -129,24 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     ratio = results["threshold_hu"]["ratio_to_numpy"]
     print(f"\nplain threshold / numpy = {ratio:.2f} (target <= 1.2)")
 
-    doc = {
-        "benchmark": "threshold",
-        "volume": {
-            "size_ijk": list(ct.shape_ijk),
-            "dtype": str(a.dtype),
-            "spacing_mm": list(ct.spacing),
-            "source": "sample CT, nearest-neighbour upsampled",
+    record.write(
+        output,
+        {
+            "volume": {
+                "size_ijk": list(ct.shape_ijk),
+                "dtype": str(a.dtype),
+                "spacing_mm": list(ct.spacing),
+                "source": "sample CT, nearest-neighbour upsampled",
+            },
+            "hu_range": [lo, hi],
+            "quick": args.quick,
+            "threshold_hu_ratio_to_numpy": ratio,
+            "results": results,
         },
-        "hu_range": [lo, hi],
-        "quick": args.quick,
-        "threshold_hu_ratio_to_numpy": ratio,
-        "results": results,
-        "machine": machine(),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    with atomic_path(args.output) as tmp:
-        tmp.write_text(json.dumps(doc, indent=2) + "\n")
-    print(f"wrote {args.output}")
+    )
+    print(f"wrote {output}")
     return 0
 
 
