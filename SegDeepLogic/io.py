@@ -14,7 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
-from .errors import VolumeError, VolumeReadError
+from .errors import VolumeError, VolumeReadError, WriteError
+from .filecheck import check_image_file
 from .volume import Volume
 
 READ_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -138,8 +139,12 @@ def read_volume(path: str | os.PathLike, *, check_hu: bool = False) -> Volume:
     if path.is_dir():
         image = _read_dicom_folder(path)
     else:
+        facts = check_image_file(path)  # header vs data, size limit, finite values: before any allocation
         try:
-            image = sitk.ReadImage(str(path))
+            reader = sitk.ImageFileReader()
+            reader.SetImageIO(facts.imageio)
+            reader.SetFileName(str(path))
+            image = reader.Execute()
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
             raise VolumeReadError(

@@ -50,7 +50,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
-from .errors import GeometryMismatchError, SegDeepError, VolumeReadError
+from .errors import GeometryMismatchError, ImageSizeError, SegDeepError, VolumeReadError
+from .filecheck import nrrd_layout, parse_nrrd_fields, read_text_header, scan_payload
 from .volume import Volume
 
 __all__ = [
@@ -580,28 +581,11 @@ class _NrrdFile:
 def _read_nrrd(path: Path) -> _NrrdFile:
     if not path.exists():
         raise VolumeReadError(f"no such file: {path}")
-    raw = path.read_bytes()
-    if not raw.startswith(b"NRRD000"):
-        raise SegmentationFileError(f"{path} is not a NRRD file (no NRRD magic line)")
-    end = raw.find(b"\n\n")
-    end_crlf = raw.find(b"\r\n\r\n")
-    if end < 0 and end_crlf < 0:
-        raise SegmentationFileError(f"{path}: the NRRD header has no end (blank line); is the file truncated?")
-    if end < 0 or (0 <= end_crlf < end):
-        header, body = raw[:end_crlf], raw[end_crlf + 4 :]
-    else:
-        header, body = raw[:end], raw[end + 2 :]
-    fields: dict[str, str] = {}
-    keys: dict[str, str] = {}
-    for line in header.decode("utf-8", errors="replace").splitlines()[1:]:
-        if not line.strip() or line.startswith("#"):
-            continue
-        if ":=" in line:
-            key, value = line.split(":=", 1)
-            keys[key] = value
-        elif ": " in line:
-            field, value = line.split(": ", 1)
-            fields[field.strip().lower()] = value.strip()
+    try:
+        header, start = read_text_header(path, magic=b"NRRD000", end="blank")
+    except VolumeReadError as exc:
+        raise SegmentationFileError(str(exc)) from None
+    fields, keys = parse_nrrd_fields(header)
     if fields.get("byte skip", "0") != "0" or fields.get("line skip", "0") != "0":
         raise SegmentationFileError(f"{path}: NRRD 'byte skip' / 'line skip' are not supported")
     for field in ("data file", "datafile"):
@@ -615,6 +599,8 @@ def _read_nrrd(path: Path) -> _NrrdFile:
         sizes = [int(s) for s in fields["sizes"].split()]
     except KeyError as exc:
         raise SegmentationFileError(f"{path}: NRRD header lacks or has an unknown {exc} field") from None
+    except ValueError as exc:
+        raise SegmentationFileError(f"{path}: unreadable NRRD sizes or dimension ({exc})") from None
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder(">" if fields.get("endian", "little").lower() == "big" else "<")
     if len(sizes) != dimension or dimension not in (3, 4):
@@ -652,19 +638,21 @@ def _read_nrrd(path: Path) -> _NrrdFile:
     if not np.all(spacing > 0):
         raise SegmentationFileError(f"{path}: a space direction has zero length")
 
-    encoding = fields.get("encoding", "raw").lower()
-    if encoding in ("gzip", "gz"):
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError) as exc:
-            raise SegmentationFileError(f"{path}: corrupt gzip data ({exc})") from None
-    elif encoding != "raw":
-        raise SegmentationFileError(f"{path}: NRRD encoding {encoding!r} is not supported (use raw or gzip)")
     count = int(np.prod(sizes))
-    if len(body) < count * dtype.itemsize:
-        raise SegmentationFileError(
-            f"{path}: data too short: {len(body)} bytes for {sizes} voxels of {dtype.name}; truncated file?"
+    try:
+        _, _, compression = nrrd_layout(path, fields)  # voxel limit and encoding, before anything is inflated
+        body = scan_payload(
+            path,
+            offset=start,
+            nbytes=count * dtype.itemsize,
+            compression=compression,
+            check_finite=dtype if dtype.kind == "f" else None,
+            keep=True,
         )
+    except ImageSizeError:
+        raise
+    except VolumeReadError as exc:
+        raise SegmentationFileError(str(exc)) from None
     data = np.frombuffer(body, dtype=dtype, count=count)
     data = data.reshape(sizes[::-1]).astype(dtype.newbyteorder("="), copy=False)
     return _NrrdFile(fields, keys, data, tuple(spacing), tuple(origin), axes / spacing)
