@@ -55,7 +55,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Optional, Union
+from typing import Union
 
 from .errors import OutputError, WriteError
 
@@ -258,7 +258,7 @@ class _Group:
         self.pending.clear()
 
 
-_GROUP: contextvars.ContextVar[Optional[_Group]] = contextvars.ContextVar("segdeep_atomic_group", default=None)
+_GROUP: contextvars.ContextVar[_Group | None] = contextvars.ContextVar("segdeep_atomic_group", default=None)
 
 
 @contextlib.contextmanager
@@ -299,9 +299,7 @@ def atomic_outputs() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def atomic_path(
-    final_path: PathLike, *, overwrite: bool = True, verify: Callable[[Path], None] | None = None
-) -> Iterator[Path]:
+def atomic_path(final_path: PathLike, *, overwrite: bool = True, verify: Callable[[Path], None] | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``final_path``; check it and rename it into place on success.
 
     The temporary file lives in the same folder (same file system, so the rename is atomic)
@@ -346,7 +344,7 @@ def atomic_path(
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the file normal permissions
-    group = _GROUP.get()
+    group = _GROUP.get() if TEMP_MARK not in final.name else None  # writing into another temporary: at once
     handed_over = False
     try:
         yield tmp
@@ -372,7 +370,9 @@ def atomic_path(
                 tmp.unlink()
 
 
-def _write_all(tmp: Path, data: bytes) -> None:
+def write_all(tmp: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``tmp`` (a path from :func:`atomic_path`), flush, fsync and check the size."""
+    tmp = Path(tmp)
     with open(tmp, "wb") as f:
         f.write(data)
         f.flush()
@@ -386,7 +386,7 @@ def write_bytes(final_path: PathLike, data: bytes, *, overwrite: bool = True) ->
     """Write ``data`` atomically to ``final_path``, checking every byte reached the disk; return the path."""
     final = Path(final_path)
     with atomic_path(final, overwrite=overwrite) as tmp:
-        _write_all(tmp, bytes(data))
+        write_all(tmp, bytes(data))
     return final
 
 

@@ -399,7 +399,9 @@ def _check_nrrd(path: Path) -> ImageFacts:
         data_path = (path.parent / detached).resolve()
         start = 0
     nbytes = int(np.prod(sizes, dtype=np.int64)) * dtype.itemsize
-    scan_payload(data_path, offset=start, nbytes=nbytes, compression=compression, check_finite=dtype if dtype.kind == "f" else None)
+    scan_payload(
+        data_path, offset=start, nbytes=nbytes, compression=compression, check_finite=dtype if dtype.kind == "f" else None
+    )
     return ImageFacts("nrrd", sizes, dtype, 1, None, "NrrdImageIO")
 
 

@@ -23,7 +23,7 @@ from typing import Literal, TextIO
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_outputs, atomic_path
 from .errors import MeshError
 from .mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, Space, _check_space, mask_to_mesh, merge_meshes
 from .mesh_report import MeshReport, mesh_report, surface_deviation_mm
@@ -616,7 +616,7 @@ def export_segments(
 
     report(progress, 0.9, "writing", cancel)
     meshes = [(built[0][0], merge_meshes([m for _, m, _ in built]))] if merge else [(p, m) for p, m, _ in built]
-    with contextlib.ExitStack() as stack:  # every temporary file is renamed only if all were written
+    with atomic_outputs(), contextlib.ExitStack() as stack:  # every file is put in place only if all were written
         for target, mesh in meshes:
             _write_file(mesh, stack.enter_context(atomic_path(target, overwrite=overwrite)), format)
     report(progress, 1.0, "done", cancel)

@@ -49,7 +49,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
+from .atomic import atomic_outputs, atomic_path, write_all
 from .errors import GeometryMismatchError, ImageSizeError, SegDeepError, VolumeReadError
 from .filecheck import nrrd_layout, parse_nrrd_fields, read_text_header, scan_payload
 from .volume import Volume
@@ -917,11 +917,17 @@ def write_labelmap_nifti(
     image.SetSpacing(labelmap.spacing)
     image.SetOrigin(labelmap.origin)
     image.SetDirection(tuple(labelmap.direction.ravel()))
-    with contextlib.ExitStack() as stack:
-        tmp = {key: stack.enter_context(atomic_path(target, overwrite=overwrite)) for key, target in targets.items()}
-        sitk.WriteImage(image, str(tmp["labelmap"]), useCompression=True)
-        tmp["json"].write_text(_labels_json(segments, path.name), encoding="utf-8")
-        tmp["csv"].write_text(_labels_csv(segments), encoding="utf-8")
+    from .io import verify_image_file, write_image
+
+    with atomic_outputs(), contextlib.ExitStack() as stack:
+        verify = {"labelmap": lambda tmp: verify_image_file(tmp, image)}
+        tmp = {
+            key: stack.enter_context(atomic_path(target, overwrite=overwrite, verify=verify.get(key)))
+            for key, target in targets.items()
+        }
+        write_image(image, tmp["labelmap"], compress=True)
+        write_all(tmp["json"], _labels_json(segments, path.name).encode("utf-8"))
+        write_all(tmp["csv"], _labels_csv(segments).encode("utf-8"))
     return targets
 
 

@@ -151,7 +151,8 @@ def _error_kind(exc: BaseException) -> str:
         return "out-of-memory"
     if isinstance(exc, ModuleNotFoundError | ImportError):
         return "missing-dependency"
-    if "out of memory" in str(exc).lower():
+    message = str(exc).lower()
+    if any(m in message for m in ("out of memory", "can't allocate memory", "cannot allocate memory")):
         return "out-of-memory"
     try:
         from SegDeepLogic.errors import SegDeepError

@@ -7,7 +7,7 @@ import sys
 
 from ..mesh import DEFAULT_SMOOTHING_FACTOR
 from ..mesh_io import export_segments
-from ._common import load_segmentation, progress_bar, write_table
+from ._common import input_files, load_segmentation, number_in, progress_bar, validate_outputs, write_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,8 +24,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segments", nargs="+", help="names (or label values) of the segments to export; default all")
     p.add_argument("--merge", action="store_true", help="one file with every segment instead of one file per segment")
     p.add_argument("--space", choices=["LPS", "RAS"], default="LPS", help="coordinate system of the files (default LPS)")
-    p.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING_FACTOR, help="smoothing factor 0..1 (default 0.5)")
-    p.add_argument("--decimation", type=float, default=0.0, help="fraction of triangles to remove, 0..1 (default 0)")
+    p.add_argument(
+        "--smoothing", type=number_in(0, 1), default=DEFAULT_SMOOTHING_FACTOR, help="smoothing factor 0..1 (default 0.5)"
+    )
+    p.add_argument(
+        "--decimation",
+        type=number_in(0, 1, high_open=True),
+        default=0.0,
+        help="fraction of triangles to remove, 0..1 (default 0)",
+    )
     p.add_argument("--report", default="-", help="print-readiness report (.json or .csv); '-' prints JSON to stdout")
     p.add_argument("--overwrite", action="store_true", help="replace existing mesh files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -33,6 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    validate_outputs(
+        {"-o": args.output, "--report": args.report},
+        inputs=input_files(segmentation=args.segmentation),
+        overwrite=args.overwrite,
+        folders=("-o",),
+    )
     seg = load_segmentation(args.segmentation)
     masks = seg.masks()
     if args.segments:
@@ -61,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         )
     rows = [{"file": str(path), "units": "mm", **report.to_dict()} for path, report in results]
     fmt = "csv" if str(args.report).lower().endswith(".csv") else "json"
-    write_table(rows, args.report, fmt) if fmt == "json" else write_table(rows, args.report, "csv")
+    write_table(rows, args.report, fmt, overwrite=args.overwrite)
     for row in rows:
         state = "print-ready" if row["print_ready"] else "NOT print-ready"
         print(
