@@ -57,6 +57,7 @@ from .devices import (
     run_with_fallbacks,
 )
 from .errors import MismatchError, SegDeepError, VolumeError
+from .filecheck import max_voxels
 from .inferers import sliding_window_inference
 from .io import read_volume, to_sitk, validate_volume, write_volume
 from .plausibility import check_plausibility, image_features, mismatch_message, structure_volumes_ml
@@ -1105,6 +1106,13 @@ def segment_volume(
     # -- reorient + resample: one interpolation from the CT onto the model's grid ---------------
     with stages("reorient"):
         grid = model_grid(ct, orientation, spacing_model)
+        n_model = int(np.prod(grid.size_ijk, dtype=np.int64))
+        if n_model > max_voxels():
+            raise SegDeepError(
+                f"the model's grid for this CT would be {' x '.join(str(n) for n in grid.size_ijk)} = {n_model} voxels "
+                f"(CT extent at the card's spacing {spacing_model} mm), over the limit of {max_voxels()} voxels "
+                "(SEGDEEP_MAX_VOXELS); is the card's spacing_ijk_mm right?"
+            )
         _oriented, perm, _flips = reorient_grid(ct, orientation)
     with stages("resample"):
         sigma_mm = [0.0, 0.0, 0.0]  # per CT axis: half the spacing increase (the training rule)
@@ -1131,6 +1139,11 @@ def segment_volume(
         array -= subtract
         array /= divide
         cval = (max(AIR_HU, clip_lo) - subtract) / divide
+        if not (np.isfinite(cval) and np.isfinite(array.min()) and np.isfinite(array.max())):
+            raise SegDeepError(
+                f"the model card's intensity normalisation (clip {clip_lo:g}..{clip_hi:g}, subtract {subtract:g}, "
+                f"divide {divide:g}) gives non-finite network input"
+            )
 
     # The out-of-distribution check compares the entropy inside each structure with the
     # validation run's: computed whenever the card has that reference, returned only if asked.
@@ -1159,6 +1172,12 @@ def segment_volume(
             lateral=lateral_swap(orientation, [str(_field(seg, "name")) for seg in segments]),
         )
         del array
+        n_bad = int((~torch.isfinite(torch.as_tensor(maps))).sum())
+        if n_bad:
+            raise SegDeepError(
+                f"the network's output has {n_bad} non-finite values (NaN or infinity): the weights or the card's "
+                "intensity normalisation are broken; no segmentation was made"
+            )
         if maps.shape[0] != n_classes + extra_channels:
             raise SegDeepError(
                 f"the network returned {maps.shape[0] - extra_channels} channels but the card lists "
