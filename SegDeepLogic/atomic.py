@@ -104,16 +104,36 @@ def _temp_prefix(final: Path) -> str:
     return f".{stem}.{os.getpid()}."
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if a process with this id exists (on Windows without sending it anything: os.kill(pid, 0) would
+    send CTRL_C_EVENT there)."""
+    if pid <= 0:
+        return False
     if pid == os.getpid():
         return True
+    if os.name == "nt":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return ctypes.GetLastError() == 5  # access denied: it exists
+        try:
+            code = ctypes.c_ulong()
+            kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+            return code.value == 259  # STILL_ACTIVE
+        finally:
+            kernel32.CloseHandle(handle)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OSError):
+    except OSError:
         return True
     return True
+
+
+_pid_alive = pid_alive
 
 
 def remove_stale_temporaries(folder: PathLike, *, max_age_s: float = STALE_AFTER_S) -> list[Path]:
