@@ -488,6 +488,9 @@ def check_outputs(
             st = os.stat(path)
         except FileNotFoundError:
             st = None
+        except NotADirectoryError:
+            problems.append(f"{what} {path}: a part of the path is a file, not a folder")
+            continue
         except OSError as exc:
             problems.append(f"{what} {path}: {exc.strerror or exc}")
             continue
@@ -495,6 +498,7 @@ def check_outputs(
             if is_folder:
                 if not stat.S_ISDIR(st.st_mode):
                     problems.append(f"{what} {path} exists and is not a folder")
+                    continue
             elif stat.S_ISDIR(st.st_mode):
                 problems.append(f"{what} {path} is a folder; give a file name")
             elif not stat.S_ISREG(st.st_mode):

@@ -70,9 +70,6 @@ def describe_os_error(exc: OSError) -> str:
         errno.ENOSPC: " (the disk is full)",
         errno.EDQUOT: " (disk quota exceeded)",
         errno.EFBIG: " (file size limit reached)",
-        errno.EACCES: " (permission denied)",
-        errno.EROFS: " (read-only file system)",
-        errno.ENAMETOOLONG: " (a file name is too long)",
     }.get(exc.errno or -1, "")
     text = f"{reason}{hint if hint.strip(' ()').lower() not in reason.lower() else ''}"
     return f"{text}: {name}" if name else text

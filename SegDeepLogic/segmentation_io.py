@@ -943,6 +943,13 @@ def read_labelmap_nifti(path: str | os.PathLike) -> Segmentation:
     volume = read_volume(path)
     if volume.array.dtype.kind not in "iu":
         raise SegmentationFileError(f"{path}: a label map must hold integers, got {volume.array.dtype}")
+    lowest = int(volume.array.min())
+    if lowest < 0:
+        n_negative = int(np.count_nonzero(volume.array < 0))
+        raise SegmentationFileError(
+            f"{path}: a label map holds 0 (background) and positive labels, but {n_negative} voxels are negative "
+            f"(lowest {lowest}); is it a CT or another image rather than a segmentation?"
+        )
     sidecar = sidecar_paths(path)["json"]
     if sidecar.exists():
         try:

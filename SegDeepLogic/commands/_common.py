@@ -127,6 +127,12 @@ def segmentation_targets(flag: str, path: str | Path | None) -> dict[str, Path]:
         return {}
     path = Path(path)
     name = path.name.lower()
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # an over-long or impossible name: check_outputs says what is wrong
+        is_dir = False
+    if is_dir:
+        raise OutputError(f"{flag} {path} is a folder; give a file name (.seg.nrrd or .nii.gz)")
     if name.endswith(".seg.nrrd"):
         return {flag: path}
     if name.endswith((".nii.gz", ".nii")):

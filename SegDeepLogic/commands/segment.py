@@ -137,9 +137,9 @@ def run(args: argparse.Namespace) -> int:
     outputs = {**segmentation_targets("-o", args.output), "--uncertainty": args.uncertainty, "--json": args.json}
     if args.output_format is not None:  # the format flag decides the file type, not the suffix
         outputs = {"-o": args.output, "--uncertainty": args.uncertainty, "--json": args.json}
+    validate_outputs(outputs, inputs=input_files(CT=args.ct, model=args.model), overwrite=args.overwrite)
     if args.uncertainty is not None and _suffix(Path(args.uncertainty)) not in WRITE_SUFFIXES:
         raise OutputError(f"--uncertainty {args.uncertainty}: use one of {', '.join(WRITE_SUFFIXES)}")
-    validate_outputs(outputs, inputs=input_files(CT=args.ct, model=args.model), overwrite=args.overwrite)
     refine_options = None
     if args.refine_hu != RefineOptions.lower_hu or args.refine_grow_mm is not None:
         refine_options = RefineOptions(lower_hu=args.refine_hu, grow_mm=args.refine_grow_mm or RefineOptions.grow_mm)
