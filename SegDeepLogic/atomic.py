@@ -504,7 +504,7 @@ def check_outputs(
             elif not stat.S_ISREG(st.st_mode):
                 problems.append(f"{what} {path} is a special file (FIFO or device), not a regular file; refusing to replace it")
             elif not overwrite:
-                problems.append(f"{what} {path} exists (pass --overwrite to replace it)")
+                problems.append(f"{what} {path} exists; refusing to overwrite it (pass --overwrite to replace it)")
         for name, other in ins:
             if _same(path, other):
                 problems.append(f"{what} {path} is the input {name}; refusing to replace an input")

@@ -47,6 +47,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .atomic import atomic_outputs, check_outputs
 from .devices import (
     RunConfig,
     autocast,
@@ -1412,6 +1413,8 @@ def segment_file(
         existing = [str(p) for p in targets if p.exists()]
         if existing:
             raise FileExistsError(f"refusing to overwrite existing file(s): {', '.join(existing)} (use overwrite)")
+    # Before any work: no output may be the CT or another output, a folder or a special file.
+    check_outputs({f"output {n}": t for n, t in enumerate(targets)}, inputs={"CT": Path(ct_path)}, overwrite=overwrite)
     if uncertainty_path is not None and not options.get("uncertainty", True):
         raise SegDeepError("an uncertainty file was requested with uncertainty=False")
     timings: dict[str, float] = {}
@@ -1433,12 +1436,13 @@ def segment_file(
 
     start = time.perf_counter()
     written: list[Path] = []
-    if fmt == "seg.nrrd":
-        written.append(write_seg_nrrd(result.labels, result.segments, output, overwrite=overwrite))
-    else:
-        written.extend(write_labelmap_nifti(result.labels, result.segments, output, overwrite=overwrite).values())
-    if uncertainty_path is not None and result.uncertainty is not None:
-        written.append(write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite))
+    with atomic_outputs():  # the label map, its sidecars and the uncertainty map appear together or not at all
+        if fmt == "seg.nrrd":
+            written.append(write_seg_nrrd(result.labels, result.segments, output, overwrite=overwrite))
+        else:
+            written.extend(write_labelmap_nifti(result.labels, result.segments, output, overwrite=overwrite).values())
+        if uncertainty_path is not None and result.uncertainty is not None:
+            written.append(write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite))
     timings["write"] = time.perf_counter() - start
     result.timings_s = {stage: timings.get(stage, 0.0) for stage in _STAGES}
     report(progress, 1.0, "done")
