@@ -12,7 +12,8 @@ MetaImage MHA/MHD) and then
   the header declares (a decompression bomb) -- memory stays bounded by the chunk size;
 * refuses NaN or infinite voxels in floating-point data (ITK's NIfTI reader silently turns
   them into 0) and a non-finite or zero NIfTI scaling slope;
-* refuses a zero, negative-zero or non-finite voxel size (NIfTI ``pixdim``; ITK would read 1 mm).
+* refuses a zero or non-finite voxel size (NIfTI ``pixdim``; ITK would read 1 mm) and a NRRD or
+  MetaImage header that declares no voxel size at all (ITK would assume 1 mm).
 
 What cannot be detected: a changed byte in *uncompressed* data or in a text header (there is
 no checksum to compare with). Compressed data is covered by its CRC-32/Adler-32.
@@ -391,6 +392,12 @@ def _check_nrrd(path: Path) -> ImageFacts:
     header, start = read_text_header(path, magic=b"NRRD000", end="blank")
     fields, _ = parse_nrrd_fields(header)
     sizes, dtype, compression = nrrd_layout(path, fields)
+    if "space directions" not in fields and "spacings" not in fields:
+        raise _fail(
+            path,
+            "the NRRD header declares no voxel size (neither 'space directions' nor 'spacings'); a reader would assume "
+            "1 mm and every distance and volume would be wrong",
+        )
     data_path = path
     detached = fields.get("data file") or fields.get("datafile")
     if detached:
@@ -435,6 +442,12 @@ def _check_meta(path: Path) -> ImageFacts:
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder(">" if big else "<")
     check_voxel_limit(path, sizes, dtype, components)
+    if "elementspacing" not in fields and "elementsize" not in fields:
+        raise _fail(
+            path,
+            "the MetaImage header declares no voxel size (no ElementSpacing); a reader would assume 1 mm and every "
+            "distance and volume would be wrong",
+        )
     if fields.get("binarydata", "true").lower() != "true":
         raise _fail(path, "ASCII MetaImage data is not supported (BinaryData = False)")
     compressed = fields.get("compresseddata", "false").lower() == "true"

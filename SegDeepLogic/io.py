@@ -88,18 +88,19 @@ def validate_volume(volume: Volume, *, name: str = "volume") -> Volume:
     return volume
 
 
-def check_hounsfield(volume: Volume, *, name: str = "volume", allow_non_hu: bool = False) -> bool:
-    """Refuse images that cannot be HU; warn (:class:`HounsfieldWarning`) when they do not look like HU.
+def check_hounsfield(volume: Volume, *, name: str = "volume", strict: bool = False) -> bool:
+    """Warn (:class:`HounsfieldWarning`) when intensities do not look like CT Hounsfield units.
 
     A CT in HU has air near -1000 (outside the body, in the airways) and no values far below
-    -1024. An image with no value below -200 (neither air nor fat) cannot be a CT in HU -- a raw
-    uint16 image whose rescale intercept was not applied (air near 0) or an MR image -- and raises
-    :class:`NotHounsfieldError` with its range unless ``allow_non_hu``. Returns True when the
-    intensities look like HU.
+    -1024. Returns True when the intensities look like HU. With ``strict``, an image with no
+    value below -200 (neither air nor fat) -- which cannot be a CT in HU: a raw uint16 image whose
+    rescale intercept was not applied (air near 0) or an MR image -- raises
+    :class:`NotHounsfieldError` with its range instead (what ``segdeep threshold`` and
+    ``segment`` use).
     """
     a = volume.array
     lo_all = float(a.min())
-    if lo_all > -200 and not allow_non_hu:
+    if lo_all > -200 and strict:
         raise NotHounsfieldError(
             f"{name} is not a CT in Hounsfield units: its values run from {lo_all:g} to {float(a.max()):g} ({a.dtype}), "
             "with nothing below -200 HU (no air, no fat). Is it a raw scanner image without its rescale intercept "
@@ -182,7 +183,7 @@ def read_volume(path: str | os.PathLike, *, check_hu: bool = False, allow_non_hu
             ) from exc
     volume = validate_volume(from_sitk(image), name=str(path))
     if check_hu:
-        check_hounsfield(volume, name=str(path), allow_non_hu=allow_non_hu)
+        check_hounsfield(volume, name=str(path), strict=not allow_non_hu)
     return volume
 
 
