@@ -253,6 +253,8 @@ def _nifti_header(raw: bytes, path: Path) -> tuple[str, dict]:
 def _check_nifti(path: Path, compressed: bool) -> ImageFacts:
     with _open_regular(path) as f:
         head = f.read(4096)
+    if compressed and not head.startswith(b"\x1f\x8b"):
+        compressed = False  # a .nii.gz that is not compressed: ITK reads it as plain NIfTI, and so do we
     if compressed:
         try:
             d = zlib.decompressobj(wbits=31)
