@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import locale
 import os
 import pickle
 import resource
@@ -348,6 +349,15 @@ def write_dicom_series(folder: Path, positions_mm: list[float], *, series_uid: s
     slices = small_ct() if array is None else array
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the process to the "C" locale
+    try:
+        _write_slices(writer, folder, slices, positions_mm, series_uid)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+    return folder
+
+
+def _write_slices(writer: sitk.ImageFileWriter, folder: Path, slices: np.ndarray, positions_mm, series_uid: str) -> None:
     for n, z in enumerate(positions_mm):
         image = sitk.GetImageFromArray(slices[n % slices.shape[0]][None])
         image.SetSpacing((1.0, 1.0, 1.0))
@@ -365,7 +375,6 @@ def write_dicom_series(folder: Path, positions_mm: list[float], *, series_uid: s
             image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"{series_uid[-3:]}_{n:03d}.dcm"))
         writer.Execute(image)
-    return folder
 
 
 @pytest.mark.parametrize(
