@@ -18,6 +18,19 @@ Public API (stable; other modules and the Slicer extension use it)
 ``write_bytes(final_path, data, *, overwrite=True)`` / ``write_text(final_path, text, ...)``
     Write a complete file through :func:`atomic_path`, checking that every byte reached the
     disk (size compared after ``flush`` + ``fsync``). Use these for JSON, CSV, HTML.
+    ``write_all(tmp, data)`` does the same into a path an :func:`atomic_path` yielded (for
+    several files written under one :class:`contextlib.ExitStack`).
+
+``make_temp_dir(final_path, kind)`` / ``pid_alive(pid)`` / ``refuse_special(path)``
+    A hidden staging folder next to ``final_path`` that the stale-temporary cleanup knows (for
+    writers that build a folder and rename it into place); whether a process exists (safe on
+    Windows, where ``os.kill(pid, 0)`` would send Ctrl-C); the special-file check on its own.
+
+How to adopt it in new code: write every file through :func:`atomic_path` (pass ``verify`` for
+SimpleITK: ``verify=lambda tmp: SegDeepLogic.io.verify_image_file(tmp, image)``, or simply
+call :func:`SegDeepLogic.io.write_volume`), or through :func:`write_text` / :func:`write_bytes`;
+call :func:`check_outputs` at the start of a command; wrap several outputs that belong together
+in :func:`atomic_outputs` (the CLI already wraps every command except ``train``).
 
 ``atomic_outputs()``
     Context manager that groups every :func:`atomic_path` inside it (in this thread / task)
