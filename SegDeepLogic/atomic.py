@@ -51,8 +51,9 @@ in :func:`atomic_outputs` (the CLI already wraps every command except ``train``)
     Delete hidden temporary files and folders left by killed SegDeep runs (their process is
     gone, or they are over a day old). Called automatically by :func:`atomic_path`.
 
-Temporary names look like ``.<stem>.<pid>.<random>.segdeep-tmp<suffix>``; the process id lets
-a later run recognise (and remove) what a killed run left behind.
+Temporary names look like ``.<stem>.<host>-<pid>.<random>.segdeep-tmp<suffix>`` (``<host>``: six
+hex digits of this machine's name); the host and process id let a later run recognise (and
+remove) what a killed run left behind, never a temporary another machine is still writing.
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import errno
+import hashlib
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 import time
@@ -76,7 +79,9 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 TEMP_MARK = ".segdeep-tmp"
 STALE_AFTER_S = 24 * 3600.0
-_TEMP_RE = re.compile(r"^\..*\.(\d+)\.[^.]+\.segdeep-tmp")
+_TEMP_RE = re.compile(r"^\..*\.([0-9a-f]{6})-(\d+)\.[^.]+\.segdeep-tmp")
+# Which machine made a temporary: a process id means nothing on another host sharing the folder.
+HOST_TAG = hashlib.sha1(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
 _DOUBLE_SUFFIXES = (".seg.nrrd", ".nii.gz", ".tar.gz")
 
 
@@ -114,7 +119,7 @@ def _suffix(name: str) -> str:
 
 def _temp_prefix(final: Path) -> str:
     stem = final.name.split(".")[0][:40] or "out"
-    return f".{stem}.{os.getpid()}."
+    return f".{stem}.{HOST_TAG}-{os.getpid()}."
 
 
 def pid_alive(pid: int) -> bool:
@@ -152,8 +157,9 @@ _pid_alive = pid_alive
 def remove_stale_temporaries(folder: PathLike, *, max_age_s: float = STALE_AFTER_S) -> list[Path]:
     """Remove SegDeep temporaries in ``folder`` left by runs that were killed.
 
-    A temporary (file or folder whose name matches ``.<stem>.<pid>.<random>.segdeep-tmp...``)
-    is removed when its process no longer exists or it is older than ``max_age_s``. Returns
+    A temporary (file or folder named ``.<stem>.<host>-<pid>.<random>.segdeep-tmp...``) is
+    removed when it was made on this machine by a process that no longer exists, or when it is
+    older than ``max_age_s`` (a temporary of another machine sharing the folder). Returns
     what was removed. Errors (a file vanishing, no permission) are ignored.
     """
     removed: list[Path] = []
@@ -168,7 +174,8 @@ def remove_stale_temporaries(folder: PathLike, *, max_age_s: float = STALE_AFTER
             continue
         try:
             age = now - entry.stat(follow_symlinks=False).st_mtime
-            if _pid_alive(int(m.group(1))) and age < max_age_s:
+            ours_and_dead = m.group(1) == HOST_TAG and not pid_alive(int(m.group(2)))
+            if not ours_and_dead and age < max_age_s:
                 continue
             if entry.is_dir(follow_symlinks=False):
                 shutil.rmtree(entry.path, ignore_errors=True)

@@ -683,17 +683,24 @@ def test_segment_writes_label_map_sidecars_uncertainty_and_json_together(work: P
 def test_stale_temporaries_of_killed_runs_are_removed_by_the_next_run(work: Path, capsys) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    stale = work / f".o.{dead.pid}.abcd1234.segdeep-tmp.seg.nrrd"
+    host = atomic.HOST_TAG
+    stale = work / f".o.{host}-{dead.pid}.abcd1234.segdeep-tmp.seg.nrrd"
     stale.write_bytes(b"x" * 1000)
-    stale_dir = work / f".model.{dead.pid}.zz.segdeep-tmp-partial"
+    stale_dir = work / f".model.{host}-{dead.pid}.zz.segdeep-tmp-partial"
     stale_dir.mkdir()
-    mine = work / f".o.{os.getpid()}.live.segdeep-tmp.seg.nrrd"  # a live process's temporary stays
+    mine = work / f".o.{host}-{os.getpid()}.live.segdeep-tmp.seg.nrrd"  # a live process's temporary stays
     mine.write_bytes(b"y")
+    remote = work / f".o.{'0' * 6 if host != '0' * 6 else '1' * 6}-{dead.pid}.xy.segdeep-tmp.seg.nrrd"
+    remote.write_bytes(b"another machine may still be writing this")
+    old_remote = work / f".o.{'0' * 6 if host != '0' * 6 else '1' * 6}-{dead.pid}.old.segdeep-tmp.seg.nrrd"
+    old_remote.write_bytes(b"left two days ago")
+    os.utime(old_remote, (time.time() - 2 * 86400, time.time() - 2 * 86400))
     other = work / ".hidden-user-file"
     other.write_bytes(b"z")
     rc, _ = cli(capsys, "threshold", work / "ct.nii.gz", "-o", work / "o.seg.nrrd", "--no-progress")
     assert rc == 0
     assert not stale.exists() and not stale_dir.exists() and mine.exists() and other.exists()
+    assert remote.exists() and not old_remote.exists()
 
 
 def test_killed_export_leaves_only_a_temporary_that_the_next_run_removes(work: Path, seg: Path, capsys) -> None:
