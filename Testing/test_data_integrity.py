@@ -1004,3 +1004,70 @@ def test_corrupted_compressed_file_reads_identically_or_is_refused(real_files, t
     except SegDeepError:
         return
     assert _same(result, intact), f"{name} with byte {offset} changed gave different numbers"
+
+
+# --------------------------------------------------------------------------------------------
+# Cases that already passed before issue 17 (kept in the matrix so that they stay passing)
+# --------------------------------------------------------------------------------------------
+def test_segmentations_on_different_grids_are_refused(work: Path, seg: Path, capsys) -> None:
+    other = Volume((small_ct() > 300).astype(np.uint8), (1.0, 1.0, 2.0), (10.0, -20.0, 30.0))
+    write_seg_nrrd(other, [SegmentInfo("bone", 1)], work / "other.seg.nrrd")
+    before = snapshot(work)
+    rc, err = cli(capsys, "compare", seg, work / "other.seg.nrrd", "-o", work / "m.json", "--no-progress")
+    assert rc == 1 and snapshot(work) == before
+    assert_one_line_error(err, "differ in spacing")
+
+
+def test_model_archive_with_an_escaping_entry_is_refused(work: Path, tmp_path: Path, capsys) -> None:
+    import zipfile
+
+    archive = tmp_path / "evil.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(TEST_MODEL / "model.json", "model.json")
+        zf.writestr("../escaped.txt", "x")
+    before = snapshot(work)
+    rc, err = cli(capsys, "segment", work / "ct.nii.gz", "-o", work / "o.seg.nrrd", "--model", archive, "--no-progress")
+    assert rc == 1 and snapshot(work) == before
+    assert_one_line_error(err, "unsafe entry")
+    assert not (tmp_path.parent / "escaped.txt").exists()
+
+
+def test_segment_names_cannot_escape_the_export_folder(work: Path, capsys) -> None:
+    labels = Volume((small_ct() > 300).astype(np.uint8), (1.0, 1.0, 1.5))
+    write_seg_nrrd(labels, [SegmentInfo("../../escape", 1)], work / "evil.seg.nrrd")
+    rc, err = cli(capsys, "export", work / "evil.seg.nrrd", "-o", work / "meshes", "--report", work / "r.json", "--no-progress")
+    assert rc == 0, err
+    written = [p for p in work.rglob("*.stl")]
+    assert len(written) == 1 and written[0].parent == work / "meshes"
+
+
+def test_ctrl_c_cancels_with_130_and_writes_nothing(work: Path) -> None:
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "SegDeepLogic.cli", "segment", str(SAMPLE / "ct.nii.gz"), "-o", str(work / "o.seg.nrrd"),
+         "--model", str(TEST_MODEL), "--tta"],
+        env=ENV, cwd=ROOT, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    seen = bytearray()
+
+    def read() -> None:
+        while True:
+            chunk = proc.stderr.read1(4096)  # type: ignore[union-attr]
+            if not chunk:
+                return
+            seen.extend(chunk)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 180
+    while b"network" not in seen and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)  # Ctrl-C once the network runs (the progress bar names the stage)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=120)
+    reader.join(timeout=10)
+    if proc.returncode == 0:
+        pytest.skip("the run finished before Ctrl-C on this machine")
+    assert proc.returncode == 130, seen.decode(errors="replace")[-2000:]
+    assert "cancel" in seen.decode(errors="replace")
+    assert sorted(p.name for p in work.iterdir()) == ["ct.nii.gz"]
