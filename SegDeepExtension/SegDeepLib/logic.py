@@ -488,7 +488,9 @@ class SegDeepLogicBase:
                 "allow_mismatch": bool(allowMismatch),
                 "parent_pid": os.getpid(),  # the worker removes this folder if Slicer dies
             }
-            (workdir / "job.json").write_text(json.dumps(options, indent=1), encoding="utf-8")
+            from SegDeepLogic.atomic import write_text
+
+            write_text(workdir / "job.json", json.dumps(options, indent=1))
             process = WorkerProcess(
                 [python_executable(), str(WORKER_SCRIPT), str(workdir / "job.json")], env=self._worker_env(), cwd=workdir
             ).start()
