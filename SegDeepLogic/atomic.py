@@ -391,7 +391,10 @@ def atomic_path(final_path: PathLike, *, overwrite: bool = True, verify: Callabl
         if not tmp.exists():
             raise WriteError(f"writing {final} failed: the writer produced no file")
         if verify is not None:
-            verify(tmp)
+            try:
+                verify(tmp)
+            except WriteError as exc:
+                raise WriteError(f"writing {final} failed: {exc}") from exc
         size = _fsync_file(tmp)
         if size == 0:
             raise WriteError(f"writing {final} failed: the written file is empty")
