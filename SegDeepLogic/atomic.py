@@ -273,7 +273,9 @@ class _Group:
         try:
             for tmp, final, _ in self.pending:
                 if os.path.lexists(final):
-                    backup = Path(tempfile.mktemp(prefix=_temp_prefix(final), suffix=f"{TEMP_MARK}-old", dir=final.parent))
+                    # Not a ".segdeep-tmp" name: if this process is killed in the instant between the two
+                    # renames, the stale cleanup must not delete the only copy of the old file.
+                    backup = Path(tempfile.mktemp(prefix=_temp_prefix(final), suffix=".segdeep-old", dir=final.parent))
                     os.replace(final, backup)
                     backups.append((backup, final))
                 os.replace(tmp, final)
