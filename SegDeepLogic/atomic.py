@@ -21,6 +21,11 @@ Public API (stable; other modules and the Slicer extension use it)
     ``write_all(tmp, data)`` does the same into a path an :func:`atomic_path` yielded (for
     several files written under one :class:`contextlib.ExitStack`).
 
+``atomic_dir(final_dir, *, overwrite=False)``
+    Like :func:`atomic_path` for an output made of several files (a DICOM series): yields a
+    hidden staging folder, checks and ``fsync``-s every file in it and renames the folder into
+    place; inside :func:`atomic_outputs` it joins the all-or-nothing group.
+
 ``make_temp_dir(final_path, kind)`` / ``pid_alive(pid)`` / ``refuse_special(path)``
     A hidden staging folder next to ``final_path`` that the stale-temporary cleanup knows (for
     writers that build a folder and rename it into place); whether a process exists (safe on
@@ -245,8 +250,26 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    """Delete a file or (a staged output folder) a whole tree; errors ignored."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
+
+
+def _refuse_non_folder(path: Path, what: str = "output folder") -> None:
+    """Raise :class:`OutputError` if ``path`` exists and is not a folder (a file, FIFO, device)."""
+    if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
+        raise OutputError(f"{what} {path} exists and is not a folder; refusing to replace it")
+
+
 class _Group:
-    """Pending (temporary, final, overwrite) renames of an :func:`atomic_outputs` block."""
+    """Pending (temporary, final, overwrite) renames of an :func:`atomic_outputs` block.
+
+    A temporary may be a file (:func:`atomic_path`) or a folder (:func:`atomic_dir`).
+    """
 
     def __init__(self) -> None:
         self.pending: list[tuple[Path, Path, bool]] = []
@@ -259,15 +282,17 @@ class _Group:
 
     def discard(self) -> None:
         for tmp, _, _ in self.pending:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            _remove(tmp)
         self.pending.clear()
 
     def commit(self) -> None:
-        for _, final, overwrite in self.pending:  # last checks before anything is moved
+        for tmp, final, overwrite in self.pending:  # last checks before anything is moved
             if not overwrite and os.path.lexists(final):
                 raise FileExistsError(f"refusing to overwrite existing file: {final}")
-            refuse_special(final)
+            if tmp.is_dir():
+                _refuse_non_folder(final)
+            else:
+                refuse_special(final)
         backups: list[tuple[Path, Path]] = []  # (backup, final)
         placed: list[Path] = []
         try:
@@ -282,19 +307,17 @@ class _Group:
                 placed.append(final)
         except BaseException:
             for final in placed:
-                with contextlib.suppress(OSError):
-                    final.unlink()
+                _remove(final)
             for backup, final in backups:
                 with contextlib.suppress(OSError):
                     os.replace(backup, final)
             raise
         finally:
             for tmp, _, _ in self.pending:
-                with contextlib.suppress(OSError):
-                    tmp.unlink()
+                if os.path.lexists(tmp):
+                    _remove(tmp)
         for backup, _ in backups:
-            with contextlib.suppress(OSError):
-                backup.unlink()
+            _remove(backup)
         for folder in {final.parent for _, final, _ in self.pending}:
             _fsync_dir(folder)
         self.pending.clear()
@@ -544,3 +567,53 @@ def check_outputs(
             problems.append(f"{what} {path}: the folder {folder} is not writable")
     if problems:
         raise OutputError("; ".join(problems))
+
+
+@contextlib.contextmanager
+def atomic_dir(final_dir: PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder next to ``final_dir``; rename it into place on success.
+
+    For outputs made of several files (a DICOM series): nothing appears under the final name
+    until every file is written. The staging folder has a temporary name that
+    :func:`remove_stale_temporaries` knows, so a killed run leaves nothing for long. Every
+    file in it must be a non-empty regular file; they are ``fsync``-ed before the rename.
+    With ``overwrite=True`` an existing folder is replaced (moved aside first, deleted only
+    after the new one is in place); a file or special file under ``final_dir`` is refused
+    (:class:`~SegDeepLogic.errors.OutputError`). Inside :func:`atomic_outputs` the folder joins
+    the group: it is put in place together with the command's other outputs, or not at all.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> target = pathlib.Path(tempfile.mkdtemp()) / "series"
+    >>> with atomic_dir(target) as tmp:
+    ...     _ = (tmp / "a.dcm").write_text("x")
+    >>> sorted(p.name for p in target.iterdir())
+    ['a.dcm']
+    """
+    final = Path(final_dir)
+    _refuse_non_folder(final)
+    if not overwrite and os.path.lexists(final):
+        raise FileExistsError(f"refusing to overwrite existing folder: {final}")
+    tmp = make_temp_dir(final, "dir")  # creates the parent, removes stale temporaries
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp creates 0700; give the folder normal permissions
+    group = _GROUP.get() if TEMP_MARK not in final.name else None
+    handed_over = False
+    try:
+        yield tmp
+        for entry in tmp.rglob("*"):
+            if entry.is_symlink() or not (entry.is_dir() or entry.is_file()):
+                raise WriteError(f"writing {final} failed: {entry.name} is not a regular file")
+            if entry.is_file() and _fsync_file(entry) == 0:
+                raise WriteError(f"writing {final} failed: {entry.relative_to(tmp)} is empty")
+        _fsync_dir(tmp)
+        if group is not None:
+            group.add(tmp, final, overwrite)
+            handed_over = True
+        else:
+            pending = _Group()
+            pending.add(tmp, final, overwrite)
+            pending.commit()
+    finally:
+        if not handed_over and os.path.lexists(tmp):
+            _remove(tmp)

@@ -25,8 +25,19 @@ from . import __version__
 from .atomic import atomic_outputs
 from .errors import CancelledError, SegDeepError
 
-# Each name is a module SegDeepLogic.commands.<name> with add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("threshold", "compare", "export", "segment", "train", "evaluate", "report")
+# Each name is a module SegDeepLogic.commands.<name> (hyphens as underscores) with add_parser(subparsers) and run(args) -> int.
+COMMANDS = (
+    "threshold",
+    "compare",
+    "export",
+    "segment",
+    "train",
+    "evaluate",
+    "report",
+    "mesh-check",
+    "dicom-info",
+    "convert",
+)
 # Commands whose files appear as they are made (training checkpoints), not all at the end.
 _INCREMENTAL = ("train",)
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL, EXIT_CANCELLED = 0, 1, 2, 3, 130
@@ -44,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
-        importlib.import_module(f".commands.{name}", __package__).add_parser(sub)
+        importlib.import_module(f".commands.{name.replace('-', '_')}", __package__).add_parser(sub)
     for subparser in sub.choices.values():
         subparser.add_argument(
             "--debug", action="store_true", default=argparse.SUPPRESS, help="show the full traceback of an unexpected error"

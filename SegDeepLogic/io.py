@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import SimpleITK as sitk
 
 from .atomic import atomic_path
 from .errors import VolumeError, VolumeReadError, WriteError
-from .filecheck import check_image_file, check_voxel_limit
+from .filecheck import check_image_file
 from .volume import Volume
 
 READ_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -130,24 +129,33 @@ def check_hounsfield(volume: Volume, *, name: str = "volume", strict: bool = Fal
     return True
 
 
-def read_volume(path: str | os.PathLike, *, check_hu: bool = False, allow_non_hu: bool = False) -> Volume:
+def read_volume(
+    path: str | os.PathLike, *, check_hu: bool = False, allow_non_hu: bool = False, series_uid: str | None = None
+) -> Volume:
     """Read a 3D scalar image file (NRRD, NIfTI, MHA/MHD) or a DICOM series folder.
 
     Parameters
     ----------
     path : path-like
-        Image file, or a folder holding one DICOM series (the largest is taken if several).
+        Image file, or a folder of DICOM files (read with
+        :func:`~SegDeepLogic.dicom_series.read_dicom_series`: the series ``series_uid``, else the
+        largest readable image series, with a warning naming the others; gantry-tilted,
+        irregularly spaced or mixed series are refused with the reason).
     check_hu : bool, optional
         Also warn (:class:`HounsfieldWarning`) if the values do not look like Hounsfield units,
         and refuse (:class:`NotHounsfieldError`) an image with no value below -200 (see
         :func:`check_hounsfield`) unless ``allow_non_hu``.
     allow_non_hu : bool, optional
         Accept an image that cannot be HU (with ``check_hu``; only a warning then).
+    series_uid : str, optional
+        Series Instance UID to read from a DICOM folder (``segdeep dicom-info`` lists them).
 
     Raises
     ------
     VolumeReadError
-        Missing, unreadable, truncated or corrupt file; untrustworthy DICOM slice positions.
+        Missing, unreadable, truncated or corrupt file; a DICOM series that is not a regular grid
+        (:class:`~SegDeepLogic.dicom_series.DicomSeriesError`: slices at one position, a missing
+        slice, gantry tilt, ...).
     ImageSizeError
         The header declares more voxels than ``SEGDEEP_MAX_VOXELS``.
     VolumeError
@@ -167,8 +175,15 @@ def read_volume(path: str | os.PathLike, *, check_hu: bool = False, allow_non_hu
     path = Path(path)
     if not path.exists():
         raise VolumeReadError(f"no such file or folder: {path}")
+    if series_uid is not None and not path.is_dir():
+        raise VolumeReadError(f"a series UID was given but {path} is not a DICOM folder")
     if path.is_dir():
-        image = _read_dicom_folder(path)
+        from .dicom_series import read_dicom_series
+
+        volume = validate_volume(read_dicom_series(path, series_uid)[0], name=str(path))
+        if check_hu:
+            check_hounsfield(volume, name=str(path), strict=not allow_non_hu)
+        return volume
     else:
         facts = check_image_file(path)  # header vs data, size limit, finite values: before any allocation
         try:
@@ -185,95 +200,6 @@ def read_volume(path: str | os.PathLike, *, check_hu: bool = False, allow_non_hu
     if check_hu:
         check_hounsfield(volume, name=str(path), strict=not allow_non_hu)
     return volume
-
-
-class DicomSeriesWarning(UserWarning):
-    """A DICOM folder holds several series; the largest was read."""
-
-
-def _dicom_slice_positions(files: Sequence[str], folder: Path) -> tuple[np.ndarray, tuple[int, int]]:
-    """Each file's position along the slice normal (mm) and the slice size, from the headers only."""
-    positions = []
-    normal = None
-    size = (0, 0)
-    for name in files:
-        r = sitk.ImageFileReader()
-        r.SetImageIO("GDCMImageIO")
-        r.SetFileName(name)
-        try:
-            r.ReadImageInformation()
-            if normal is None:
-                size = tuple(int(n) for n in r.GetSize()[:2])
-            ipp = [float(x) for x in r.GetMetaData("0020|0032").replace("\\", " ").split()]
-            if normal is None:
-                iop = [float(x) for x in r.GetMetaData("0020|0037").replace("\\", " ").split()]
-                normal = np.cross(iop[:3], iop[3:6])
-        except (RuntimeError, ValueError, IndexError):
-            return np.array([]), size  # no usable position tags: SimpleITK's own ordering and spacing stand
-        positions.append(float(np.dot(ipp[:3], normal)))
-    return np.array(positions), size
-
-
-def check_slice_positions(positions: Sequence[float], where: str, *, rtol: float = 0.05, atol_mm: float = 0.01) -> None:
-    """Raise :class:`VolumeError` unless slice positions are distinct and evenly spaced.
-
-    A series whose slices are all at one position has no slice spacing; a missing slice (or
-    mixed spacings) would make every distance and volume wrong, since a volume has one spacing.
-
-    Examples
-    --------
-    >>> check_slice_positions([0.0, 2.5, 5.0, 7.5], "series")
-    >>> check_slice_positions([0.0, 2.5, 7.5, 10.0], "series")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    SegDeepLogic.errors.VolumeError: series: non-uniform slice spacing: gaps of 2.5 to 5 mm ...
-    """
-    z = np.sort(np.asarray(positions, dtype=float))
-    if z.size < 2:
-        return
-    gaps = np.diff(z)
-    if float(z[-1] - z[0]) < atol_mm:
-        raise VolumeError(
-            f"{where}: all {z.size} slices are at one position ({z[0]:.3f} mm along the slice normal); the slice spacing is "
-            "unknown, so no distance or volume could be trusted"
-        )
-    if np.any(gaps < atol_mm):
-        k = int(np.argmax(gaps < atol_mm))
-        raise VolumeError(f"{where}: two slices are at the same position ({z[k]:.3f} mm); duplicated or mixed series?")
-    median = float(np.median(gaps))
-    bad = np.abs(gaps - median) > max(atol_mm, rtol * median)
-    if np.any(bad):
-        k = int(np.argmax(bad))
-        raise VolumeError(
-            f"{where}: non-uniform slice spacing: gaps of {gaps.min():.4g} to {gaps.max():.4g} mm (median {median:.4g}); "
-            f"the gap between {z[k]:.3f} and {z[k + 1]:.3f} mm is {gaps[k]:.4g} mm -- a missing slice? A volume has one "
-            "spacing, so every distance and volume would be wrong"
-        )
-
-
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise VolumeReadError(f"folder {folder} holds no DICOM series")
-    candidates = sorted(((reader.GetGDCMSeriesFileNames(str(folder), s), s) for s in series), key=lambda fs: -len(fs[0]))
-    files, uid = candidates[0]
-    if len(candidates) > 1:
-        others = ", ".join(f"{s} ({len(f)} files)" for f, s in candidates[1:])
-        warnings.warn(
-            f"{folder} holds {len(candidates)} DICOM series; reading the largest, {uid} ({len(files)} files), and "
-            f"ignoring {others}. Put one series per folder to choose another.",
-            DicomSeriesWarning,
-            stacklevel=3,
-        )
-    positions, size = _dicom_slice_positions(files, folder)
-    check_voxel_limit(folder, (*size, len(files)), np.dtype(np.int16))
-    check_slice_positions(positions, f"DICOM series in {folder}")
-    reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise VolumeReadError(f"cannot read the DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from exc
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True, overwrite: bool = True) -> Path:

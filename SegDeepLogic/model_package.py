@@ -52,19 +52,23 @@ import pickle
 import re
 import shutil
 import stat
+import sys
 import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
+from ._compat import zip_strict
 from .atomic import atomic_path, make_temp_dir, write_all
 from .errors import SegDeepError, WriteError
+
+if TYPE_CHECKING:  # torch is imported where it is needed: listing the bundled packages never imports it
+    import torch
+    from torch import nn
 
 __all__ = [
     "CARD_FILE",
@@ -106,11 +110,11 @@ class ModelPackageError(SegDeepError, ValueError):
 
 # --- card validation helpers ------------------------------------------------------------------
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _type_name(value: Any) -> str:
@@ -149,13 +153,23 @@ class _Checker:
         return float(value)
 
     def numbers(self, key: str, value: Any, n: int) -> list[float]:
-        if not isinstance(value, list | tuple | np.ndarray) or len(value) != n:
+        if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != n:
             raise self.fail(key, f"must be a list of {n} numbers, got {value!r}")
         return [self.number(f"{key}[{i}]", v) for i, v in enumerate(value)]
 
 
 # --- the card ---------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Required:
+    """Default of the card's required fields (``dataclass(kw_only=True)`` needs Python 3.10)."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED: Any = _Required()
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelCard:
     """What a network segments and how to feed it: the content of ``model.json``.
 
@@ -210,20 +224,20 @@ class ModelCard:
     """
 
     format_version: int = FORMAT_VERSION
-    name: str
-    version: str
+    name: str = _REQUIRED  # type: ignore[assignment]
+    version: str = _REQUIRED  # type: ignore[assignment]
     description: str = ""
-    architecture: str
-    architecture_params: dict[str, Any]
+    architecture: str = _REQUIRED  # type: ignore[assignment]
+    architecture_params: dict[str, Any] = _REQUIRED  # type: ignore[assignment]
     in_channels: int = 1
-    labels: list[dict[str, Any]]
-    spacing_ijk_mm: tuple[float, float, float]
-    orientation: str
-    intensity: dict[str, Any]
-    patch_size_kji: tuple[int, int, int]
+    labels: list[dict[str, Any]] = _REQUIRED  # type: ignore[assignment]
+    spacing_ijk_mm: tuple[float, float, float] = _REQUIRED  # type: ignore[assignment]
+    orientation: str = _REQUIRED  # type: ignore[assignment]
+    intensity: dict[str, Any] = _REQUIRED  # type: ignore[assignment]
+    patch_size_kji: tuple[int, int, int] = _REQUIRED  # type: ignore[assignment]
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     validation_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    license: str
+    license: str = _REQUIRED  # type: ignore[assignment]
     weights_file: str = "weights.safetensors"
     weights_sha256: str = ""
     limitations: str = ""
@@ -233,6 +247,9 @@ class ModelCard:
     _OPTIONAL_KEYS = frozenset({"limitations", "reference_statistics", "extra"})
 
     def __post_init__(self) -> None:
+        missing = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is _REQUIRED]
+        if missing:
+            raise TypeError(f"ModelCard() missing required keyword argument(s): {', '.join(missing)}")
         self._validate("model card")
 
     # Validation lives in one method so that from_dict can name the file in every message.
@@ -286,7 +303,7 @@ class ModelCard:
         put(self, "intensity", self._validated_intensity(check))
 
         patch = self.patch_size_kji
-        if not isinstance(patch, list | tuple | np.ndarray) or len(patch) != 3 or not all(_is_int(p) and p >= 1 for p in patch):
+        if not isinstance(patch, (list, tuple, np.ndarray)) or len(patch) != 3 or not all(_is_int(p) and p >= 1 for p in patch):
             raise check.fail("patch_size_kji", f"must be 3 positive integers (D, H, W), got {patch!r}")
         side, total = CARD_LIMITS["patch_side"], CARD_LIMITS["patch_voxels"]
         if max(int(p) for p in patch) > side or int(np.prod([int(p) for p in patch])) > total:
@@ -311,7 +328,7 @@ class ModelCard:
 
     def _validated_labels(self, check: _Checker) -> list[dict[str, Any]]:
         labels = self.labels
-        if not isinstance(labels, list | tuple) or not labels:
+        if not isinstance(labels, (list, tuple)) or not labels:
             raise check.fail("labels", f"must be a non-empty list of label objects, got {labels!r}")
         allowed = {"name", "value", "color", "terminology"}
         result: list[dict[str, Any]] = []
@@ -405,7 +422,7 @@ class ModelCard:
             divisor = network_size_divisor(architecture, params)
         except ModelPackageError as exc:
             raise check.fail("architecture_params", f"is invalid: {exc}") from exc
-        if any(p % d for p, d in zip(self.patch_size_kji, divisor, strict=True)):
+        if any(p % d for p, d in zip_strict(self.patch_size_kji, divisor)):
             raise check.fail(
                 "patch_size_kji",
                 f"{list(self.patch_size_kji)} is not divisible by {list(divisor)} (D, H, W), as architecture "
@@ -512,7 +529,8 @@ class ModelCard:
         """
         lo, hi = self.intensity["clip_hu"]
         subtract, divide = self.intensity["subtract"], self.intensity["divide"]
-        if isinstance(hu, torch.Tensor):
+        torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+        if torch is not None and isinstance(hu, torch.Tensor):
             return (hu.to(torch.float32).clamp(lo, hi) - subtract) / divide
         out = np.clip(np.asarray(hu, dtype=np.float32), lo, hi)
         out -= np.float32(subtract)
@@ -539,6 +557,17 @@ _EXAMPLE_CARD: dict[str, Any] = {  # used by doctests
     "weights_file": "weights.safetensors",
     "weights_sha256": "",
 }
+
+
+_card_init = ModelCard.__init__
+
+
+def _keyword_only_init(self: ModelCard, **fields: Any) -> None:
+    _card_init(self, **fields)
+
+
+_keyword_only_init.__doc__ = _card_init.__doc__
+ModelCard.__init__ = _keyword_only_init  # type: ignore[method-assign]  # every field by keyword, as kw_only=True did
 
 
 # --- the loaded package -----------------------------------------------------------------------
@@ -751,6 +780,8 @@ def load_model_card(path: str | os.PathLike) -> ModelCard:
 
 # --- weights ----------------------------------------------------------------------------------
 def _read_state_dict(weights: Path, source: str) -> dict[str, torch.Tensor]:
+    import torch
+
     if weights.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -785,6 +816,8 @@ def _few(items: list[str], n: int = 5) -> str:
 
 def _check_weights(network: nn.Module, state: Mapping[str, torch.Tensor], card: ModelCard, source: str) -> None:
     """Raise a ModelPackageError naming the mismatches between ``state`` and ``network``."""
+    import torch
+
     expected = network.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -840,6 +873,8 @@ def load_model_package(path: str | os.PathLike, *, verify_hash: bool = True) -> 
     >>> package.label_names, package.patch_size_kji
     (['bone', 'soft_tissue'], (32, 32, 32))
     """
+    import torch
+
     from .networks import build_network
 
     with _opened_package(path, with_weights=True) as (card, weights, package):
@@ -867,6 +902,8 @@ def load_model_package(path: str | os.PathLike, *, verify_hash: bool = True) -> 
 
 # --- saving -----------------------------------------------------------------------------------
 def _cpu_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
+    import torch
+
     # Own contiguous CPU copies: safetensors refuses tensors that share memory; floats are
     # stored as float32 so that every device can read them.
     state = {}
@@ -920,6 +957,8 @@ def save_model_package(
         The weights do not match the card's architecture, or the destination is not a
         package that may be replaced.
     """
+    from torch import nn
+
     from .networks import build_network
 
     if not isinstance(card, ModelCard):

@@ -49,9 +49,11 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
+from ._compat import zip_strict
 from .atomic import atomic_outputs, atomic_path, write_all
 from .errors import GeometryMismatchError, ImageSizeError, SegDeepError, VolumeReadError
 from .filecheck import nrrd_layout, parse_nrrd_fields, read_text_header, scan_payload
+from .terminology import TerminologyError, terminology_codes, terminology_entry
 from .volume import Volume
 
 __all__ = [
@@ -124,9 +126,11 @@ class SegmentInfo:
     color : (r, g, b) floats in [0, 1], optional
         Display colour; :func:`default_color` of ``value`` if omitted.
     terminology : str, optional
-        Slicer terminology entry, stored verbatim in the segment's ``TerminologyEntry`` tag,
-        e.g. ``"Segmentation category and type - 3D Slicer General Anatomy list~SCT^85756007^
-        Tissue~SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list~^^~^^"``.
+        A model card's coded concept (``"SCT^91609006^Mandible"``) or a full Slicer terminology
+        entry (e.g. ``"Segmentation category and type - 3D Slicer General Anatomy list~SCT^85756007^
+        Tissue~SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list~^^~^^"``). Stored as the
+        full entry (:func:`SegDeepLogic.terminology.terminology_entry`), which the segment's
+        ``TerminologyEntry`` tag holds.
 
     Examples
     --------
@@ -149,7 +153,7 @@ class SegmentInfo:
         if _CONTROL.search(self.name):
             raise SegmentationFileError(f"segment name {self.name!r} contains a line break or control character")
         value = self.value
-        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
             raise SegmentationFileError(f"label value of segment {self.name!r} must be an integer, got {value!r}")
         if not 1 <= int(value) <= MAX_LABEL_VALUE:
             raise SegmentationFileError(
@@ -169,8 +173,11 @@ class SegmentInfo:
                 raise SegmentationFileError(
                     f"terminology of segment {self.name!r} must be a one-line string without '|', got {self.terminology!r}"
                 )
-            if not self.terminology.strip():
-                object.__setattr__(self, "terminology", None)
+            try:  # a model card's "SCT^91609006^Mandible" becomes the full entry Slicer and slicerio read
+                entry = terminology_entry(self.terminology, self.name)
+            except TerminologyError as exc:
+                raise SegmentationFileError(f"terminology of segment {self.name!r}: {exc}") from None
+            object.__setattr__(self, "terminology", entry)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -342,7 +349,7 @@ def labelmap_from_masks(
     top = max(s.value for s in segments)
     labels = np.zeros(grid.array.shape, dtype=np.uint8 if top <= 255 else np.uint16)
     owner = {}  # label value -> segment name, for overlap messages
-    for seg, mask in zip(segments, masks.values(), strict=True):
+    for seg, mask in zip_strict(segments, masks.values()):
         if isinstance(mask, Volume):
             grid.require_same_grid(mask, f"mask {seg.name!r} and the label map grid")
             m = mask.array
@@ -678,6 +685,10 @@ def _segments_from_keys(keys: Mapping[str, str], layers: int, path: Path) -> lis
         for tag in (get("Tags") or "").split("|"):
             if tag.startswith("TerminologyEntry:"):
                 terminology = tag[len("TerminologyEntry:") :] or None
+        try:  # another program's entry SegDeep cannot interpret is dropped, not an error
+            terminology = terminology_entry(terminology, name)
+        except TerminologyError:
+            terminology = None
         if color is not None and (len(color) != 3 or not all(0 <= c <= 1 for c in color)):
             color = None
         result.append((SegmentInfo(name, value, color, terminology), layer))
@@ -803,8 +814,8 @@ def _paste_on_grid(labelmap: Volume, reference: Volume, path: Path) -> Volume:
     if np.any(hi <= lo):
         inside = np.zeros(src.shape, bool)
     else:
-        dst_box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        src_box = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset_kji, strict=True))
+        dst_box = tuple(slice(a, b) for a, b in zip_strict(lo, hi))
+        src_box = tuple(slice(a - o, b - o) for a, b, o in zip_strict(lo, hi, offset_kji))
         out[dst_box] = src[src_box]
         inside = np.zeros(src.shape, bool)
         inside[src_box] = True
@@ -855,17 +866,9 @@ def _labels_json(segments: Sequence[SegmentInfo], labelmap_name: str) -> str:
 
 def _terminology_columns(terminology: str | None) -> list[str]:
     """Slicer CSV colour-table code columns from a terminology entry string (blank if unknown)."""
-    blank = [""] * (3 * len(_TERMINOLOGY_PARTS))
-    if not terminology:
-        return blank
-    parts = terminology.split("~")
-    if len(parts) != 7:
-        return blank
-    codes = [parts[1], parts[2], parts[3], parts[5], parts[6]]  # skip the two context names
     out: list[str] = []
-    for code in codes:
-        fields = code.split("^")
-        out += (fields + ["", "", ""])[:3] if len(fields) == 3 else ["", "", ""]
+    for code in terminology_codes(terminology).values():
+        out += list(code) if code else ["", "", ""]
     return out
 
 

@@ -398,7 +398,7 @@ def test_dicom_folder_with_two_series_reads_the_larger_and_says_so(tmp_path: Pat
     write_dicom_series(folder, [2.0 * n for n in range(5)], series_uid="1.2.826.0.1.3680043.2.1125.222")
     rc, err = cli(capsys, "threshold", folder, "-o", tmp_path / "o.seg.nrrd", "--no-progress")
     assert rc == 0
-    assert "holds 2 DICOM series" in err and "(12 files)" in err and "(5 files)" in err
+    assert "holds 2 image series" in err and "12 slices" in err and "5 file(s)" in err
     assert read_seg_nrrd(tmp_path / "o.seg.nrrd").labelmap.shape_ijk[2] == 12
 
 

@@ -173,7 +173,7 @@ def run(job: dict[str, Any]) -> int:
 def _error_kind(exc: BaseException) -> str:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "InferenceOutOfMemoryError":
         return "out-of-memory"
-    if isinstance(exc, ModuleNotFoundError | ImportError):
+    if isinstance(exc, (ModuleNotFoundError, ImportError)):
         return "missing-dependency"
     message = str(exc).lower()
     if any(m in message for m in ("out of memory", "can't allocate memory", "cannot allocate memory")):
@@ -182,7 +182,7 @@ def _error_kind(exc: BaseException) -> str:
         from SegDeepLogic.errors import SegDeepError
     except ImportError:
         return "internal"
-    return "input" if isinstance(exc, SegDeepError | FileNotFoundError) else "internal"
+    return "input" if isinstance(exc, (SegDeepError, FileNotFoundError)) else "internal"
 
 
 def probe() -> int:

@@ -179,12 +179,19 @@ def _csv_value(value: object) -> object:
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
 
 
-def load_segmentation(path: str | Path) -> Segmentation:
-    """Read a Slicer ``.seg.nrrd`` or a label map (NIfTI/NRRD/MHA, with or without sidecar).
+def load_segmentation(
+    path: str | Path, *, ct: str | Path | None = None, names: list[str] | None = None, repair: bool = False
+) -> Segmentation:
+    """Read a Slicer ``.seg.nrrd``, a label map (NIfTI/NRRD/MHA, with or without sidecar) or a DICOM RTSTRUCT.
 
     A single-label file without a sidecar (such as ``mandible.nii.gz``) gets a segment named
-    after the file.
+    after the file. An RT Structure Set is rasterised onto its CT series (``ct``: the series
+    folder; default the referenced series next to the file); ``names`` picks ROIs by name.
     """
+    from ..rtstruct import is_rtstruct, rtstruct_segmentation
+
+    if is_rtstruct(path):
+        return rtstruct_segmentation(path, ct, names=names, repair=repair)
     path = Path(path)
     if path.name.lower().endswith(".seg.nrrd"):
         return read_seg_nrrd(path)
@@ -193,6 +200,16 @@ def load_segmentation(path: str | Path) -> Segmentation:
         stem = path.name.split(".")[0]
         seg = Segmentation(seg.labelmap, [SegmentInfo(stem, seg.segments[0].value, seg.segments[0].color)])
     return seg
+
+
+def load_mask(path: str | Path, label: str | None, *, ct: str | Path | None = None, repair: bool = False) -> tuple[str, Volume]:
+    """:func:`select_mask` of a segmentation file; an RTSTRUCT rasterises only the ROI ``label``."""
+    from ..rtstruct import is_rtstruct
+
+    if is_rtstruct(path) and label is not None and not label.isdigit():
+        seg = load_segmentation(path, ct=ct, names=[label], repair=repair)  # one ROI (a case-insensitive match is accepted)
+        return seg.segments[0].name, seg.mask(seg.segments[0].name)
+    return select_mask(load_segmentation(path, ct=ct, repair=repair), label, path=path)
 
 
 def select_mask(seg: Segmentation, label: str | None, *, path: str | Path) -> tuple[str, Volume]:

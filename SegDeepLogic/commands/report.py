@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("ct", help="CT volume (NRRD, NIfTI, MHA/MHD or a DICOM series folder)")
     p.add_argument("-o", "--output", required=True, help="report file (.html)")
+    p.add_argument("--series", default=None, metavar="UID", help="DICOM folder: the series to report on (default the largest)")
     p.add_argument("--json", default=None, help="JSON facts file (default: the report's name with .json)")
     p.add_argument("--model", default=None, help="model package folder or .zip (default: the first bundled one)")
     p.add_argument(
@@ -51,7 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--tolerance-mm", type=number_in(0, low_open=True), default=1.0, help="surface Dice tolerance in mm (default 1)"
     )
     p.add_argument("--export-dir", default=None, help="also write each structure's mesh into this folder (with the report)")
-    p.add_argument("--export-format", choices=["stl", "obj", "ply"], default="stl", help="mesh format (default stl)")
+    p.add_argument(
+        "--export-format",
+        choices=["stl", "obj", "ply", "3mf"],
+        default="stl",
+        help="mesh format (default stl); 3mf: one file structures.3mf with a named, coloured object per structure",
+    )
     p.add_argument("--space", choices=["LPS", "RAS"], default="LPS", help="coordinate system of the mesh files (default LPS)")
     p.add_argument(
         "--smoothing", type=number_in(0, 1), default=DEFAULT_SMOOTHING_FACTOR, help="mesh smoothing factor 0..1 (default 0.5)"
@@ -111,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("report", enabled=not args.no_progress) as progress:
         facts = build_report(
             args.ct,
+            series_uid=args.series,
             model=args.model,
             segmentation=args.segmentation,
             uncertainty=args.uncertainty,

@@ -25,7 +25,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "between sliding windows; nothing is written unless the whole segmentation succeeded.",
     )
     p.add_argument("ct", help="CT volume (NRRD, NIfTI, MHA/MHD or a DICOM series folder)")
-    p.add_argument("-o", "--output", required=True, help="output segmentation: .seg.nrrd (3D Slicer) or .nii.gz label map")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output segmentation: .seg.nrrd (3D Slicer), .nii.gz label map, or a .dcm RT Structure Set / DICOM SEG "
+        "(with --format rtstruct / dicom-seg and a DICOM CT folder)",
+    )
+    p.add_argument(
+        "--series", default=None, metavar="UID", help="DICOM folder: the series to segment (segdeep dicom-info lists them)"
+    )
     p.add_argument("--model", default=None, help="model package folder or .zip (default: the first bundled in Resources/Models)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(
@@ -69,7 +78,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--uncertainty", default=None, metavar="PATH", help="also write the uncertainty map (entropy 0..1) here")
     p.add_argument(
-        "--format", dest="output_format", default=None, choices=["seg.nrrd", "nii.gz"], help="output format (default: by suffix)"
+        "--format",
+        dest="output_format",
+        default=None,
+        choices=["seg.nrrd", "nii.gz", "rtstruct", "dicom-seg"],
+        help="output format (default: by suffix); rtstruct (RT Structure Set for a planning system) and dicom-seg "
+        "(DICOM Segmentation) reference the input DICOM CT series",
     )
     p.add_argument("--json", default=None, help="write a summary (volumes, uncertainty, timings, fallbacks) here ('-' = stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -153,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             uncertainty_path=args.uncertainty,
             overwrite=args.overwrite,
             allow_mismatch=args.allow_mismatch,
+            series_uid=args.series,
             progress=progress,
             cancel=token,
             device=args.device,

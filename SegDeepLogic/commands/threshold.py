@@ -11,6 +11,7 @@ from ..threshold import PRESETS, threshold_segment
 from ._common import input_files, number_in, progress_bar, save_segmentation, segmentation_targets, validate_outputs, write_table
 
 BONE_COLOR = (0.945, 0.839, 0.569)  # Slicer's "bone" colour
+BONE_TERMINOLOGY = "SCT^272673000^Bone"  # Slicer's General Anatomy "Tissue / Bone" (full entry built by SegmentInfo)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -66,7 +67,9 @@ def run(args: argparse.Namespace) -> int:
         )
     name = args.name or preset or f"threshold_{args.method or 'range'}"
     labelmap = result.mask.with_array(result.mask.array.astype("uint8"))
-    written = save_segmentation(labelmap, [SegmentInfo(name, 1, BONE_COLOR)], args.output, overwrite=args.overwrite)
+    terminology = BONE_TERMINOLOGY if preset in ("bone", "compact_bone_adult") else None  # else: what it is is unknown
+    segment = SegmentInfo(name, 1, BONE_COLOR, terminology)
+    written = save_segmentation(labelmap, [segment], args.output, overwrite=args.overwrite)
     summary = {
         "input": str(args.ct),
         "output": [str(p) for p in written],

@@ -618,7 +618,7 @@ def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_fil
             "code_version": git_version(),
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "loss": "marginal (partial-label) Dice + cross-entropy",
         },
         validation_metrics={
