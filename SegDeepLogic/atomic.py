@@ -563,7 +563,7 @@ def check_outputs(
         folder = path if (is_folder and st is not None) else _existing_ancestor(path)
         if not folder.is_dir():
             problems.append(f"{what} {path}: {folder} is not a folder")
-        elif not os.access(folder, os.W_OK | os.X_OK):
+        elif not (os.access(folder, os.W_OK) and os.access(folder, os.X_OK)):
             problems.append(f"{what} {path}: the folder {folder} is not writable")
     if problems:
         raise OutputError("; ".join(problems))
