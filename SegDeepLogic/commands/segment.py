@@ -146,11 +146,11 @@ def _show_mismatch() -> Iterator[None]:
 
 def run(args: argparse.Namespace) -> int:
     from ..io import WRITE_SUFFIXES, _suffix
-    from ..segment import segment_file  # torch is imported only when this command runs
+    from ..segment import DICOM_OUTPUT_FORMATS, _output_format, segment_file  # torch is imported only now
 
-    outputs = {**segmentation_targets("-o", args.output), "--uncertainty": args.uncertainty, "--json": args.json}
-    if args.output_format is not None:  # the format flag decides the file type, not the suffix
-        outputs = {"-o": args.output, "--uncertainty": args.uncertainty, "--json": args.json}
+    fmt = _output_format(Path(args.output), args.output_format)  # the name must match the format: before any work
+    main_output = {"-o": args.output} if fmt in DICOM_OUTPUT_FORMATS else segmentation_targets("-o", args.output)
+    outputs = {**main_output, "--uncertainty": args.uncertainty, "--json": args.json}
     validate_outputs(outputs, inputs=input_files(CT=args.ct, model=args.model), overwrite=args.overwrite)
     if args.uncertainty is not None and _suffix(Path(args.uncertainty)) not in WRITE_SUFFIXES:
         raise OutputError(f"--uncertainty {args.uncertainty}: use one of {', '.join(WRITE_SUFFIXES)}")
