@@ -500,6 +500,7 @@ def write_ct_series(
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     from .atomic import atomic_dir
+    from .dicom_common import verify_dicom_file, write_dicom_bytes
 
     folder = Path(folder)
     study_uid = study_uid or new_uid()
@@ -571,7 +572,8 @@ def write_ct_series(
             if transfer_syntax and UID(transfer_syntax) != ExplicitVRLittleEndian:
                 ds.compress(UID(transfer_syntax))
             name = f"CT{k + 1:04d}.dcm"
-            ds.save_as(tmp / name, enforce_file_format=True)
+            write_dicom_bytes(ds, tmp / name, enforce_file_format=True)
+            verify_dicom_file(tmp / name, sop_uid)  # a short write fails here, before the folder is put in place
             written.append(folder / name)
     return written
 
