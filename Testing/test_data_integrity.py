@@ -860,6 +860,16 @@ def test_nan_network_output_is_an_error_not_an_empty_result() -> None:
         (["segment", "A", "-o", "o.seg.nrrd", "--overlap", "1"], "--overlap: 1 is out of range"),
         (["segment", "A", "-o", "o.seg.nrrd", "--batch-size", "0"], "--batch-size: 0 is out of range"),
         (["segment", "A", "-o", "o.seg.nrrd", "--threshold", "1.5"], "--threshold: 1.5 is out of range"),
+        (["export", "A", "-o", "m", "--hollow", "0"], "--hollow: 0 is out of range"),
+        (["export", "A", "-o", "m", "--hollow", "2", "--voxel", "0"], "--voxel: 0 is out of range"),
+        (["export", "A", "-o", "m", "--hollow", "2", "--drain-diameter", "-3"], "--drain-diameter: -3 is out of range"),
+        (["export", "A", "-o", "m", "--hollow", "2", "--drain-holes", "-1"], "--drain-holes: -1 is out of range"),
+        (["export", "A", "-o", "m", "--hollow", "2", "--drain-holes", "1.5"], "'1.5' is not a whole number"),
+        (["export", "A", "-o", "m", "--kerf", "-0.5"], "--kerf: -0.5 is out of range"),
+        (["export", "A", "-o", "m", "--thin", "0"], "--thin: 0 is out of range"),
+        (["export", "A", "-o", "m", "--thin", "inf"], "not a finite number"),
+        (["export", "A", "-o", "m", "--build-volume", "200", "0", "200"], "--build-volume: 0 is out of range"),
+        (["mesh-check", "A", "--repair", "--max-hole-edges", "-1"], "--max-hole-edges: -1 is out of range"),
     ],
 )
 def test_out_of_range_options_are_usage_errors(capsys, args, needle) -> None:
@@ -1071,3 +1081,197 @@ def test_ctrl_c_cancels_with_130_and_writes_nothing(work: Path) -> None:
     assert proc.returncode == 130, seen.decode(errors="replace")[-2000:]
     assert "cancel" in seen.decode(errors="replace")
     assert sorted(p.name for p in work.iterdir()) == ["ct.nii.gz"]
+
+
+# --------------------------------------------------------------------------------------------
+# The same guarantees for the commands and writers of issues 13 (DICOM) and 18 (print prep)
+# --------------------------------------------------------------------------------------------
+@pytest.fixture
+def more(work: Path, seg: Path) -> Path:
+    """``work`` with a mesh (box.stl), the CT as a DICOM series (dicom/) and files that exist already."""
+    from SegDeepLogic.dicom_series import write_ct_series
+    from SegDeepLogic.mesh import mask_to_mesh
+    from SegDeepLogic.mesh_io import write_mesh
+
+    box = np.zeros((12, 12, 12), np.uint8)
+    box[3:9, 3:9, 3:9] = 1
+    write_mesh(mask_to_mesh(Volume(box, (1.0, 1.0, 1.0))), work / "box.stl")
+    write_ct_series(Volume(small_ct(), (1.0, 1.0, 1.5), (10.0, -20.0, 30.0)), work / "dicom")
+    (work / "exists.json").write_text("{}")
+    (work / "exists.stl").write_bytes((work / "box.stl").read_bytes())
+    (work / "old.seg.nrrd").write_bytes(seg.read_bytes())
+    (work / "side.labels.json").write_text("{}")
+    (work / "folder").mkdir()
+    return work
+
+
+NEW_COMMAND_OUTPUT_CASES = {
+    "mesh-check --report exists": (["mesh-check", "box.stl", "--report", "exists.json"], "exists.json exists"),
+    "mesh-check --report the input": (["mesh-check", "box.stl", "--report", "box.stl", "--overwrite"], "is the input mesh"),
+    "mesh-check --report a folder": (["mesh-check", "box.stl", "--report", "folder"], "is a folder"),
+    "mesh-check -o exists": (["mesh-check", "box.stl", "--repair", "-o", "exists.stl"], "exists.stl exists"),
+    "mesh-check -o the input": (["mesh-check", "box.stl", "--repair", "-o", "box.stl", "--overwrite"], "is the input mesh"),
+    "mesh-check -o = --report": (["mesh-check", "box.stl", "--repair", "-o", "r.stl", "--report", "r.stl"], "is also -o"),
+    "mesh-check -o without --repair": (["mesh-check", "box.stl", "-o", "r.stl"], "pass --repair"),
+    "dicom-info --json exists": (["dicom-info", "dicom", "--json", "exists.json"], "exists.json exists"),
+    "dicom-info --json a folder": (["dicom-info", "dicom", "--json", "folder"], "is a folder"),
+    "convert -o exists": (["convert", "bone.seg.nrrd", "-o", "old.seg.nrrd", "--reference-ct", "dicom"], "old.seg.nrrd exists"),
+    "convert -o the input": (["convert", "bone.seg.nrrd", "-o", "bone.seg.nrrd", "--reference-ct", "dicom", "--overwrite"], "is the input"),
+    "convert -o sidecar exists": (["convert", "bone.seg.nrrd", "-o", "side.nii.gz", "--reference-ct", "dicom"], "side.labels.json exists"),
+    "convert -o rtstruct exists": (["convert", "bone.seg.nrrd", "-o", "exists.json", "--format", "rtstruct", "--reference-ct", "dicom"], "name the DICOM file"),
+    "convert dicom-ct -o a file": (["convert", "ct.nii.gz", "-o", "exists.json", "--format", "dicom-ct", "--overwrite"], "is not a folder"),
+    "convert dicom-ct -o the input": (["convert", "dicom", "-o", "dicom", "--format", "dicom-ct", "--overwrite"], "is the input"),
+    "convert dicom-ct -o exists": (["convert", "ct.nii.gz", "-o", "folder", "--format", "dicom-ct"], "refusing to overwrite existing folder"),
+    "export --format 3mf --report the input": (["export", "bone.seg.nrrd", "-o", "meshes", "--format", "3mf", "--report", "bone.seg.nrrd", "--overwrite"], "is the input"),
+}  # fmt: skip
+_NAMED = ("dicom", "folder", "meshes")
+
+
+def _in(work: Path, args: list[str]) -> list[str]:
+    return [str(work / a) if ("." in a or a in _NAMED) and not a.startswith("-") else a for a in args]
+
+
+@pytest.mark.parametrize("case", sorted(NEW_COMMAND_OUTPUT_CASES))
+def test_new_commands_refuse_bad_outputs_before_any_work(more: Path, capsys, case: str) -> None:
+    args, needle = NEW_COMMAND_OUTPUT_CASES[case]
+    before = snapshot(more)
+    rc, err = cli(capsys, *_in(more, args))
+    assert rc == 1, err
+    assert_one_line_error(err, needle)
+    assert snapshot(more) == before
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["mesh-check", "box.stl", "--report", "SPECIAL", "--overwrite"],
+        ["mesh-check", "box.stl", "--repair", "-o", "SPECIAL.stl", "--overwrite"],
+        ["dicom-info", "dicom", "--json", "SPECIAL", "--overwrite"],
+        ["export", "bone.seg.nrrd", "-o", "meshes", "--format", "3mf", "--report", "SPECIAL", "--overwrite"],
+    ],
+)
+def test_new_commands_never_replace_a_special_file(more: Path, capsys, args: list[str]) -> None:
+    special = more / "special.json"
+    os.mkfifo(special)
+    os.mkfifo(more / "special.stl")
+    named = {"SPECIAL": str(special), "SPECIAL.stl": str(more / "special.stl")}
+    before = snapshot(more)
+    rc, err = cli(capsys, *_in(more, [named.get(a, a) for a in args]))
+    assert rc == 1
+    assert_one_line_error(err, "not a regular file")
+    assert snapshot(more) == before
+
+
+def test_new_commands_write_their_outputs(more: Path, capsys) -> None:
+    """The happy paths still work under the checks: dicom-info --json, mesh-check --repair, convert, 3MF export."""
+    assert cli(capsys, "dicom-info", more / "dicom", "--json", more / "series.json")[0] == 0
+    assert json.loads((more / "series.json").read_text())[0]["modality"] == "CT"
+    rc, err = cli(capsys, "mesh-check", more / "box.stl", "--repair", "-o", more / "fixed.stl", "--report", more / "r.json")
+    assert rc == 0, err
+    assert json.loads((more / "r.json").read_text())["repaired_file"] == str(more / "fixed.stl")
+    rc, err = cli(capsys, "convert", more / "bone.seg.nrrd", "-o", more / "b.nii.gz", "--reference-ct", more / "dicom")
+    assert rc == 0, err
+    assert (more / "b.labels.json").is_file()
+    rc, err = cli(capsys, "export", more / "bone.seg.nrrd", "-o", more / "meshes", "--format", "3mf", "--hollow", "1",
+                  "--report", more / "m.json", "--no-progress")  # fmt: skip
+    assert rc == 0, err
+    assert [p.name for p in (more / "meshes").iterdir()] == ["bone.3mf"]
+    assert not [p for p in more.rglob(".*") if "segdeep" in p.name]  # no temporaries left anywhere
+
+
+def test_atomic_dir_is_part_of_the_all_or_nothing_group(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with atomic.atomic_outputs():
+            with atomic.atomic_dir(tmp_path / "series") as staging:
+                (staging / "CT0001.dcm").write_bytes(b"slice")
+            atomic.write_text(tmp_path / "report.json", "{}")
+            assert not (tmp_path / "series").exists()  # nothing in place before the group ends
+            raise RuntimeError("a later output failed")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "series").mkdir()
+    (tmp_path / "series" / "old.dcm").write_bytes(b"old")
+    with atomic.atomic_outputs():
+        with atomic.atomic_dir(tmp_path / "series", overwrite=True) as staging:
+            (staging / "CT0001.dcm").write_bytes(b"new")
+        atomic.write_text(tmp_path / "report.json", "{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "series"]
+    assert [p.name for p in (tmp_path / "series").iterdir()] == ["CT0001.dcm"]
+
+
+def test_atomic_dir_refuses_files_and_checks_what_was_written(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    os.mkfifo(tmp_path / "fifo")
+    for name in ("file", "fifo"):
+        with pytest.raises(OutputError, match="is not a folder"):
+            with atomic.atomic_dir(tmp_path / name, overwrite=True):
+                pass
+    with pytest.raises(FileExistsError, match="refusing to overwrite existing folder"):
+        (tmp_path / "series").mkdir()
+        with atomic.atomic_dir(tmp_path / "series"):
+            pass
+    with pytest.raises(WriteError, match="CT0002.dcm is empty"):
+        with atomic.atomic_dir(tmp_path / "new") as staging:
+            (staging / "CT0001.dcm").write_bytes(b"slice")
+            (staging / "CT0002.dcm").touch()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "file", "series"]
+
+
+def test_killed_dicom_series_write_leaves_a_staging_folder_the_next_run_removes(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from SegDeepLogic import atomic
+        with atomic.atomic_dir({str(tmp_path / "series")!r}) as staging:
+            (staging / "CT0001.dcm").write_bytes(b"partial" * 1000)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    assert subprocess.run([sys.executable, "-c", script], env=ENV, cwd=ROOT).returncode == -9
+    leftovers = [p.name for p in tmp_path.iterdir()]
+    assert len(leftovers) == 1 and leftovers[0].startswith(".series.") and "segdeep-tmp" in leftovers[0]
+    atomic.write_text(tmp_path / "next.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["next.json"]
+
+
+def test_short_3mf_and_dicom_writes_are_caught_before_the_rename(more: Path, tmp_path: Path) -> None:
+    from SegDeepLogic.dicom_common import verify_dicom_file
+    from SegDeepLogic.mesh_3mf import PrintPart, _verify_3mf, write_3mf
+    from SegDeepLogic.mesh_io import read_mesh
+
+    good = write_3mf([PrintPart("box", read_mesh(more / "box.stl"))], tmp_path / "good.3mf")
+    _verify_3mf(good)
+    data = good.read_bytes()
+    (tmp_path / "short.3mf").write_bytes(data[: len(data) // 2])
+    with pytest.raises(WriteError, match="3MF file just written is corrupt"):
+        _verify_3mf(tmp_path / "short.3mf")
+    dcm = sorted((more / "dicom").iterdir())[0]
+    verify_dicom_file(dcm)
+    (tmp_path / "short.dcm").write_bytes(dcm.read_bytes()[:-200])
+    with pytest.raises(WriteError, match="cannot be read back"):
+        verify_dicom_file(tmp_path / "short.dcm")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["export", "bone.seg.nrrd", "-o", "meshes", "--format", "3mf", "--no-progress"],
+        ["convert", "ct.nii.gz", "-o", "series", "--format", "dicom-ct"],
+    ],
+)
+def test_3mf_and_dicom_series_cut_short_by_a_file_size_limit_leave_nothing(more: Path, args: list[str]) -> None:
+    before = snapshot(more)
+    r = _run_with_file_size_limit(args, 2048, more)
+    assert r.returncode == 1, r.stderr
+    assert_one_line_error(r.stderr, "segdeep")
+    after = {k: v for k, v in snapshot(more).items() if k != "meshes"}  # export may create its (empty) folder
+    assert after == before
+    assert not [p for p in more.rglob("*") if p.is_file() and p.relative_to(more).as_posix() not in before]
+
+
+def test_dicom_series_over_the_voxel_limit_is_refused_before_decoding(more: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-c", "from SegDeepLogic.io import read_volume\ntry:\n    read_volume('dicom')\n"
+         "except Exception as e:\n    print(type(e).__name__, e)"],
+        capture_output=True, text=True, env={**ENV, "SEGDEEP_MAX_VOXELS": "1000"}, cwd=more,
+    )  # fmt: skip
+    assert "ImageSizeError" in r.stdout and "32 x 28 x 24" in r.stdout and "SEGDEEP_MAX_VOXELS" in r.stdout, r
