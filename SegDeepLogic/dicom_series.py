@@ -573,7 +573,8 @@ def write_ct_series(
                 ds.compress(UID(transfer_syntax))
             name = f"CT{k + 1:04d}.dcm"
             write_dicom_bytes(ds, tmp / name, enforce_file_format=True)
-            verify_dicom_file(tmp / name, sop_uid)  # a short write fails here, before the folder is put in place
+            # a short write fails here, before the folder is put in place
+            verify_dicom_file(tmp / name, str(ds.SOPInstanceUID))  # compress() gave it a new UID
             written.append(folder / name)
     return written
 
