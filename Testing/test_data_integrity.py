@@ -1102,6 +1102,9 @@ def more(work: Path, seg: Path) -> Path:
     (work / "old.seg.nrrd").write_bytes(seg.read_bytes())
     (work / "side.labels.json").write_text("{}")
     (work / "folder").mkdir()
+    (work / "prev").mkdir()
+    (work / "prev" / "bone.3mf").write_bytes(b"an earlier export")
+    (work / "prev" / "structures.3mf").write_bytes(b"an earlier report's meshes")
     return work
 
 
@@ -1122,9 +1125,12 @@ NEW_COMMAND_OUTPUT_CASES = {
     "convert dicom-ct -o a file": (["convert", "ct.nii.gz", "-o", "exists.json", "--format", "dicom-ct", "--overwrite"], "is not a folder"),
     "convert dicom-ct -o the input": (["convert", "dicom", "-o", "dicom", "--format", "dicom-ct", "--overwrite"], "is the input"),
     "convert dicom-ct -o exists": (["convert", "ct.nii.gz", "-o", "folder", "--format", "dicom-ct"], "refusing to overwrite existing folder"),
+    "export --format 3mf file exists": (["export", "bone.seg.nrrd", "-o", "prev", "--format", "3mf"], "bone.3mf exists"),
+    "export --merge file exists": (["export", "bone.seg.nrrd", "-o", "prev", "--merge", "--format", "3mf", "--name", "bone"], "bone.3mf exists"),
+    "report --export-format 3mf file exists": (["report", "ct.nii.gz", "--segmentation", "bone.seg.nrrd", "-o", "r.html", "--export-dir", "prev", "--export-format", "3mf"], "structures.3mf exists"),
     "export --format 3mf --report the input": (["export", "bone.seg.nrrd", "-o", "meshes", "--format", "3mf", "--report", "bone.seg.nrrd", "--overwrite"], "is the input"),
 }  # fmt: skip
-_NAMED = ("dicom", "folder", "meshes")
+_NAMED = ("dicom", "folder", "meshes", "prev")
 
 
 def _in(work: Path, args: list[str]) -> list[str]:

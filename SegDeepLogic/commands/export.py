@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import MeshError
 from ..mesh import DEFAULT_SMOOTHING_FACTOR
 from ..mesh_cut import CutPlane
-from ..mesh_io import export_segments
+from ..mesh_io import export_segments, safe_filename
 from ..print_prep import PrintOptions, parse_points
 from ._common import input_files, load_segmentation, number_in, progress_bar, validate_outputs, write_table
 
@@ -93,8 +93,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    name = args.name or Path(args.segmentation).name.split(".")[0]
+    single = None  # the one file of --merge or --format 3mf, known before any work
+    if args.merge or args.format == "3mf":
+        single = Path(args.output) / f"{safe_filename(name, default='segmentation')}.{args.format}"
     validate_outputs(
-        {"-o": args.output, "--report": args.report},
+        {"-o": args.output, "-o (the mesh file)": single, "--report": args.report},
         inputs=input_files(segmentation=args.segmentation),
         overwrite=args.overwrite,
         folders=("-o",),
@@ -135,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
             raise MeshError(f"--prep-segments: no segment {unknown[0]!r} to export; exported segments: {', '.join(masks)}")
         checks_only = PrintOptions(thin_threshold_mm=options.thin_threshold_mm, build_volume_mm=options.build_volume_mm)
         print_options = {n: options if n in args.prep_segments else checks_only for n in masks}
-    name = args.name or Path(args.segmentation).name.split(".")[0]
     with progress_bar("export", enabled=not args.no_progress) as progress:
         results = export_segments(
             masks,

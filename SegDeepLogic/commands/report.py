@@ -104,7 +104,14 @@ def run(args: argparse.Namespace) -> int:
     html_path = Path(args.output)
     json_path = Path(args.json) if args.json else html_path.with_suffix(".json")
     validate_outputs(  # before any work
-        {"-o": html_path, "--json": json_path, "--export-dir": args.export_dir},
+        {
+            "-o": html_path,
+            "--json": json_path,
+            "--export-dir": args.export_dir,
+            "--export-dir (the 3MF file)": (
+                Path(args.export_dir) / "structures.3mf" if args.export_dir and args.export_format == "3mf" else None
+            ),
+        },
         inputs=input_files(
             CT=args.ct, model=args.model, segmentation=args.segmentation, uncertainty=args.uncertainty, reference=args.reference
         ),
