@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from . import __version__
@@ -175,3 +176,44 @@ def now_date_time() -> tuple[str, str]:
 
 def software_version() -> str:
     return f"SegDeep {__version__}"
+
+
+def verify_dicom_file(path: Path, sop_instance_uid: str | None = None) -> None:
+    """Read a just-written DICOM file back whole; raise :class:`~SegDeepLogic.errors.WriteError` if it is short or corrupt.
+
+    For :func:`SegDeepLogic.atomic.atomic_path`'s ``verify``: a writer that stopped early (disk
+    full, a file size limit) leaves a file pydicom cannot read to its end, or one without the
+    instance UID just written.
+    """
+    import pydicom
+
+    from .errors import WriteError
+
+    try:
+        ds = pydicom.dcmread(path)
+        uid = str(ds.SOPInstanceUID)
+        short = ""
+        encapsulated = bool(getattr(getattr(ds.file_meta, "TransferSyntaxUID", None), "is_encapsulated", False))
+        if "PixelData" in ds and not encapsulated:  # native pixels: the element must hold every frame
+            bits = int(ds.Rows) * int(ds.Columns) * int(ds.get("NumberOfFrames", 1) or 1)
+            bits *= int(ds.get("SamplesPerPixel", 1) or 1) * int(ds.BitsAllocated)
+            if len(ds.PixelData) < (bits + 7) // 8:
+                short = f"its pixel data has {len(ds.PixelData)} of {(bits + 7) // 8} bytes"
+    except Exception as exc:  # pydicom raises many kinds on a short file
+        raise WriteError(f"the DICOM file just written cannot be read back: {exc}") from None
+    if short:
+        raise WriteError(f"the DICOM file just written cannot be read back: {short}")
+    if sop_instance_uid is not None and uid != str(sop_instance_uid):
+        raise WriteError(f"the DICOM file just written holds instance {uid}, not {sop_instance_uid}")
+
+
+def write_dicom_bytes(ds: Any, path: Path, **save_options: Any) -> None:
+    """Encode ``ds`` in memory and write it to ``path`` (a temporary from :func:`~SegDeepLogic.atomic.atomic_path`),
+    checking that every byte reached the disk."""
+    import io
+
+    from .atomic import write_all
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, **save_options)
+    write_all(path, buffer.getvalue())

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path
-from .dicom_common import MANUFACTURER, Algorithm, Code, software_version, terminology_codes
+from .dicom_common import MANUFACTURER, Algorithm, Code, software_version, terminology_codes, verify_dicom_file, write_dicom_bytes
 from .dicom_series import CTReference, new_uid
 from .errors import SegDeepError
 from .segmentation_io import Segmentation, SegmentInfo
@@ -136,8 +136,9 @@ def write_dicom_seg(
         )
     except (ValueError, TypeError) as exc:
         raise DicomSegError(f"cannot build the DICOM SEG: {exc}") from None
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        seg.save_as(tmp)
+    uid = str(seg.SOPInstanceUID)
+    with atomic_path(path, overwrite=overwrite, verify=lambda tmp: verify_dicom_file(tmp, uid)) as tmp:
+        write_dicom_bytes(seg, tmp)
     return path
 
 

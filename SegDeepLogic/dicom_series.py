@@ -255,12 +255,18 @@ def _series_geometry(images: Sequence[tuple[Path, Any]], uid: str) -> dict[str, 
     if len(images) == 1:
         raise DicomSeriesError(f"series {uid} has a single slice ({images[0][0].name}); a 3D volume needs at least 2 slices")
     steps = np.diff(along)
+    if float(along[-1] - along[0]) < SPACING_TOLERANCE_MM:
+        raise DicomSeriesError(
+            f"series {uid}: all {len(images)} slices are at one position ({along[0]:.3f} mm along the slice normal); "
+            "the slice spacing is unknown, so no distance or volume could be trusted"
+        )
     duplicates = np.flatnonzero(steps < SPACING_TOLERANCE_MM)
     if duplicates.size:
         k = int(duplicates[0])
         raise DicomSeriesError(
-            f"series {uid} has {duplicates.size} duplicated slice position(s) (e.g. {along[k]:.3f} mm along the normal, "
-            f"{images[order[k]][0].name} and {images[order[k + 1]][0].name}); it is not one volume"
+            f"series {uid} has {duplicates.size} duplicated slice position(s): two slices at the same position (e.g. "
+            f"{along[k]:.3f} mm along the normal, {images[order[k]][0].name} and {images[order[k + 1]][0].name}); "
+            "it is not one volume (duplicated or mixed series?)"
         )
     step = float(np.median(steps))
     irregular = np.flatnonzero(np.abs(steps - step) > max(SPACING_TOLERANCE * step, SPACING_TOLERANCE_MM))
@@ -269,7 +275,8 @@ def _series_geometry(images: Sequence[tuple[Path, Any]], uid: str) -> dict[str, 
         raise DicomSeriesError(
             f"series {uid} is irregularly spaced: {irregular.size} step(s) differ from the usual {step:.3f} mm "
             f"(e.g. {steps[k]:.3f} mm between slices at {along[k]:.3f} and {along[k + 1]:.3f} mm along the normal: "
-            "missing or extra slices?). Refusing to read it as a regular grid; resample it first"
+            "a missing slice, or extra slices?). Refusing to read it as a regular grid (a volume has one spacing, so "
+            "every distance and volume would be wrong); resample it first"
         )
     # Gantry tilt: the positions must move along the normal, not sideways.
     offsets = positions - positions[0]
@@ -393,6 +400,10 @@ def read_dicom_series(
             headers.append((path, ds))
     geometry = _series_geometry(headers, info.series_uid)
     ordered = [headers[i] for i in geometry["order"]]
+    from .filecheck import check_voxel_limit  # bound what the headers make us allocate, before any pixel is decoded
+
+    size = (geometry["columns"], geometry["rows"], len(ordered))
+    check_voxel_limit(folder, size, np.dtype(np.float32 if read_pixels else np.uint8))
     if not read_pixels:
         shape = (len(ordered), geometry["rows"], geometry["columns"])
         volume = Volume(np.zeros(shape, np.uint8), geometry["spacing"], geometry["origin"], geometry["direction"])
@@ -400,10 +411,13 @@ def read_dicom_series(
     slices = []
     integral = True
     for path, _ in ordered:
-        ds = pydicom.dcmread(path)
+        ds = None
         try:
+            ds = pydicom.dcmread(path)
             pixels = ds.pixel_array
         except Exception as exc:  # pydicom raises many kinds (missing plug-in, corrupt data)
+            if ds is None:  # the file changed or broke since its header was read
+                raise DicomSeriesError(f"cannot read {path.name}: {exc}") from None
             ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
             name = getattr(ts, "name", str(ts))
             raise DicomSeriesError(
@@ -486,6 +500,7 @@ def write_ct_series(
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
 
     from .atomic import atomic_dir
+    from .dicom_common import verify_dicom_file, write_dicom_bytes
 
     folder = Path(folder)
     study_uid = study_uid or new_uid()
@@ -557,7 +572,9 @@ def write_ct_series(
             if transfer_syntax and UID(transfer_syntax) != ExplicitVRLittleEndian:
                 ds.compress(UID(transfer_syntax))
             name = f"CT{k + 1:04d}.dcm"
-            ds.save_as(tmp / name, enforce_file_format=True)
+            write_dicom_bytes(ds, tmp / name, enforce_file_format=True)
+            # a short write fails here, before the folder is put in place
+            verify_dicom_file(tmp / name, str(ds.SOPInstanceUID))  # compress() gave it a new UID
             written.append(folder / name)
     return written
 

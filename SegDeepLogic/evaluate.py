@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from ._compat import zip_strict
-from .atomic import atomic_path
+from .atomic import atomic_path, write_text
 from .errors import SegDeepError
 from .io import read_volume
 from .metrics import compare_masks
@@ -419,10 +419,8 @@ def write_evaluation(result: EvaluationResult, output_dir: str | os.PathLike, *,
             if p.exists():
                 raise FileExistsError(f"refusing to overwrite existing file: {p}")
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(paths["csv"]) as tmp:
-        tmp.write_text(_csv_text(result.rows))
-    with atomic_path(paths["summary"]) as tmp:
-        tmp.write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
+    write_text(paths["csv"], _csv_text(result.rows))
+    write_text(paths["summary"], json.dumps(result.summary, indent=2, default=str) + "\n")
     model = result.summary.get("model") or {}
     plot_dice(result.rows, paths["plot"], title=f"{model.get('name', '')} on {', '.join(result.summary.get('data', []))}")
     return paths

@@ -217,9 +217,55 @@ def write_3mf(
         model.AddBuildItem(obj, wrapper.GetIdentityTransform())
     if materials.GetCount() == 0:
         model.RemoveResource(materials)
-    with atomic_path(path, overwrite=overwrite) as tmp, _kept_locale():
-        model.QueryWriter("3mf").WriteToFile(str(tmp))
+    with atomic_path(path, overwrite=overwrite, verify=_verify_3mf) as tmp, _kept_locale():
+        _write_package(lib3mf, model.QueryWriter("3mf"), tmp)
     return path
+
+
+def _write_package(lib3mf: object, writer: object, path: Path) -> None:
+    """Write the 3MF package through Python's file object (lib3mf's own file writer aborts the whole
+    process when the disk is full or a file size limit is reached); raise the first ``OSError``."""
+    failures: list[OSError] = []
+    with open(path, "wb") as f:
+
+        def write(data: int, size: int, _user: object) -> None:
+            if not failures:
+                try:
+                    f.write(ctypes.string_at(data, size))
+                except OSError as exc:
+                    failures.append(exc)
+
+        def seek(position: int, _user: object) -> None:
+            if not failures:
+                try:
+                    f.seek(position)
+                except OSError as exc:
+                    failures.append(exc)
+
+        write_cb, seek_cb = lib3mf.WriteCallback(write), lib3mf.SeekCallback(seek)  # type: ignore[attr-defined]
+        writer.WriteToCallback(write_cb, seek_cb, 0)  # type: ignore[attr-defined]
+        if failures:
+            raise failures[0]
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _verify_3mf(path: Path) -> None:
+    """Check a just-written 3MF package (a zip) member by member against its CRC (a short write fails here)."""
+    import zipfile
+
+    from .errors import WriteError
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+            names = zf.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise WriteError(f"the 3MF file just written is corrupt: {exc}") from None
+    if bad is not None:
+        raise WriteError(f"the 3MF file just written is corrupt: {bad} fails its CRC")
+    if not any(n.lower().endswith(".model") for n in names):
+        raise WriteError("the 3MF file just written holds no 3D model part")
 
 
 def read_3mf(path: str | os.PathLike) -> Model3MF:

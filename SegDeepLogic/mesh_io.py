@@ -24,7 +24,7 @@ from typing import Literal, TextIO, Union
 import numpy as np
 
 from ._compat import zip_strict
-from .atomic import atomic_path
+from .atomic import atomic_outputs, atomic_path
 from .errors import MeshError
 from .mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, Space, _check_space, mask_to_mesh, merge_meshes
 from .mesh_report import MeshReport, mesh_report, surface_deviation_mm
@@ -672,7 +672,7 @@ def export_segments(
             if target.exists():
                 raise FileExistsError(f"refusing to overwrite existing file: {target} (pass overwrite=True)")
     report(progress, 0.9, "writing", cancel)
-    with contextlib.ExitStack() as stack:  # every temporary file is renamed only if all were written
+    with atomic_outputs(), contextlib.ExitStack() as stack:  # every file is put in place only if all were written
         if format == "3mf":
             from .mesh_3mf import PrintPart, write_3mf
 

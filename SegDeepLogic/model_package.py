@@ -51,6 +51,7 @@ import os
 import pickle
 import re
 import shutil
+import stat
 import sys
 import tempfile
 import warnings
@@ -62,7 +63,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ._compat import zip_strict
-from .errors import SegDeepError
+from .atomic import atomic_path, make_temp_dir, write_all
+from .errors import SegDeepError, WriteError
 
 if TYPE_CHECKING:  # torch is imported where it is needed: listing the bundled packages never imports it
     import torch
@@ -90,6 +92,16 @@ MAX_CARD_BYTES = 1 << 20  # a card is a few KB; refuse anything that could exhau
 MAX_ARCHIVE_WEIGHTS_BYTES = 4 << 30  # what an archive may unpack into the temporary folder
 _ORIENTATION_AXES = ("LR", "PA", "IS")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
+
+
+# Bounds on card values, so that a card cannot make SegDeep allocate without limit or compute garbage.
+CARD_LIMITS: dict[str, Any] = {
+    "spacing_mm": (0.2, 20.0),  # model voxel size per axis
+    "patch_side": 512,  # voxels per patch axis
+    "patch_voxels": 192**3,  # voxels in a patch (the network's activations scale with it)
+    "hu": 100_000.0,  # |clip_hu|, |subtract|
+    "input_range": (1e-3, 1e4),  # network input: minimal span, largest magnitude
+}
 
 
 class ModelPackageError(SegDeepError, ValueError):
@@ -273,6 +285,9 @@ class ModelCard:
         spacing = check.numbers("spacing_ijk_mm", self.spacing_ijk_mm, 3)
         if min(spacing) <= 0:
             raise check.fail("spacing_ijk_mm", f"must be positive in every axis, got {spacing} mm")
+        lo_mm, hi_mm = CARD_LIMITS["spacing_mm"]
+        if min(spacing) < lo_mm or max(spacing) > hi_mm:
+            raise check.fail("spacing_ijk_mm", f"must be {lo_mm} to {hi_mm} mm in every axis, got {spacing} mm")
         put(self, "spacing_ijk_mm", tuple(spacing))
 
         orientation = check.string("orientation", self.orientation)
@@ -290,6 +305,13 @@ class ModelCard:
         patch = self.patch_size_kji
         if not isinstance(patch, (list, tuple, np.ndarray)) or len(patch) != 3 or not all(_is_int(p) and p >= 1 for p in patch):
             raise check.fail("patch_size_kji", f"must be 3 positive integers (D, H, W), got {patch!r}")
+        side, total = CARD_LIMITS["patch_side"], CARD_LIMITS["patch_voxels"]
+        if max(int(p) for p in patch) > side or int(np.prod([int(p) for p in patch])) > total:
+            raise check.fail(
+                "patch_size_kji",
+                f"{[int(p) for p in patch]} is too large: at most {side} voxels per axis and {total} voxels in all "
+                f"(that is {int(np.prod([int(p) for p in patch]))})",
+            )
         put(self, "patch_size_kji", tuple(int(p) for p in patch))
 
         weights_file = check.string("weights_file", self.weights_file)
@@ -361,6 +383,18 @@ class ModelCard:
         divide = check.number("intensity.divide", intensity["divide"])
         if divide <= 0:
             raise check.fail("intensity.divide", f"must be positive, got {divide}")
+        bound = CARD_LIMITS["hu"]
+        if max(abs(lo), abs(hi), abs(subtract)) > bound:
+            raise check.fail("intensity", f"clip_hu and subtract must lie within +-{bound} HU, got {[lo, hi]} and {subtract}")
+        in_lo, in_hi = CARD_LIMITS["input_range"]
+        span = (hi - lo) / divide
+        extreme = max(abs(lo - subtract), abs(hi - subtract)) / divide
+        if not (in_lo <= span and extreme <= in_hi):
+            raise check.fail(
+                "intensity.divide",
+                f"{divide:g} maps clip_hu {[lo, hi]} to a network input spanning {span:.3g} (largest magnitude "
+                f"{extreme:.3g}); it must span at least {in_lo:g} and stay within +-{in_hi:g}",
+            )
         return {"clip_hu": [lo, hi], "subtract": subtract, "divide": divide}
 
     def _validate_architecture(self, check: _Checker) -> None:
@@ -627,6 +661,20 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _read_card_file(path: Path) -> bytes:
+    """The card's bytes; its size is checked (and a FIFO or device refused) before anything is read."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelPackageError(f"{path} is not a regular file")
+        if st.st_size > MAX_CARD_BYTES:
+            raise ModelPackageError(f"{path}: the card is {st.st_size} bytes; a model card is at most {MAX_CARD_BYTES} bytes")
+        with open(path, "rb") as f:
+            return f.read(MAX_CARD_BYTES + 1)  # a file that grew meanwhile is caught by _read_card
+    except OSError as exc:
+        raise ModelPackageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def _read_card(data: bytes, source: str) -> ModelCard:
     if len(data) > MAX_CARD_BYTES:
         raise ModelPackageError(f"{source}: the card is {len(data)} bytes; a model card is at most {MAX_CARD_BYTES} bytes")
@@ -671,7 +719,7 @@ def _opened_package(path: str | os.PathLike, *, with_weights: bool) -> Iterator[
             raise ModelPackageError(
                 f"no {CARD_FILE} in {package}; a model package is a folder holding {CARD_FILE} and the weights file"
             )
-        card = _read_card(card_path.read_bytes(), str(card_path))
+        card = _read_card(_read_card_file(card_path), str(card_path))
         weights = package / card.weights_file
         if with_weights and not weights.is_file():
             present = sorted(p.name for p in package.iterdir())
@@ -931,24 +979,51 @@ def save_model_package(
 
     from safetensors.torch import save_file
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    staging = make_temp_dir(final, "partial")  # hidden; a later run removes it if this one is killed
     try:
         save_file(state, str(staging / weights_file), metadata={"format": "pt"})
+        _verify_safetensors(staging / weights_file, state)
         saved = dataclasses.replace(card, weights_file=weights_file, weights_sha256=file_sha256(staging / weights_file))
-        (staging / CARD_FILE).write_text(json.dumps(saved.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_all(staging / CARD_FILE, (json.dumps(saved.to_dict(), indent=2) + "\n").encode("utf-8"))
         _apply_default_permissions(staging)
         if archive:
-            zipped = staging / "package.zip"
-            with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                zf.write(staging / CARD_FILE, CARD_FILE)
-                zf.write(staging / weights_file, weights_file)
-            os.replace(zipped, final)  # atomic, and replaces an existing archive in one step
+            with atomic_path(final, overwrite=True, verify=_verify_zip) as zipped:
+                with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                    zf.write(staging / CARD_FILE, CARD_FILE)
+                    zf.write(staging / weights_file, weights_file)
         else:
             _move_into_place(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _verify_safetensors(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Check a just-written safetensors file holds every tensor (a short write fails here)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            for key in keys:
+                f.get_slice(key)
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    except Exception as exc:  # safetensors raises its own error types
+        raise WriteError(f"writing the weights {path.name} failed: {exc}") from exc
+    if keys != set(state):
+        raise WriteError(f"writing the weights {path.name} failed: {len(keys)} of {len(state)} tensors are in the file")
+
+
+def _verify_zip(path: Path) -> None:
+    """Check every member of a just-written archive against its CRC."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise WriteError(f"the model archive just written is corrupt: {exc}") from exc
+    if bad is not None:
+        raise WriteError(f"the model archive just written is corrupt: {bad} fails its CRC")
 
 
 def _apply_default_permissions(folder: Path) -> None:

@@ -47,6 +47,8 @@ from .dicom_common import (
     now_date_time,
     software_version,
     terminology_codes,
+    verify_dicom_file,
+    write_dicom_bytes,
 )
 from .dicom_series import CTReference, new_uid, read_dicom_series
 from .errors import SegDeepError
@@ -313,8 +315,9 @@ def write_rtstruct(
     for roi_contour in contour_seq:
         for item in roi_contour.get("ContourSequence", []):
             item.set_original_encoding(False, True, item._character_set)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        ds.save_as(tmp, enforce_file_format=True)
+    uid = str(ds.SOPInstanceUID)
+    with atomic_path(path, overwrite=overwrite, verify=lambda tmp: verify_dicom_file(tmp, uid)) as tmp:
+        write_dicom_bytes(ds, tmp, enforce_file_format=True)
     report(progress, 1.0, "done")
     return path
 

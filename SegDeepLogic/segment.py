@@ -48,6 +48,7 @@ import SimpleITK as sitk
 import torch
 
 from ._compat import zip_strict
+from .atomic import atomic_outputs, check_outputs
 from .devices import (
     RunConfig,
     autocast,
@@ -58,6 +59,7 @@ from .devices import (
     run_with_fallbacks,
 )
 from .errors import MismatchError, SegDeepError, VolumeError
+from .filecheck import max_voxels
 from .inferers import sliding_window_inference
 from .io import read_volume, to_sitk, validate_volume, write_volume
 from .plausibility import check_plausibility, image_features, mismatch_message, structure_volumes_ml
@@ -1106,6 +1108,13 @@ def segment_volume(
     # -- reorient + resample: one interpolation from the CT onto the model's grid ---------------
     with stages("reorient"):
         grid = model_grid(ct, orientation, spacing_model)
+        n_model = int(np.prod(grid.size_ijk, dtype=np.int64))
+        if n_model > max_voxels():
+            raise SegDeepError(
+                f"the model's grid for this CT would be {' x '.join(str(n) for n in grid.size_ijk)} = {n_model} voxels "
+                f"(CT extent at the card's spacing {spacing_model} mm), over the limit of {max_voxels()} voxels "
+                "(SEGDEEP_MAX_VOXELS); is the card's spacing_ijk_mm right?"
+            )
         _oriented, perm, _flips = reorient_grid(ct, orientation)
     with stages("resample"):
         sigma_mm = [0.0, 0.0, 0.0]  # per CT axis: half the spacing increase (the training rule)
@@ -1132,6 +1141,11 @@ def segment_volume(
         array -= subtract
         array /= divide
         cval = (max(AIR_HU, clip_lo) - subtract) / divide
+        if not (np.isfinite(cval) and np.isfinite(array.min()) and np.isfinite(array.max())):
+            raise SegDeepError(
+                f"the model card's intensity normalisation (clip {clip_lo:g}..{clip_hi:g}, subtract {subtract:g}, "
+                f"divide {divide:g}) gives non-finite network input"
+            )
 
     # The out-of-distribution check compares the entropy inside each structure with the
     # validation run's: computed whenever the card has that reference, returned only if asked.
@@ -1160,6 +1174,12 @@ def segment_volume(
             lateral=lateral_swap(orientation, [str(_field(seg, "name")) for seg in segments]),
         )
         del array
+        n_bad = int((~torch.isfinite(torch.as_tensor(maps))).sum())
+        if n_bad:
+            raise SegDeepError(
+                f"the network's output has {n_bad} non-finite values (NaN or infinity): the weights or the card's "
+                "intensity normalisation are broken; no segmentation was made"
+            )
         if maps.shape[0] != n_classes + extra_channels:
             raise SegDeepError(
                 f"the network returned {maps.shape[0] - extra_channels} channels but the card lists "
@@ -1416,6 +1436,8 @@ def segment_file(
         existing = [str(p) for p in targets if p.exists()]
         if existing:
             raise FileExistsError(f"refusing to overwrite existing file(s): {', '.join(existing)} (use overwrite)")
+    # Before any work: no output may be the CT or another output, a folder or a special file.
+    check_outputs({f"output {n}": t for n, t in enumerate(targets)}, inputs={"CT": Path(ct_path)}, overwrite=overwrite)
     if uncertainty_path is not None and not options.get("uncertainty", True):
         raise SegDeepError("an uncertainty file was requested with uncertainty=False")
     timings: dict[str, float] = {}
@@ -1432,7 +1454,7 @@ def segment_file(
 
             ct, ct_reference = read_dicom_series(ct_path, series_uid)
             validate_volume(ct, name=str(ct_path))
-            check_hounsfield(ct, name=str(ct_path))
+            check_hounsfield(ct, name=str(ct_path), strict=True)  # as read_volume(check_hu=True)
         else:
             ct = read_volume(ct_path, check_hu=True, series_uid=series_uid)
     result = segment_volume(
@@ -1450,26 +1472,27 @@ def segment_file(
 
     start = time.perf_counter()
     written: list[Path] = []
-    if fmt == "seg.nrrd":
-        written.append(write_seg_nrrd(result.labels, result.segments, output, overwrite=overwrite))
-    elif fmt in DICOM_OUTPUT_FORMATS:
-        from .dicom_common import Algorithm
-        from .segmentation_io import Segmentation
+    with atomic_outputs():  # the label map, its sidecars and the uncertainty map appear together or not at all
+        if fmt == "seg.nrrd":
+            written.append(write_seg_nrrd(result.labels, result.segments, output, overwrite=overwrite))
+        elif fmt in DICOM_OUTPUT_FORMATS:
+            from .dicom_common import Algorithm
+            from .segmentation_io import Segmentation
 
-        segmentation = Segmentation(result.labels, result.segments)
-        algorithm = Algorithm.from_parameters(result.parameters)
-        if fmt == "rtstruct":
-            from .rtstruct import write_rtstruct
+            segmentation = Segmentation(result.labels, result.segments)
+            algorithm = Algorithm.from_parameters(result.parameters)
+            if fmt == "rtstruct":
+                from .rtstruct import write_rtstruct
 
-            written.append(write_rtstruct(segmentation, ct_reference, output, algorithm=algorithm, overwrite=overwrite))
+                written.append(write_rtstruct(segmentation, ct_reference, output, algorithm=algorithm, overwrite=overwrite))
+            else:
+                from .dicom_seg import write_dicom_seg
+
+                written.append(write_dicom_seg(segmentation, ct_reference, output, algorithm=algorithm, overwrite=overwrite))
         else:
-            from .dicom_seg import write_dicom_seg
-
-            written.append(write_dicom_seg(segmentation, ct_reference, output, algorithm=algorithm, overwrite=overwrite))
-    else:
-        written.extend(write_labelmap_nifti(result.labels, result.segments, output, overwrite=overwrite).values())
-    if uncertainty_path is not None and result.uncertainty is not None:
-        written.append(write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite))
+            written.extend(write_labelmap_nifti(result.labels, result.segments, output, overwrite=overwrite).values())
+        if uncertainty_path is not None and result.uncertainty is not None:
+            written.append(write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite))
     timings["write"] = time.perf_counter() - start
     result.timings_s = {stage: timings.get(stage, 0.0) for stage in _STAGES}
     report(progress, 1.0, "done")

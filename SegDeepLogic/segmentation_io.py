@@ -50,8 +50,9 @@ import numpy as np
 import SimpleITK as sitk
 
 from ._compat import zip_strict
-from .atomic import atomic_path
-from .errors import GeometryMismatchError, SegDeepError, VolumeReadError
+from .atomic import atomic_outputs, atomic_path, write_all
+from .errors import GeometryMismatchError, ImageSizeError, SegDeepError, VolumeReadError
+from .filecheck import nrrd_layout, parse_nrrd_fields, read_text_header, scan_payload
 from .terminology import TerminologyError, terminology_codes, terminology_entry
 from .volume import Volume
 
@@ -587,28 +588,11 @@ class _NrrdFile:
 def _read_nrrd(path: Path) -> _NrrdFile:
     if not path.exists():
         raise VolumeReadError(f"no such file: {path}")
-    raw = path.read_bytes()
-    if not raw.startswith(b"NRRD000"):
-        raise SegmentationFileError(f"{path} is not a NRRD file (no NRRD magic line)")
-    end = raw.find(b"\n\n")
-    end_crlf = raw.find(b"\r\n\r\n")
-    if end < 0 and end_crlf < 0:
-        raise SegmentationFileError(f"{path}: the NRRD header has no end (blank line); is the file truncated?")
-    if end < 0 or (0 <= end_crlf < end):
-        header, body = raw[:end_crlf], raw[end_crlf + 4 :]
-    else:
-        header, body = raw[:end], raw[end + 2 :]
-    fields: dict[str, str] = {}
-    keys: dict[str, str] = {}
-    for line in header.decode("utf-8", errors="replace").splitlines()[1:]:
-        if not line.strip() or line.startswith("#"):
-            continue
-        if ":=" in line:
-            key, value = line.split(":=", 1)
-            keys[key] = value
-        elif ": " in line:
-            field, value = line.split(": ", 1)
-            fields[field.strip().lower()] = value.strip()
+    try:
+        header, start = read_text_header(path, magic=b"NRRD000", end="blank")
+    except VolumeReadError as exc:
+        raise SegmentationFileError(str(exc)) from None
+    fields, keys = parse_nrrd_fields(header)
     if fields.get("byte skip", "0") != "0" or fields.get("line skip", "0") != "0":
         raise SegmentationFileError(f"{path}: NRRD 'byte skip' / 'line skip' are not supported")
     for field in ("data file", "datafile"):
@@ -622,6 +606,8 @@ def _read_nrrd(path: Path) -> _NrrdFile:
         sizes = [int(s) for s in fields["sizes"].split()]
     except KeyError as exc:
         raise SegmentationFileError(f"{path}: NRRD header lacks or has an unknown {exc} field") from None
+    except ValueError as exc:
+        raise SegmentationFileError(f"{path}: unreadable NRRD sizes or dimension ({exc})") from None
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder(">" if fields.get("endian", "little").lower() == "big" else "<")
     if len(sizes) != dimension or dimension not in (3, 4):
@@ -659,19 +645,21 @@ def _read_nrrd(path: Path) -> _NrrdFile:
     if not np.all(spacing > 0):
         raise SegmentationFileError(f"{path}: a space direction has zero length")
 
-    encoding = fields.get("encoding", "raw").lower()
-    if encoding in ("gzip", "gz"):
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError) as exc:
-            raise SegmentationFileError(f"{path}: corrupt gzip data ({exc})") from None
-    elif encoding != "raw":
-        raise SegmentationFileError(f"{path}: NRRD encoding {encoding!r} is not supported (use raw or gzip)")
     count = int(np.prod(sizes))
-    if len(body) < count * dtype.itemsize:
-        raise SegmentationFileError(
-            f"{path}: data too short: {len(body)} bytes for {sizes} voxels of {dtype.name}; truncated file?"
+    try:
+        _, _, compression = nrrd_layout(path, fields)  # voxel limit and encoding, before anything is inflated
+        body = scan_payload(
+            path,
+            offset=start,
+            nbytes=count * dtype.itemsize,
+            compression=compression,
+            check_finite=dtype if dtype.kind == "f" else None,
+            keep=True,
         )
+    except ImageSizeError:
+        raise
+    except VolumeReadError as exc:
+        raise SegmentationFileError(str(exc)) from None
     data = np.frombuffer(body, dtype=dtype, count=count)
     data = data.reshape(sizes[::-1]).astype(dtype.newbyteorder("="), copy=False)
     return _NrrdFile(fields, keys, data, tuple(spacing), tuple(origin), axes / spacing)
@@ -932,11 +920,17 @@ def write_labelmap_nifti(
     image.SetSpacing(labelmap.spacing)
     image.SetOrigin(labelmap.origin)
     image.SetDirection(tuple(labelmap.direction.ravel()))
-    with contextlib.ExitStack() as stack:
-        tmp = {key: stack.enter_context(atomic_path(target, overwrite=overwrite)) for key, target in targets.items()}
-        sitk.WriteImage(image, str(tmp["labelmap"]), useCompression=True)
-        tmp["json"].write_text(_labels_json(segments, path.name), encoding="utf-8")
-        tmp["csv"].write_text(_labels_csv(segments), encoding="utf-8")
+    from .io import verify_image_file, write_image
+
+    with atomic_outputs(), contextlib.ExitStack() as stack:
+        verify = {"labelmap": lambda tmp: verify_image_file(tmp, image)}
+        tmp = {
+            key: stack.enter_context(atomic_path(target, overwrite=overwrite, verify=verify.get(key)))
+            for key, target in targets.items()
+        }
+        write_image(image, tmp["labelmap"], compress=True)
+        write_all(tmp["json"], _labels_json(segments, path.name).encode("utf-8"))
+        write_all(tmp["csv"], _labels_csv(segments).encode("utf-8"))
     return targets
 
 
@@ -952,6 +946,13 @@ def read_labelmap_nifti(path: str | os.PathLike) -> Segmentation:
     volume = read_volume(path)
     if volume.array.dtype.kind not in "iu":
         raise SegmentationFileError(f"{path}: a label map must hold integers, got {volume.array.dtype}")
+    lowest = int(volume.array.min())
+    if lowest < 0:
+        n_negative = int(np.count_nonzero(volume.array < 0))
+        raise SegmentationFileError(
+            f"{path}: a label map holds 0 (background) and positive labels, but {n_negative} voxels are negative "
+            f"(lowest {lowest}); is it a CT or another image rather than a segmentation?"
+        )
     sidecar = sidecar_paths(path)["json"]
     if sidecar.exists():
         try:

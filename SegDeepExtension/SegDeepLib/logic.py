@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -124,6 +125,24 @@ METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
     ("upper_hu", "Threshold upper bound", "HU"),
 )
 """Rows of the comparison table: (key of ``MaskComparison.to_dict()`` or threshold bound, label, unit)."""
+
+
+def removeStaleWorkFolders(parent: str | None = None) -> list[Path]:
+    """Delete ``SegDeep-<pid>-*`` worker folders (patient CT copies) whose Slicer process is gone."""
+    from SegDeepLogic.atomic import pid_alive
+
+    removed = []
+    folder = Path(parent or tempfile.gettempdir())
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = re.match(r"SegDeep-(\d+)-", entry.name)
+        if m and entry.is_dir() and not entry.is_symlink() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 class SegDeepWorkerError(SegDeepError):
@@ -447,7 +466,8 @@ class SegDeepLogicBase:
         from SegDeepLogic.io import write_volume
 
         ct = mrml.volume_from_node(volumeNode)
-        workdir = Path(tempfile.mkdtemp(prefix="SegDeep-", dir=self.temporaryDirectory()))
+        removeStaleWorkFolders(self.temporaryDirectory())
+        workdir = Path(tempfile.mkdtemp(prefix=f"SegDeep-{os.getpid()}-", dir=self.temporaryDirectory()))
         try:
             write_volume(ct, workdir / "input.nrrd", compress=False)
             options = {
@@ -461,8 +481,11 @@ class SegDeepLogicBase:
                 "uncertainty": bool(uncertainty),
                 "num_threads": None if numThreads is None else int(numThreads),
                 "allow_mismatch": bool(allowMismatch),
+                "parent_pid": os.getpid(),  # the worker removes this folder if Slicer dies
             }
-            (workdir / "job.json").write_text(json.dumps(options, indent=1), encoding="utf-8")
+            from SegDeepLogic.atomic import write_text
+
+            write_text(workdir / "job.json", json.dumps(options, indent=1))
             process = WorkerProcess(
                 [python_executable(), str(WORKER_SCRIPT), str(workdir / "job.json")], env=self._worker_env(), cwd=workdir
             ).start()

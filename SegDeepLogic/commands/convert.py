@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import SegDeepError
-from ._common import load_segmentation, save_segmentation
+from ._common import input_files, load_segmentation, save_segmentation, segmentation_targets, validate_outputs
 
 FORMATS = ("rtstruct", "dicom-seg", "seg.nrrd", "nii.gz", "dicom-ct")
 
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--rois", nargs="+", default=None, metavar="NAME", help="RTSTRUCT input: the ROIs to convert (default all)")
     p.add_argument("--repair-contours", action="store_true", help="RTSTRUCT input: fill self-intersecting contours (even-odd)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output (file, or the dicom-ct folder)")
     p.set_defaults(run=run)
 
 
@@ -58,8 +58,17 @@ def _write_ct(args: argparse.Namespace) -> int:
     from ..dicom_series import write_ct_series
     from ..io import read_volume
 
+    output = Path(args.output)
+    validate_outputs(  # before any work: a folder output, never an input or a file
+        {"-o": output},
+        inputs=input_files(input=args.input, **{"--reference-ct": args.reference_ct, "--model": args.model}),
+        overwrite=args.overwrite,
+        folders=("-o",),
+    )
+    if output.exists() and not args.overwrite:
+        raise FileExistsError(f"refusing to overwrite existing folder: {output} (pass --overwrite)")
     ct = read_volume(args.input, check_hu=True)
-    files = write_ct_series(ct, args.output, overwrite=args.overwrite)
+    files = write_ct_series(ct, output, overwrite=args.overwrite)
     print(f"{Path(args.input).name}: {len(files)} CT slices -> {args.output}", file=sys.stderr)
     return 0
 
@@ -76,8 +85,11 @@ def run(args: argparse.Namespace) -> int:
     fmt = _format(output, args.format)
     if fmt in ("rtstruct", "dicom-seg") and not output.name.lower().endswith(".dcm"):
         raise SegDeepError(f"output {output.name}: name the DICOM file *.dcm")
-    if output.exists() and not args.overwrite:
-        raise FileExistsError(f"refusing to overwrite existing file: {output} (use --overwrite)")
+    validate_outputs(  # before any work: exists, an input, a folder, a special file
+        {"-o": output} if fmt in ("rtstruct", "dicom-seg") else segmentation_targets("-o", output),
+        inputs=input_files(input=args.input, **{"--reference-ct": args.reference_ct, "--model": args.model}),
+        overwrite=args.overwrite,
+    )
     if args.reference_ct is None and (fmt in ("rtstruct", "dicom-seg") or not is_rtstruct(args.input)):
         raise SegDeepError("--reference-ct (the CT's DICOM series folder) is needed to write DICOM or read a label map onto it")
     ct, reference = (None, None)

@@ -6,8 +6,9 @@ import argparse
 import json
 import sys
 
-from ..atomic import atomic_path
+from ..atomic import write_text
 from ..dicom_series import list_series
+from ._common import input_files, validate_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,18 +22,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("folder", help="folder with DICOM files")
     p.add_argument("--json", default=None, help="write the list as JSON here ('-' = stdout) instead of the table")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    validate_outputs({"--json": args.json}, inputs=input_files(folder=args.folder), overwrite=args.overwrite)
     series = list_series(args.folder)
     if args.json:
         text = json.dumps([s.as_dict() for s in series], indent=2) + "\n"
         if args.json == "-":
             sys.stdout.write(text)
         else:
-            with atomic_path(args.json) as tmp:
-                tmp.write_text(text)
+            write_text(args.json, text, overwrite=args.overwrite)
         return 0
     out = sys.stdout
     for s in series:

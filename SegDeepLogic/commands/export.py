@@ -9,9 +9,9 @@ from pathlib import Path
 from ..errors import MeshError
 from ..mesh import DEFAULT_SMOOTHING_FACTOR
 from ..mesh_cut import CutPlane
-from ..mesh_io import export_segments
+from ..mesh_io import export_segments, safe_filename
 from ..print_prep import PrintOptions, parse_points
-from ._common import load_segmentation, progress_bar, write_table
+from ._common import input_files, load_segmentation, number_in, progress_bar, validate_outputs, write_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -39,13 +39,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--segments", nargs="+", help="names (or label values) of the segments to export; default all")
     p.add_argument("--merge", action="store_true", help="one file with every segment instead of one file per segment")
     p.add_argument("--space", choices=["LPS", "RAS"], default="LPS", help="coordinate system of the files (default LPS)")
-    p.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING_FACTOR, help="smoothing factor 0..1 (default 0.5)")
-    p.add_argument("--decimation", type=float, default=0.0, help="fraction of triangles to remove, 0..1 (default 0)")
+    p.add_argument(
+        "--smoothing", type=number_in(0, 1), default=DEFAULT_SMOOTHING_FACTOR, help="smoothing factor 0..1 (default 0.5)"
+    )
+    p.add_argument(
+        "--decimation",
+        type=number_in(0, 1, high_open=True),
+        default=0.0,
+        help="fraction of triangles to remove, 0..1 (default 0)",
+    )
     prep = p.add_argument_group("print preparation (surgical planning)")
-    prep.add_argument("--hollow", type=float, metavar="MM", help="hollow each part, leaving a wall of MM millimetres")
-    prep.add_argument("--voxel", type=float, metavar="MM", help="voxel size of the hollowing grid (default wall/4)")
-    prep.add_argument("--drain-holes", type=int, default=0, metavar="N", help="drain holes at the cavity's lowest points")
-    prep.add_argument("--drain-diameter", type=float, default=3.0, metavar="MM", help="drain hole diameter (default 3 mm)")
+    prep.add_argument(
+        "--hollow", type=number_in(0, low_open=True), metavar="MM", help="hollow each part, leaving a wall of MM millimetres"
+    )
+    prep.add_argument(
+        "--voxel", type=number_in(0, low_open=True), metavar="MM", help="voxel size of the hollowing grid (default wall/4)"
+    )
+    prep.add_argument(
+        "--drain-holes", type=number_in(0, integer=True), default=0, metavar="N", help="drain holes at the cavity's lowest points"
+    )
+    prep.add_argument(
+        "--drain-diameter", type=number_in(0, low_open=True), default=3.0, metavar="MM", help="drain hole diameter (default 3 mm)"
+    )
     prep.add_argument("--drain-at", action="append", metavar="X,Y,Z", help="drill a drain hole towards this point (mm, --space)")
     prep.add_argument(
         "--cut",
@@ -54,10 +69,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="cutting plane through a point with a normal (mm, in --space); repeat for several planes; "
         "write --cut=-10,... when the point starts with a minus sign",
     )
-    prep.add_argument("--kerf", type=float, default=0.0, metavar="MM", help="saw gap removed around each cutting plane")
+    prep.add_argument("--kerf", type=number_in(0), default=0.0, metavar="MM", help="saw gap removed around each cutting plane")
     prep.add_argument("--per-shell", action="store_true", help="one object (or file) per connected shell")
     prep.add_argument(
-        "--thin", type=float, metavar="MM", help="measure wall thickness; report regions thinner than MM (e.g. 0.8)"
+        "--thin",
+        type=number_in(0, low_open=True),
+        metavar="MM",
+        help="measure wall thickness; report regions thinner than MM (e.g. 0.8)",
     )
     prep.add_argument(
         "--prep-segments",
@@ -65,7 +83,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="apply --hollow, --cut and --per-shell only to these segments (default: all); checks apply to all",
     )
-    prep.add_argument("--build-volume", type=float, nargs=3, metavar=("X", "Y", "Z"), help="printer build volume (mm)")
+    prep.add_argument(
+        "--build-volume", type=number_in(0, low_open=True), nargs=3, metavar=("X", "Y", "Z"), help="printer build volume (mm)"
+    )
     p.add_argument("--report", default="-", help="print-readiness report (.json or .csv); '-' prints JSON to stdout")
     p.add_argument("--overwrite", action="store_true", help="replace existing mesh files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -73,6 +93,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    name = args.name or Path(args.segmentation).name.split(".")[0]
+    single = None  # the one file of --merge or --format 3mf, known before any work
+    if args.merge or args.format == "3mf":
+        single = Path(args.output) / f"{safe_filename(name, default='segmentation')}.{args.format}"
+    validate_outputs(
+        {"-o": args.output, "-o (the mesh file)": single, "--report": args.report},
+        inputs=input_files(segmentation=args.segmentation),
+        overwrite=args.overwrite,
+        folders=("-o",),
+    )
     seg = load_segmentation(args.segmentation)
     masks = seg.masks()
     if args.segments:
@@ -109,7 +139,6 @@ def run(args: argparse.Namespace) -> int:
             raise MeshError(f"--prep-segments: no segment {unknown[0]!r} to export; exported segments: {', '.join(masks)}")
         checks_only = PrintOptions(thin_threshold_mm=options.thin_threshold_mm, build_volume_mm=options.build_volume_mm)
         print_options = {n: options if n in args.prep_segments else checks_only for n in masks}
-    name = args.name or Path(args.segmentation).name.split(".")[0]
     with progress_bar("export", enabled=not args.no_progress) as progress:
         results = export_segments(
             masks,
@@ -127,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         )
     rows = [{"file": str(path), "units": "mm", **report.to_dict()} for path, report in results]
     fmt = "csv" if str(args.report).lower().endswith(".csv") else "json"
-    write_table(rows, args.report, fmt) if fmt == "json" else write_table(rows, args.report, "csv")
+    write_table(rows, args.report, fmt, overwrite=args.overwrite)
     for row in rows:
         state = "print-ready" if row["print_ready"] else "NOT print-ready"
         extra = ""

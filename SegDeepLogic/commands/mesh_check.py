@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import MeshError
 from ..mesh_check import DEFAULT_MAX_HOLE_EDGES, check_mesh, repair_mesh
-from ._common import write_table
+from ._common import input_files, number_in, validate_outputs, write_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,13 +26,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", help="repaired file (default: <name>.repaired.<ext> next to the input)")
     p.add_argument(
         "--max-hole-edges",
-        type=int,
+        type=number_in(0, integer=True),
         default=DEFAULT_MAX_HOLE_EDGES,
         help=f"largest hole (edges around it) that --repair fills (default {DEFAULT_MAX_HOLE_EDGES})",
     )
     p.add_argument("--no-intersections", action="store_true", help="skip the self-intersection test (large meshes)")
     p.add_argument("--report", default="-", help="report file (.json); '-' prints JSON to stdout")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing repaired file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (the repaired file, --report)")
     p.set_defaults(run=run)
 
 
@@ -60,8 +60,20 @@ def _load(path: Path) -> tuple[list[tuple[str, object, tuple | None]], str | Non
     return [(path.stem, mesh, None)], None
 
 
+def _repaired_path(args: argparse.Namespace, path: Path) -> Path:
+    return Path(args.output) if args.output else path.with_name(f"{path.stem}.repaired{path.suffix.lower()}")
+
+
 def run(args: argparse.Namespace) -> int:
     path = Path(args.mesh)
+    if args.output and not args.repair:
+        raise MeshError("-o names the repaired file: pass --repair to write one")
+    target = _repaired_path(args, path) if args.repair else None
+    if target is not None and target.suffix.lower() not in (".stl", ".obj", ".ply", ".3mf"):
+        raise MeshError(f"-o {target.name}: the repaired file must be .stl, .obj, .ply or .3mf")
+    validate_outputs(  # before any work: exists, the input, a folder, a special file
+        {"-o": target, "--report": args.report}, inputs=input_files(mesh=path), overwrite=args.overwrite
+    )
     objects, unit = _load(path)
     rows = []
     for name, mesh, _ in objects:
@@ -71,9 +83,6 @@ def run(args: argparse.Namespace) -> int:
         rows.append(row)
     repaired = []
     if args.repair:
-        target = Path(args.output) if args.output else path.with_name(f"{path.stem}.repaired{path.suffix.lower()}")
-        if target.exists() and not args.overwrite:
-            raise FileExistsError(f"refusing to overwrite existing file: {target} (pass --overwrite)")
         for (name, mesh, color), row in zip(objects, rows):  # noqa: B905 (Python 3.9: no strict=)
             try:
                 fixed, changes = repair_mesh(mesh, max_hole_edges=args.max_hole_edges)  # type: ignore[arg-type]
@@ -94,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             write_mesh(meshes[0] if len(meshes) == 1 else merge_meshes(meshes), target, overwrite=args.overwrite)
         for row in rows:
             row["repaired_file"] = str(target)
-    write_table(rows, args.report, "json")
+    write_table(rows, args.report, "json", overwrite=args.overwrite)
     for row in rows:
         state = "print-ready" if row["print_ready"] else "NOT print-ready"
         problems = [

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path
+from ..atomic import atomic_outputs, atomic_path, write_all
 from ..mesh_io import write_mesh
 from .facts import ReportFacts
 
@@ -514,8 +514,8 @@ def write_report(
     page = render_html(facts)
     text = json.dumps(facts.data, indent=2, allow_nan=False) + "\n"
     writers: list[tuple[Path, Callable[[Path], Any]]] = [
-        (html_file, lambda tmp: tmp.write_text(page, encoding="utf-8")),
-        (json_file, lambda tmp: tmp.write_text(text, encoding="utf-8")),
+        (html_file, lambda tmp: write_all(tmp, page.encode("utf-8"))),
+        (json_file, lambda tmp: write_all(tmp, text.encode("utf-8"))),
     ]
     three_mf: dict[Path, list] = {}
     for index, (target, mesh) in enumerate(facts.meshes):
@@ -537,7 +537,7 @@ def write_report(
                 raise FileExistsError(f"refusing to overwrite existing file: {target} (pass overwrite=True / --overwrite)")
     existed = {t: t.exists() for t in targets}
     try:
-        with contextlib.ExitStack() as stack:  # every file is renamed into place only once all are written
+        with atomic_outputs(), contextlib.ExitStack() as stack:  # every file is put in place only once all are written
             for target, write in writers:
                 write(stack.enter_context(atomic_path(target, overwrite=overwrite)))
     except BaseException:

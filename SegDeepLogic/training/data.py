@@ -27,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .._compat import zip_strict
+from ..atomic import atomic_path
 from ..errors import SegDeepError
 from ..io import from_sitk, read_volume, to_sitk
 from ..progress import CancelToken, ProgressCallback, report
@@ -315,7 +316,6 @@ def load_cases(
         arrays: dict[str, np.ndarray] = {"case_ids": np.array([c.case_id for c in out])}
         for n, c in enumerate(out):
             arrays[f"image_{n}"], arrays[f"labels_{n}"], arrays[f"available_{n}"] = c.image, c.labels, c.available
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:  # verified, fsync-ed, renamed into place only when complete
+            np.savez(tmp, **arrays)
     return out
