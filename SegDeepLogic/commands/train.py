@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from ..training.train import DEFAULT_LABELS, OPENKBP_DATA, OPENKBP_LIMITATIONS, TrainConfig, train
+from ..training.train import DEFAULT_LABELS, OPENKBP_DATA, OPENKBP_LIMITATIONS, TrainConfig, package_settings, train
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,14 +28,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--structures", nargs="+", default=[x["name"] for x in DEFAULT_LABELS], help="structure names (mask file stems)"
     )
     p.add_argument(
-        "--spacing", nargs=3, type=float, default=list(d.spacing_ijk_mm), metavar=("I", "J", "K"), help="model voxel size, mm"
+        "--spacing",
+        nargs=3,
+        type=float,
+        default=None,
+        metavar=("I", "J", "K"),
+        help=f"model voxel size, mm (default: the --init-from package's, else {' '.join(map(str, d.spacing_ijk_mm))})",
     )
     p.add_argument(
-        "--orientation", default=d.orientation, help=f"DICOM orientation code of the model grid (default {d.orientation})"
+        "--orientation",
+        default=None,
+        help=f"DICOM orientation code of the model grid (default: the --init-from package's, else {d.orientation})",
     )
-    p.add_argument("--channels", nargs="+", type=int, default=d.architecture_params["channels"], help="U-Net widths per level")
     p.add_argument(
-        "--patch", nargs=3, type=int, default=list(d.patch_size_kji), metavar=("K", "J", "I"), help="patch size (voxels)"
+        "--channels",
+        nargs="+",
+        type=int,
+        default=None,
+        help=f"U-Net widths per level (default: the --init-from package's, else {d.architecture_params['channels']})",
+    )
+    p.add_argument(
+        "--patch",
+        nargs=3,
+        type=int,
+        default=None,
+        metavar=("K", "J", "I"),
+        help=f"patch size in voxels (default: the --init-from package's, else {' '.join(map(str, d.patch_size_kji))})",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PACKAGE",
+        help="fine-tune: start from this model package's weights (its architecture, grid and intensity settings are "
+        "used; output channels of structures it knows are kept, new ones start fresh; the card records what was inherited)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)",
     )
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--iterations", type=int, default=d.iterations)
@@ -52,7 +82,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N steps")
     p.add_argument("--val-cases", type=int, default=d.val_cases, help="validation cases used during training")
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision, help="autocast precision on the CPU")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="autocast precision: auto is bf16 on CUDA GPUs that support it (else fp16 with loss scaling), fp16 on MPS, "
+        "fp32 on the CPU",
+    )
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
     p.add_argument("--cache-dir", default=None, help="cache the preloaded cases here (.npz)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop (checkpoint + package) after this training time")
@@ -70,6 +106,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     labels = {x["name"]: x for x in DEFAULT_LABELS}
+    d = TrainConfig(train_data=[])
+    grid = {
+        "spacing_ijk_mm": d.spacing_ijk_mm,
+        "orientation": d.orientation,
+        "architecture_params": dict(d.architecture_params),
+        "patch_size_kji": d.patch_size_kji,
+        "clip_hu": d.clip_hu,
+        "subtract": d.subtract,
+        "divide": d.divide,
+    }
+    if args.init_from:
+        grid.update(package_settings(args.init_from))
+    if args.spacing is not None:
+        grid["spacing_ijk_mm"] = tuple(args.spacing)
+    if args.orientation is not None:
+        grid["orientation"] = args.orientation
+    if args.channels is not None:
+        grid["architecture_params"] = {**grid["architecture_params"], "channels": list(args.channels)}
+    if args.patch is not None:
+        grid["patch_size_kji"] = tuple(args.patch)
     cfg = TrainConfig(
         train_data=list(args.train),
         validation_data=list(args.validation),
@@ -77,10 +133,9 @@ def run(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         model_name=args.name,
         labels=[dict(labels.get(s, {"name": s, "color": None, "terminology": None})) for s in args.structures],
-        spacing_ijk_mm=tuple(args.spacing),
-        orientation=args.orientation,
-        architecture_params={"channels": list(args.channels)},
-        patch_size_kji=tuple(args.patch),
+        **grid,
+        init_from=args.init_from,
+        device=args.device,
         batch_size=args.batch_size,
         iterations=args.iterations,
         learning_rate=args.lr,
@@ -99,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         limitations=list(OPENKBP_LIMITATIONS) if args.dataset == "openkbp" else [],
     )
     summary = train(cfg, resume=args.resume, progress_bar=not args.no_progress)
-    out = {k: summary[k] for k in ("steps", "seconds", "stopped_early", "package")}
+    out = {k: summary[k] for k in ("steps", "seconds", "stopped_early", "package", "device", "precision", "init_from")}
     out["best"] = summary["best"]
     print(json.dumps(out, indent=2, default=str), file=sys.stdout)
     return 0
