@@ -822,16 +822,13 @@ def _to_input_grid(
     want_probabilities: bool,
     report_fraction: Callable[[float], None],
     slab_bytes: int = 64 << 20,
-    extras_everywhere: bool = True,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
     """Interpolate model-grid maps onto the CT's grid slab by slab and decide the labels.
 
     ``channels`` holds the ``n_classes`` class probabilities followed by extra maps (entropy,
     variance) that are interpolated alongside and returned as float32 arrays. Channels that
     cannot win anywhere in a slab are skipped (:func:`_possible_winners`); the labels are the
-    same as with all channels interpolated. With ``extras_everywhere=False`` the extra maps are
-    only interpolated in slabs where some label can win (0 elsewhere): enough for statistics
-    inside the structures (the out-of-distribution check), not for a map the user sees.
+    same as with all channels interpolated.
     """
     nk, nj, ni = ct.array.shape
     maps = torch.stack(channels)
@@ -858,9 +855,7 @@ def _to_input_grid(
             if want_probabilities:
                 candidates = list(range(n_classes))
             settled = not candidates or (limits is None and len(candidates) == 1)
-            background_only = settled and (not candidates or candidates[0] == 0)
-            slab_extras = extra_channels if extras_everywhere or not background_only else []
-            needed = ([] if settled and not want_probabilities else candidates) + slab_extras
+            needed = ([] if settled and not want_probabilities else candidates) + extra_channels
             values = resample(k0, k1, needed) if needed else None
             if settled:
                 # Only one class can win anywhere in this slab (or no label can reach its threshold).
@@ -877,7 +872,7 @@ def _to_input_grid(
                     index = _decide(stacked, limits[[c - 1 for c in labels_only]]).numpy()
                     candidates = [0, *labels_only]
                 np.take(lut[np.asarray(candidates)], index, out=labels[k0:k1])
-            for e, extra in enumerate(extras if slab_extras else []):
+            for e, extra in enumerate(extras):
                 extra[k0:k1] = values[values.shape[0] - len(extra_channels) + e].numpy()
             if probabilities is not None:
                 probabilities[:, k0:k1] = values[1:n_classes].clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8).numpy()
@@ -1216,8 +1211,6 @@ def segment_volume(
             thresholds=threshold_array,
             want_probabilities=return_probabilities,
             report_fraction=lambda f: stages.report("resample-back", f),
-            # the entropy computed only for the out-of-distribution check is needed inside structures only
-            extras_everywhere=bool(uncertainty),
         )
         del channels
     entropy_map = extras[0] if need_entropy else None
