@@ -7,7 +7,9 @@ model's own training data (and, for the entropy, its validation run), in three c
 
 * **image** -- :func:`image_features`: size and tissue composition of the body on the model
   grid (median axial cross-section in cm², fractions of bone, fat, soft tissue and air inside
-  the body). A value more than 10 % outside the range seen in the training CTs is a *caution*.
+  the body). A value more than 10 % outside the range seen in the training CTs is a *caution*;
+  three or more such values at once are a **mismatch** (the intensities are not those of a CT in
+  Hounsfield units: an MR image, or raw values without the rescale).
 * **volumes** -- each structure's volume against the training contours' range; a structure
   larger than any training contour, or smaller (a partial field of view also does this), is a
   *caution*.
@@ -71,6 +73,11 @@ FEATURE_TOLERANCE = 0.1
 ANATOMY_ENTROPY_FACTOR = 1.5
 #: A structure contoured in at least this fraction of the training cases is a core structure.
 CORE_FRACTION = 0.9
+#: This many image features outside the training range at once is a mismatch, not a caution:
+#: MR-like intensities and raw detector values (no rescale to HU) put 4 of the 5 outside, while
+#: no OpenKBP training or validation CT has more than one and the other body regions tried had one
+#: (docs/training.md, "The out-of-distribution rule on inputs it was not designed on").
+IMAGE_MISMATCH_FEATURES = 3
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -276,6 +283,7 @@ def check_plausibility(
     if features is None:
         findings.append(_finding("image", "caution", "no body found in the image (nothing above -500 HU)"))
     else:
+        outside = []
         for name in FEATURE_NAMES:
             q = reference.get("image", {}).get(name)
             value = features.get(name)
@@ -283,6 +291,7 @@ def check_plausibility(
                 continue
             if value < (1 - FEATURE_TOLERANCE) * q["min"] or value > (1 + FEATURE_TOLERANCE) * q["max"]:
                 side = "below" if value < q["min"] else "above"
+                outside.append(name)
                 findings.append(
                     _finding(
                         "image",
@@ -293,6 +302,17 @@ def check_plausibility(
                         expected=[q["min"], q["max"]],
                     )
                 )
+        if len(outside) >= IMAGE_MISMATCH_FEATURES:
+            findings.append(
+                _finding(
+                    "image",
+                    "mismatch",
+                    f"{len(outside)} of the {len(FEATURE_NAMES)} image features are outside every training CT at once: the "
+                    "intensities do not look like a CT in Hounsfield units (an MR image, or raw values without the rescale "
+                    "to HU?); do not use the output",
+                    features=outside,
+                )
+            )
     volumes_ref = reference.get("volumes_ml", {})
     for name, volume in volumes_ml.items():
         q = volumes_ref.get(name)

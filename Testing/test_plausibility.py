@@ -139,10 +139,11 @@ def test_a_core_structure_the_network_is_unsure_of_does_not_count_as_anatomy(ref
 
 def test_unusual_image_or_volume_or_entropy_is_a_caution_naming_the_cause(reference: dict) -> None:
     hu = phantom()
-    hu[:, 11:29, 11:29] = 700  # far more bone than any training CT (and the airway gone)
+    hu[:, 11:29, 11:29] = 700  # far more bone than any training CT
+    hu[:, 12:14, 12:14] = -1000  # the airway kept
     check = check_plausibility(image_features(hu, (2.5, 4.0, 4.0)), {"cord": 1.0}, reference)
     assert check["verdict"] == "caution"
-    assert [f.get("feature") for f in check["findings"]] == ["bone_fraction", "soft_tissue_fraction", "air_fraction"]
+    assert [f.get("feature") for f in check["findings"]] == ["bone_fraction", "soft_tissue_fraction"]
     assert "above every training CT" in check["findings"][0]["message"]
 
     big = check_plausibility(None, {"cord": 20.0}, reference)  # the largest training cord is 10 mL
@@ -158,6 +159,18 @@ def test_unusual_image_or_volume_or_entropy_is_a_caution_naming_the_cause(refere
         features, {"cord": 1.0}, reference, mean_entropy_inside={"cord": 0.15}, entropy_reference=entropy_ref
     )
     assert unsure["verdict"] == "caution" and unsure["findings"][0]["check"] == "uncertainty"
+
+
+def test_three_image_features_outside_the_training_range_are_a_mismatch_mr_like_or_raw_values(reference: dict) -> None:
+    hu = phantom()
+    mr_like = np.interp(hu, [-1024, -200, -100, 40, 300, 3000], [0, 900, 800, 420, 120, 60]).astype(np.int16)
+    raw = hu.astype(np.int32) + 1024  # stored values without the rescale intercept
+    for image in (mr_like, raw):
+        check = check_plausibility(image_features(image, (2.5, 4.0, 4.0)), {"cord": 1.0}, reference)
+        assert check["verdict"] == "mismatch"
+        last = check["findings"][-1]
+        assert last["check"] == "image" and last["severity"] == "mismatch" and len(last["features"]) >= 3
+        assert "Hounsfield units" in last["message"]
 
 
 def test_without_reference_statistics_the_check_says_it_did_not_run() -> None:
@@ -180,6 +193,11 @@ def test_bundled_model_passes_the_sample_head_and_neck_ct() -> None:
     assert result.plausibility["verdict"] in ("ok", "caution")
     assert not [f for f in result.plausibility["findings"] if f["severity"] == "mismatch"]
     assert result.summary()["plausibility"] == result.plausibility
+    # the entropy behind the check is interpolated only near structures unless the map is asked for:
+    # the same labels and the same verdict either way
+    full = segment_volume(read_volume(SAMPLE / "ct.nii.gz"), BUNDLED, overlap=0.25, uncertainty=True)
+    assert np.array_equal(full.labels.array, result.labels.array)
+    assert full.plausibility == result.plausibility
 
 
 def water_cylinder() -> Volume:

@@ -36,6 +36,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-refine", action="store_true", help="do not score the native-resolution refinement")
     p.add_argument("--overlap", type=number_in(0, 1, high_open=True), default=0.5, help="sliding-window overlap (default 0.5)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="inference precision, as segdeep segment --precision (default auto)",
+    )
     p.add_argument("--cases", nargs="+", help="only these case ids")
     p.add_argument(
         "--record-in-card", action="store_true", help="also store the summary in the model card (re-saves the package)"
@@ -84,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
             refine=not args.no_refine,
             overlap=args.overlap,
             cases=args.cases,
-            segment_options={"device": args.device},
+            segment_options={"device": args.device, "precision": args.precision},
             progress=progress,
         )
     paths = write_evaluation(result, args.output, overwrite=args.overwrite)

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from ..training.train import DEFAULT_LABELS, OPENKBP_DATA, OPENKBP_LIMITATIONS, TrainConfig, train
+from ..training.train import DEFAULT_LABELS, OPENKBP_DATA, OPENKBP_LIMITATIONS, TrainConfig, package_settings, train
 from ._common import number_in, validate_outputs
 
 
@@ -33,27 +33,41 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--spacing",
         nargs=3,
         type=number_in(0.2, 20),
-        default=list(d.spacing_ijk_mm),
+        default=None,
         metavar=("I", "J", "K"),
-        help="model voxel size, mm",
+        help=f"model voxel size, mm (default: the --init-from package's, else {' '.join(map(str, d.spacing_ijk_mm))})",
     )
     p.add_argument(
-        "--orientation", default=d.orientation, help=f"DICOM orientation code of the model grid (default {d.orientation})"
+        "--orientation",
+        default=None,
+        help=f"DICOM orientation code of the model grid (default: the --init-from package's, else {d.orientation})",
     )
     p.add_argument(
         "--channels",
         nargs="+",
         type=number_in(1, integer=True),
-        default=d.architecture_params["channels"],
-        help="U-Net widths per level",
+        default=None,
+        help=f"U-Net widths per level (default: the --init-from package's, else {d.architecture_params['channels']})",
     )
     p.add_argument(
         "--patch",
         nargs=3,
         type=number_in(1, 512, integer=True),
-        default=list(d.patch_size_kji),
+        default=None,
         metavar=("K", "J", "I"),
-        help="patch size (voxels)",
+        help=f"patch size in voxels (default: the --init-from package's, else {' '.join(map(str, d.patch_size_kji))})",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="PACKAGE",
+        help="fine-tune: start from this model package's weights (its architecture, grid and intensity settings are "
+        "used; output channels of structures it knows are kept, new ones start fresh; the card records what was inherited)",
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)",
     )
     p.add_argument("--batch-size", type=number_in(1, integer=True), default=d.batch_size)
     p.add_argument("--iterations", type=number_in(1, integer=True), default=d.iterations)
@@ -76,7 +90,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--val-cases", type=number_in(0, integer=True), default=d.val_cases, help="validation cases used during training"
     )
     p.add_argument("--checkpoint-every", type=number_in(1, integer=True), default=d.checkpoint_every)
-    p.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision, help="autocast precision on the CPU")
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        default="auto",
+        help="autocast precision: auto is bf16 on CUDA GPUs that support it (else fp16 with loss scaling), fp16 on MPS, "
+        "fp32 on the CPU",
+    )
     p.add_argument("--threads", type=number_in(1, integer=True), default=d.threads, help="torch CPU threads")
     p.add_argument("--cache-dir", default=None, help="cache the preloaded cases here (.npz)")
     p.add_argument(
@@ -108,6 +128,26 @@ def run(args: argparse.Namespace) -> int:
         folders=("-o", "--work-dir"),
     )
     labels = {x["name"]: x for x in DEFAULT_LABELS}
+    d = TrainConfig(train_data=[])
+    grid = {
+        "spacing_ijk_mm": d.spacing_ijk_mm,
+        "orientation": d.orientation,
+        "architecture_params": dict(d.architecture_params),
+        "patch_size_kji": d.patch_size_kji,
+        "clip_hu": d.clip_hu,
+        "subtract": d.subtract,
+        "divide": d.divide,
+    }
+    if args.init_from:
+        grid.update(package_settings(args.init_from))
+    if args.spacing is not None:
+        grid["spacing_ijk_mm"] = tuple(args.spacing)
+    if args.orientation is not None:
+        grid["orientation"] = args.orientation
+    if args.channels is not None:
+        grid["architecture_params"] = {**grid["architecture_params"], "channels": list(args.channels)}
+    if args.patch is not None:
+        grid["patch_size_kji"] = tuple(args.patch)
     cfg = TrainConfig(
         train_data=list(args.train),
         validation_data=list(args.validation),
@@ -115,10 +155,9 @@ def run(args: argparse.Namespace) -> int:
         work_dir=args.work_dir,
         model_name=args.name,
         labels=[dict(labels.get(s, {"name": s, "color": None, "terminology": None})) for s in args.structures],
-        spacing_ijk_mm=tuple(args.spacing),
-        orientation=args.orientation,
-        architecture_params={"channels": list(args.channels)},
-        patch_size_kji=tuple(args.patch),
+        **grid,
+        init_from=args.init_from,
+        device=args.device,
         batch_size=args.batch_size,
         iterations=args.iterations,
         learning_rate=args.lr,
@@ -137,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         limitations=list(OPENKBP_LIMITATIONS) if args.dataset == "openkbp" else [],
     )
     summary = train(cfg, resume=args.resume, progress_bar=not args.no_progress)
-    out = {k: summary[k] for k in ("steps", "seconds", "stopped_early", "package")}
+    out = {k: summary[k] for k in ("steps", "seconds", "stopped_early", "package", "device", "precision", "init_from")}
     out["best"] = summary["best"]
     print(json.dumps(out, indent=2, default=str), file=sys.stdout)
     return 0

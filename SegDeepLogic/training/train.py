@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_path, write_text
+from ..devices import autocast, precision_name, resolve_device, resolve_precision
 from ..errors import SegDeepError
 from ..inferers import sliding_window_inference
 from ..plausibility import reference_statistics
@@ -48,7 +49,7 @@ from .augment import (
 from .data import PreparedCase, find_cases, load_cases
 from .losses import marginal_dice_ce_loss, median_frequency_weights
 
-__all__ = ["DEFAULT_LABELS", "TrainConfig", "train", "validate"]
+__all__ = ["DEFAULT_LABELS", "TrainConfig", "initialise_from_package", "package_settings", "train", "validate"]
 
 # name, RGB colour (0-1), terminology "scheme^code^meaning" (SNOMED CT), following 3D Slicer's
 # conventions for anatomical structures.
@@ -116,6 +117,18 @@ class TrainConfig:
     ce_weighting : str
         ``"none"`` or ``"median-frequency"``: cross-entropy class weights by median-frequency
         balancing over the training labels (:func:`.losses.median_frequency_weights`).
+    device : str
+        ``"auto"`` (CUDA, then Apple MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or
+        ``"mps"`` (:func:`SegDeepLogic.devices.resolve_device`).
+    precision : str
+        ``"fp32"``, ``"bf16"``, ``"fp16"`` or ``"auto"`` (bf16 on CUDA GPUs that support it,
+        else fp16 with loss scaling; fp16 on MPS; fp32 on the CPU). Mixed precision autocasts
+        the forward pass; weights, optimiser state and checkpoints stay float32.
+    init_from : str or None
+        A model package to start from (fine-tuning): every weight is copied, and the output
+        layer channel by channel for the structures whose names the package has; the other
+        output channels keep their fresh initialisation. The network architecture must match
+        the package's (:func:`initialise_from_package`); the card records what was inherited.
     """
 
     train_data: list[str]
@@ -150,6 +163,8 @@ class TrainConfig:
     log_every: int = 10
     threads: int = 2
     precision: str = "fp32"
+    device: str = "cpu"
+    init_from: str | None = None
     cache_dir: str | None = None
     max_minutes: float | None = None
     stop_at_step: int | None = None
@@ -221,28 +236,56 @@ def make_batch(
 # --------------------------------------------------------------------------------------------
 # Validation
 # --------------------------------------------------------------------------------------------
-def predict_case(network: torch.nn.Module, case: PreparedCase, cfg: TrainConfig, overlap: float | None = None) -> np.ndarray:
-    """Label map (argmax) of a prepared case on the model grid, with the sliding-window inferer."""
+def predict_case(
+    network: torch.nn.Module,
+    case: PreparedCase,
+    cfg: TrainConfig,
+    overlap: float | None = None,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> np.ndarray:
+    """Label map (argmax) of a prepared case on the model grid, with the sliding-window inferer.
+
+    ``device`` and ``dtype`` (the autocast precision) default to where the network's weights
+    are and to ``cfg.precision`` resolved for that device.
+    """
+    if device is None:
+        device = next(network.parameters()).device
+    if dtype is None:
+        dtype = resolve_precision(device, cfg.precision)
     x = torch.from_numpy(_normalise(case.image.astype(np.float32), cfg))[None, None]
     cval = float(_normalise(np.array([-1024.0]), cfg)[0])
     was_training = network.training
     network.eval()
-    predictor = network
-    if cfg.precision == "bf16":
 
-        def predictor(w: torch.Tensor) -> torch.Tensor:
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                return network(w).float()
+    def predictor(w: torch.Tensor) -> torch.Tensor:
+        with autocast(device, dtype):
+            return network(w).float()
 
     with torch.no_grad():
         out = sliding_window_inference(
-            x, predictor, cfg.patch_size_kji, overlap=cfg.val_overlap if overlap is None else overlap, batch_size=2, cval=cval
+            x,
+            predictor,
+            cfg.patch_size_kji,
+            overlap=cfg.val_overlap if overlap is None else overlap,
+            batch_size=2,
+            cval=cval,
+            device=device,
+            stitch_device="cpu",
         )
     network.train(was_training)
     return out[0].argmax(0).numpy().astype(np.uint8)
 
 
-def validate(network: torch.nn.Module, cases: Sequence[PreparedCase], cfg: TrainConfig) -> dict[str, Any]:
+def validate(
+    network: torch.nn.Module,
+    cases: Sequence[PreparedCase],
+    cfg: TrainConfig,
+    *,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> dict[str, Any]:
     """Dice per structure (model grid, argmax) over ``cases``; only where a structure is contoured.
 
     Returns ``{"dice": {name: mean}, "mean_dice": mean over structures, "per_case": {...}}``.
@@ -250,7 +293,7 @@ def validate(network: torch.nn.Module, cases: Sequence[PreparedCase], cfg: Train
     per: dict[str, list[float]] = {s: [] for s in cfg.structures}
     per_case = {}
     for case in cases:
-        pred = predict_case(network, case, cfg)
+        pred = predict_case(network, case, cfg, device=device, dtype=dtype)
         row = {}
         for c, name in enumerate(cfg.structures, start=1):
             if not case.available[c]:
@@ -388,9 +431,12 @@ def train(
     work.mkdir(parents=True, exist_ok=True)
     handler = _setup_logging(work)
     torch.set_num_threads(max(1, int(cfg.threads)))
+    device = resolve_device(cfg.device)
+    amp_dtype = resolve_precision(device, cfg.precision)
     try:
         structures = cfg.structures
         log.info("config %s", json.dumps(cfg.to_dict()))
+        log.info("device %s, precision %s", _describe_device(device), precision_name(amp_dtype))
         t0 = time.perf_counter()
         train_files = find_cases(cfg.train_data, structures)
         cases = load_cases(train_files, structures, cfg.spacing_ijk_mm, cfg.orientation, cache_dir=cfg.cache_dir)
@@ -410,7 +456,7 @@ def train(
             voxels = np.zeros(len(structures) + 1)
             for c in cases:
                 voxels += np.bincount(c.labels.ravel(), minlength=len(structures) + 1)[: len(structures) + 1]
-            class_weight = torch.tensor(median_frequency_weights(voxels.tolist()), dtype=torch.float32)
+            class_weight = torch.tensor(median_frequency_weights(voxels.tolist()), dtype=torch.float32, device=device)
             log.info("cross-entropy class weights (median frequency): %s", [round(float(w), 3) for w in class_weight])
         reference = reference_statistics(cases, structures, cfg.spacing_ijk_mm[::-1], source=", ".join(cfg.train_data))
 
@@ -419,6 +465,10 @@ def train(
 
         torch.manual_seed(cfg.seed)
         network = _build(cfg)
+        inherited = initialise_from_package(network, cfg.init_from, cfg.structures) if cfg.init_from else None
+        if inherited is not None:
+            log.info("initialised from %s: %s", cfg.init_from, json.dumps(inherited))
+        network.to(device)
         optimiser = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)
         step = 0
@@ -428,18 +478,20 @@ def train(
         elapsed_before = 0.0
         ckpt_path = work / "checkpoint.pt"
         best_path = work / "best_weights.pt"
+        # fp16 needs loss scaling against gradient underflow; bf16 and fp32 do not.
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16 and device.type == "cuda")
         if resume and ckpt_path.exists():
             state = load_checkpoint(ckpt_path)
             network.load_state_dict(state["network"])
-            optimiser.load_state_dict(state["optimizer"])
+            optimiser.load_state_dict(state["optimizer"])  # moves the optimiser state to the weights' device
+            if state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
             step = int(state["step"])
             rng.bit_generator.state = state["numpy_rng"]
             torch.set_rng_state(state["torch_rng"])
             history, validations, best = state["history"], state["validations"], state["best"]
             elapsed_before = float(state.get("seconds", 0.0))
             log.info("resumed from %s at step %d", ckpt_path, step)
-
-        autocast_dtype = {"bf16": torch.bfloat16, "fp32": None}[cfg.precision]
 
         def checkpoint() -> None:
             _save_checkpoint(
@@ -455,6 +507,7 @@ def train(
                     "best": best,
                     "seconds": elapsed_before + time.perf_counter() - t_start,
                     "config": cfg.to_dict(),
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                 },
             )
 
@@ -462,7 +515,7 @@ def train(
             if not val_cases:
                 return
             tv = time.perf_counter()
-            result = validate(network, val_cases, cfg)
+            result = validate(network, val_cases, cfg, device=device, dtype=amp_dtype)
             result["step"] = step
             result["seconds"] = round(time.perf_counter() - tv, 1)
             validations.append(result)
@@ -491,22 +544,21 @@ def train(
                     checkpoint()
                     cancel.raise_if_cancelled()
                 ts = time.perf_counter()
-                x, y, avail = make_batch(cases, locations, cfg, rng)
+                x, y, avail = (t.to(device, non_blocking=True) for t in make_batch(cases, locations, cfg, rng))
                 lr = _lr(step, cfg)
                 for g in optimiser.param_groups:
                     g["lr"] = lr
                 optimiser.zero_grad(set_to_none=True)
-                if autocast_dtype is not None:
-                    with torch.autocast("cpu", dtype=autocast_dtype):
-                        logits = network(x)
-                else:
+                with autocast(device, amp_dtype):
                     logits = network(x)
-                loss = marginal_dice_ce_loss(logits, y, avail, class_weight)
+                loss = marginal_dice_ce_loss(logits.float(), y, avail, class_weight)
                 if not torch.isfinite(loss):
                     raise SegDeepError(f"training diverged at step {step} (loss {float(loss)})")
-                loss.backward()
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimiser)
                 torch.nn.utils.clip_grad_norm_(network.parameters(), 12.0)
-                optimiser.step()
+                scaler.step(optimiser)
+                scaler.update()
                 step += 1
                 loss_value = float(loss.detach())
                 history.append({"step": step, "loss": round(loss_value, 5), "lr": lr, "s": round(time.perf_counter() - ts, 3)})
@@ -547,7 +599,7 @@ def train(
             best["mean_dice"],
         )
         if best["step"] is not None and best_path.exists():
-            network.load_state_dict(torch.load(best_path, map_location="cpu", weights_only=True))
+            network.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
         summary = {
             "steps": step,
             "stopped_early": stopped_early,
@@ -556,6 +608,9 @@ def train(
             "validation": validations,
             "best": best,
             "package": None,
+            "device": _describe_device(device),
+            "precision": precision_name(amp_dtype),
+            "init_from": inherited,
         }
         write_text(work / "history.json", json.dumps({k: v for k, v in summary.items()}, indent=1, default=str))
         if write_package:
@@ -569,6 +624,107 @@ def train(
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return str(device)
+
+
+def package_settings(package: str | os.PathLike) -> dict[str, Any]:
+    """The :class:`TrainConfig` fields a model package fixes for fine-tuning: architecture
+    (without the output width, which follows the new label set), model grid, intensity
+    normalisation and patch size, read from its card.
+
+    Examples
+    --------
+    >>> from SegDeepLogic.model_package import bundled_model_dir
+    >>> settings = package_settings(bundled_model_dir().parents[1] / "Testing" / "Data" / "test_model")
+    >>> settings["patch_size_kji"], settings["orientation"]
+    ((32, 32, 32), 'LPI')
+    """
+    from ..model_package import load_model_card
+
+    card = load_model_card(package)
+    params = {k: v for k, v in card.architecture_params.items() if k not in ("in_channels", "out_channels")}
+    intensity = card.intensity
+    return {
+        "architecture": card.architecture,
+        "architecture_params": params,
+        "spacing_ijk_mm": tuple(float(v) for v in card.spacing_ijk_mm),
+        "orientation": card.orientation,
+        "patch_size_kji": tuple(int(v) for v in card.patch_size_kji),
+        "clip_hu": tuple(float(v) for v in intensity["clip_hu"]),
+        "subtract": float(intensity["subtract"]),
+        "divide": float(intensity["divide"]),
+    }
+
+
+def initialise_from_package(network: torch.nn.Module, package: str | os.PathLike, structures: Sequence[str]) -> dict[str, Any]:
+    """Copy a model package's weights into ``network`` to fine-tune it (transfer learning).
+
+    Every weight is copied except the output layer (``head``), which is copied channel by
+    channel: background, and each of ``structures`` that the package also segments (matched by
+    name); the other output channels keep ``network``'s fresh initialisation. The rest of the
+    architecture must be the package's: same parameter names and shapes.
+
+    Parameters
+    ----------
+    network : torch.nn.Module
+        A freshly built network for the new label set (``len(structures) + 1`` outputs).
+    package : path-like
+        Model package folder, its ``model.json`` or a ``.zip`` archive (weights verified).
+    structures : sequence of str
+        The new label names, in output-channel order (channel ``k`` is ``structures[k-1]``).
+
+    Returns
+    -------
+    dict
+        What was inherited, for the card: package name, version and weights SHA-256,
+        ``inherited`` and ``new`` structure names.
+
+    Raises
+    ------
+    SegDeepError
+        When the package's architecture differs from ``network``'s (the message names the
+        first differing parameter and both shapes).
+    """
+    from ..model_package import load_model_package
+
+    source = load_model_package(package)
+    old = source.network.state_dict()
+    new = network.state_dict()
+    old_names = ["background", *source.card.label_names]
+    channel_of = {name: c for c, name in enumerate(old_names)}
+    targets = ["background", *structures]
+    for key, value in new.items():
+        if key.startswith("head."):
+            continue
+        if key not in old or tuple(old[key].shape) != tuple(value.shape):
+            got = tuple(old[key].shape) if key in old else "missing"
+            raise SegDeepError(
+                f"--init-from {package}: its network differs from the one to train at {key!r} (package {got}, training "
+                f"{tuple(value.shape)}); train with the package's settings (architecture {source.card.architecture}, "
+                f"{source.card.architecture_params})"
+            )
+    with torch.no_grad():
+        for key, value in new.items():
+            if key.startswith("head."):
+                for c, name in enumerate(targets):
+                    if name in channel_of:
+                        value[c].copy_(old[key][channel_of[name]])
+            else:
+                value.copy_(old[key])
+    network.load_state_dict(new)
+    inherited = [s for s in structures if s in channel_of]
+    return {
+        "package": source.card.name,
+        "version": source.card.version,
+        "weights_sha256": source.weights_sha256,
+        "inherited": inherited,
+        "new": [s for s in structures if s not in channel_of],
+    }
 
 
 def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_files, val_files, summary, reference=None) -> Path:  # noqa: ANN001
@@ -620,6 +776,9 @@ def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_fil
             "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "loss": "marginal (partial-label) Dice + cross-entropy",
+            "device": summary.get("device"),
+            "precision": summary.get("precision"),
+            **({"init_from": summary["init_from"]} if summary.get("init_from") else {}),
         },
         validation_metrics={
             "model_grid_dice_mean": {k: round(v, 4) for k, v in (best.get("dice") or {}).items()},
