@@ -437,7 +437,9 @@ def test_license_the_catalog_and_readme_name_is_at_the_root():
     assert 'license = { text = "Apache-2.0" }' in (REPO / "pyproject.toml").read_text(encoding="utf-8")
     assert "[LICENSE](LICENSE)" in (REPO / "README.md").read_text(encoding="utf-8")
     root = (REPO / "CMakeLists.txt").read_text(encoding="utf-8")
-    for url in re.findall(r'set\(EXTENSION_(?:ICONURL|SCREENSHOTURLS) "([^"]+)"\)', root):
+    urls = " ".join(re.findall(r'set\(EXTENSION_(?:ICONURL|SCREENSHOTURLS) "([^"]+)"\)', root)).split()
+    assert "https://raw.githubusercontent.com/segdeep/SegDeep/main/docs/img/slicer_panel.png" in urls
+    for url in urls:  # EXTENSION_SCREENSHOTURLS is a space-separated list
         relative = url.split("/main/", 1)[1]
         assert (REPO / relative).is_file(), f"{url} names a file the repository does not have"
 
