@@ -16,7 +16,7 @@ from . import __version__
 from .errors import CancelledError, SegDeepError
 
 # Each name is a module SegDeepLogic.commands.<name> with add_parser(subparsers) and run(args) -> int.
-COMMANDS = ("threshold", "compare", "export", "segment", "train", "evaluate", "report")
+COMMANDS = ("threshold", "compare", "export", "segment", "batch", "train", "evaluate", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
