@@ -392,10 +392,28 @@ class BatchSettings:
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change a case's outputs (the device, threads and batch size do not)."""
-        seg = {k: v for k, v in self.segment_options.items() if k not in ("device", "num_threads", "batch_size", "precision")}
+        seg = {k: v for k, v in {**_segment_defaults(), **self.segment_options}.items() if k not in _NOT_IDENTITY}
         data = dataclasses.asdict(self)
         data["segment_options"] = {k: _jsonable(v) for k, v in sorted(seg.items())}
         return data
+
+
+# Settings that do not change a case's outputs (where and how fast it runs) or that the batch sets itself.
+_NOT_IDENTITY = ("device", "num_threads", "batch_size", "precision", "progress", "cancel", "uncertainty", "allow_mismatch")
+
+
+def _segment_defaults() -> dict[str, Any]:
+    """The defaults of :func:`~SegDeepLogic.segment.segment_volume`, so that a setting left out and
+    the same setting given explicitly hash alike."""
+    import inspect
+
+    from .segment import segment_volume
+
+    return {
+        name: p.default
+        for name, p in inspect.signature(segment_volume).parameters.items()
+        if p.default is not inspect.Parameter.empty and not name.startswith("_")
+    }
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,269 @@
+"""``segdeep batch`` / :func:`segment_cohort`: resumable cohort segmentation on one machine."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from cohort_data import ROOT, TEST_MODEL, make_cohort
+
+from SegDeepLogic import cli
+from SegDeepLogic.cohort import (
+    BatchLockedError,
+    BatchSettings,
+    ManifestError,
+    _Lock,
+    discover_cases,
+    read_manifest,
+    read_record,
+    segment_cohort,
+)
+from SegDeepLogic.segmentation_io import read_seg_nrrd
+
+VOLATILE = {"time_total_s", "time_segment_s", "time_network_s", "time_report_s", "worker", "finished_utc"}
+FAST = BatchSettings(report=False)  # segmentation only, for the tests about bookkeeping
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _batch_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "SegDeepLogic.cli", "batch", *args, "--model", str(TEST_MODEL), "--no-progress"]
+
+
+def _summary(outdir: Path) -> list[dict[str, str]]:
+    with open(outdir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _stable(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{k: v for k, v in row.items() if k not in VOLATILE} for row in rows]
+
+
+def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 240.0) -> None:  # noqa: ANN001
+    end = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the batch ended (status {proc.returncode}) before the expected point")
+        if time.monotonic() > end:
+            proc.kill()
+            raise AssertionError("timed out waiting for the batch")
+        time.sleep(0.02)
+
+
+def _done(outdir: Path, case_id: str) -> bool:
+    record = read_record(outdir, case_id)
+    return record is not None and record["status"] == "done"
+
+
+def test_batch_killed_after_first_case_resumes_without_redoing_it_and_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    manifest = make_cohort(tmp_path / "in", 3)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_batch_cmd(str(manifest), "-o", str(killed)), env=_env(), stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _done(killed, "case0"), proc)
+    proc.send_signal(signal.SIGKILL)  # a real kill -9 of the real process
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    first = (killed / "cases" / "case0" / "case.json").read_bytes()
+    finished_before = [c for c in ("case0", "case1", "case2") if _done(killed, c)]
+
+    again = subprocess.run(_batch_cmd(str(manifest), "-o", str(killed)), env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"{len(finished_before)} case(s) already finished" in again.stderr
+    for case in finished_before:  # not redone: the record (worker pid, finish time) is untouched
+        assert f"] {case}: done" not in again.stderr
+    assert (killed / "cases" / "case0" / "case.json").read_bytes() == first
+
+    # the same outputs as an uninterrupted run (through the Python API, which the CLI uses)
+    clean = tmp_path / "clean"
+    result = segment_cohort(manifest, clean, TEST_MODEL)
+    assert result.done == ["case0", "case1", "case2"] and not result.failed
+    assert _stable(_summary(killed)) == _stable(_summary(clean))
+    for case in ("case0", "case1", "case2"):
+        a, b = killed / "cases" / case, clean / "cases" / case
+        assert sorted(p.relative_to(a) for p in a.rglob("*")) == sorted(p.relative_to(b) for p in b.rglob("*"))
+        np.testing.assert_array_equal(
+            read_seg_nrrd(a / "segmentation.seg.nrrd").labelmap.array, read_seg_nrrd(b / "segmentation.seg.nrrd").labelmap.array
+        )
+        assert (a / "meshes" / "bone.stl").read_bytes() == (b / "meshes" / "bone.stl").read_bytes()
+        assert read_record(killed, case)["structures"] == read_record(clean, case)["structures"]
+
+    # each label map is the one `segdeep segment` writes for that case
+    for case in ("case0", "case2"):
+        single = tmp_path / f"{case}.seg.nrrd"
+        ct = tmp_path / "in" / case / "ct.nii.gz"
+        assert cli.main(["segment", str(ct), "-o", str(single), "--model", str(TEST_MODEL), "--no-progress"]) == 0
+        np.testing.assert_array_equal(
+            read_seg_nrrd(single).labelmap.array, read_seg_nrrd(clean / "cases" / case / "segmentation.seg.nrrd").labelmap.array
+        )
+
+
+def test_summary_has_a_row_per_case_with_status_verdict_volumes_metrics_timings_and_device(tmp_path: Path) -> None:
+    manifest = make_cohort(tmp_path / "in", 1)
+    result = segment_cohort(manifest, tmp_path / "out", TEST_MODEL, settings=BatchSettings(uncertainty=True))
+    (row,) = _summary(tmp_path / "out")
+    assert row["status"] == "done" and row["error"] == ""
+    assert row["ood_verdict"] == "unchecked"  # the test model has no reference statistics
+    assert row["device"] == "cpu" and float(row["time_total_s"]) > 0
+    assert float(row["bone_volume_ml"]) > 0
+    assert 0.2 < float(row["bone_dice_reference"]) < 1  # the mandible reference, paired by the manifest (bone is more)
+    assert 0.5 < float(row["bone_dice_threshold"]) <= 1
+    assert row["bone_watertight"] == "True"
+    case = tmp_path / "out" / "cases" / "case0"
+    for name in ("segmentation.seg.nrrd", "uncertainty.nii.gz", "report.html", "report.json", "meshes/bone.stl"):
+        assert (case / name).is_file(), name
+    assert result.rows[0]["bone_dice_reference"] == pytest.approx(float(row["bone_dice_reference"]), abs=1e-4)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "out" / "summary.parquet").to_pylist()
+    assert table[0]["case_id"] == "case0" and table[0]["bone_volume_ml"] == pytest.approx(float(row["bone_volume_ml"]))
+
+
+def test_failed_cases_are_recorded_with_their_error_the_batch_goes_on_and_retry_failed_redoes_them(tmp_path: Path) -> None:
+    make_cohort(tmp_path / "in", 1)
+    (tmp_path / "in" / "broken.nii.gz").write_bytes(b"not an image at all")
+    manifest = tmp_path / "in" / "m.csv"
+    manifest.write_text("case_id,ct\ncase0,case0/ct.nii.gz\nmissing,nowhere/ct.nii.gz\nbroken,broken.nii.gz\n")
+    out = tmp_path / "out"
+    result = segment_cohort(manifest, out, TEST_MODEL, settings=FAST)
+    assert result.done == ["case0"] and sorted(result.failed) == ["broken", "missing"]
+    rows = {r["case_id"]: r for r in _summary(out)}
+    assert rows["missing"]["status"] == "failed" and "CT not found" in rows["missing"]["error"]
+    assert rows["broken"]["status"] == "failed" and "cannot read" in rows["broken"]["error"]
+    assert rows["broken"]["error_type"] == "VolumeReadError"
+
+    again = segment_cohort(manifest, out, TEST_MODEL, settings=FAST)  # failures are not retried by default
+    assert again.done == [] and again.failed == [] and sorted(again.skipped) == ["broken", "case0", "missing"]
+
+    shutil.copy(tmp_path / "in" / "case0" / "ct.nii.gz", tmp_path / "in" / "broken.nii.gz")  # fixed: new hash, redone
+    fixed = segment_cohort(manifest, out, TEST_MODEL, settings=FAST)
+    assert fixed.done == ["broken"] and fixed.failed == []
+    retried = segment_cohort(manifest, out, TEST_MODEL, settings=FAST, retry_failed=True)
+    assert retried.failed == ["missing"] and retried.done == []
+
+
+def test_a_changed_ct_options_or_model_redo_the_cases_they_concern(tmp_path: Path) -> None:
+    manifest = make_cohort(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert segment_cohort(manifest, out, TEST_MODEL, settings=FAST).done == ["case0", "case1"]
+    ct = tmp_path / "in" / "case1" / "ct.nii.gz"
+    image = sitk.ReadImage(str(ct))
+    image[0, 0, 0] = image[0, 0, 0] + 1
+    sitk.WriteImage(image, str(ct))
+    assert segment_cohort(manifest, out, TEST_MODEL, settings=FAST).done == ["case1"]
+    changed = BatchSettings(report=False, segment_options={"keep_largest": True})
+    assert segment_cohort(manifest, out, TEST_MODEL, settings=changed).done == ["case0", "case1"]
+    model = tmp_path / "model"
+    shutil.copytree(TEST_MODEL, model)
+    card = json.loads((model / "model.json").read_text())
+    card["description"] += " (copy)"
+    (model / "model.json").write_text(json.dumps(card))
+    assert segment_cohort(manifest, out, model, settings=changed).done == ["case0", "case1"]
+    # the device is not part of a case's identity
+    same = BatchSettings(report=False, segment_options={"keep_largest": True, "device": "cpu", "num_threads": 1})
+    assert segment_cohort(manifest, out, model, settings=same).skipped == ["case0", "case1"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("id,ct\na,a.nii.gz\n", "missing column(s) case_id; unknown column(s) 'id'"),
+        ("case_id,ct,colour\na,a.nii.gz,red\n", "unknown column(s) 'colour'"),
+        ("case_id,ct\na,a.nii.gz\nA,b.nii.gz\n", "duplicate case ids (compared ignoring case): a"),
+        ("case_id,ct\n../up,a.nii.gz\n", "case ids must be non-empty"),
+        ("case_id,ct,tta\na,a.nii.gz,maybe\n", "line 2: column 'tta' must be true/false"),
+        ("case_id,ct\n", "lists no case"),
+    ],
+)
+def test_bad_manifests_give_one_clear_message(tmp_path: Path, text: str, message: str) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(text)
+    with pytest.raises(ManifestError, match=None) as info:
+        read_manifest(manifest)
+    assert message in str(info.value)
+
+
+def test_a_bad_manifest_is_refused_before_anything_and_finished_cases_are_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = make_cohort(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(manifest), "-o", str(out), "--model", str(TEST_MODEL), "--no-report", "--no-progress"]) == 0
+    record = (out / "cases" / "case0" / "case.json").read_bytes()
+    bad = tmp_path / "in" / "bad.csv"
+    bad.write_text(manifest.read_text() + "case0,case0/ct.nii.gz,,\n")
+    capsys.readouterr()
+    assert cli.main(["batch", str(bad), "-o", str(out), "--model", str(TEST_MODEL), "--no-report", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "segdeep batch: error: manifest" in err and "duplicate case ids" in err
+    assert (out / "cases" / "case0" / "case.json").read_bytes() == record
+
+
+def test_a_second_batch_on_the_same_output_folder_is_refused(tmp_path: Path) -> None:
+    manifest = make_cohort(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    with _Lock(out), pytest.raises(BatchLockedError, match="another segdeep batch is writing to"):
+        segment_cohort(manifest, out, TEST_MODEL, settings=FAST)
+    assert not (out / "cases").exists()
+    assert segment_cohort(manifest, out, TEST_MODEL, settings=FAST).done == ["case0"]  # free again
+
+
+def test_ctrl_c_finishes_the_case_in_progress_and_leaves_a_resumable_batch(tmp_path: Path) -> None:
+    manifest = make_cohort(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(_batch_cmd(str(manifest), "-o", str(out)), env=_env(), stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (out / "cases" / "case0").is_dir(), proc)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "stopping after the cases in progress" in err
+    assert _done(out, "case0") and not (out / "cases" / "case1").exists()
+    assert [r["status"] for r in _summary(out)] == ["done", "pending"]
+    again = subprocess.run(_batch_cmd(str(manifest), "-o", str(out)), env=_env(), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "1 case(s) already finished" in again.stderr
+    assert [r["status"] for r in _summary(out)] == ["done", "done"]
+
+
+def test_folder_discovery_finds_ct_files_case_folders_and_dicom_series(tmp_path: Path) -> None:
+    make_cohort(tmp_path, 1)
+    shutil.copy(tmp_path / "case0" / "ct.nii.gz", tmp_path / "loose.nii.gz")
+    (tmp_path / "loose_seg.seg.nrrd").write_bytes(b"")  # a segmentation, never a CT
+    (tmp_path / "empty").mkdir()
+    dicom = tmp_path / "series"
+    dicom.mkdir()
+    (dicom / "IM0001.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    (tmp_path / ".hidden").mkdir()
+    cases, notes = discover_cases(tmp_path)
+    assert [(c.case_id, Path(c.ct).name, c.reference and Path(c.reference).name) for c in cases] == [
+        ("case0", "ct.nii.gz", "reference.nii.gz"),
+        ("loose", "loose.nii.gz", None),
+        ("series", "series", None),
+    ]
+    assert any("empty/" in n for n in notes) and any("loose_seg.seg.nrrd" in n for n in notes)
+
+
+def test_two_worker_processes_give_the_labels_of_one(tmp_path: Path) -> None:
+    manifest = make_cohort(tmp_path / "in", 2)
+    one = segment_cohort(manifest, tmp_path / "one", TEST_MODEL, settings=FAST)
+    two = segment_cohort(manifest, tmp_path / "two", TEST_MODEL, settings=FAST, workers=2)
+    assert sorted(two.done) == one.done == ["case0", "case1"]
+    workers = {read_record(tmp_path / "two", c)["worker"] for c in two.done}
+    assert str(os.getpid()) not in " ".join(workers)  # ran in the worker processes
+    for case in one.done:
+        np.testing.assert_array_equal(
+            read_seg_nrrd(tmp_path / "one" / "cases" / case / "segmentation.seg.nrrd").labelmap.array,
+            read_seg_nrrd(tmp_path / "two" / "cases" / case / "segmentation.seg.nrrd").labelmap.array,
+        )
