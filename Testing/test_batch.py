@@ -267,3 +267,30 @@ def test_two_worker_processes_give_the_labels_of_one(tmp_path: Path) -> None:
             read_seg_nrrd(tmp_path / "one" / "cases" / case / "segmentation.seg.nrrd").labelmap.array,
             read_seg_nrrd(tmp_path / "two" / "cases" / case / "segmentation.seg.nrrd").labelmap.array,
         )
+
+
+def test_readme_cohort_example_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's `segdeep batch` command and manifest columns, with test files for its paths."""
+    import re
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Cohorts: `segdeep batch`") :]
+    line = next(m.group(0) for m in re.finditer(r"^segdeep batch .*$", section, re.M))
+    header = next(m.group(0) for m in re.finditer(r"^case_id,ct,.*$", section, re.M))
+    make_cohort(tmp_path / "in", 2)
+    columns = header.split(",")
+    rows = [dict.fromkeys(columns, "") | {"case_id": c, "ct": f"{c}/ct.nii.gz"} for c in ("case0", "case1")]
+    rows[0] |= {"reference": "case0/reference.nii.gz", "reference_labels": "bone=reference"}
+    rows[1] |= {"tta": "true"} if "tta" in columns else {}
+    manifest = tmp_path / "in" / "cohort.csv"
+    manifest.write_text("\n".join([header] + [",".join(r[c] for c in columns) for r in rows]) + "\n")
+    args = shlex.split(line)[1:]
+    args[1] = str(manifest)
+    args[args.index("-o") + 1] = str(tmp_path / "out")
+    monkeypatch.chdir(ROOT)
+    assert cli.main([*args, "--no-progress"]) == 0
+    summary = _summary(tmp_path / "out")
+    assert [r["status"] for r in summary] == ["done", "done"]
+    assert summary[0]["bone_dice_reference"] and not summary[1]["bone_dice_reference"]
+    assert (tmp_path / "out" / "cases" / "case1" / "uncertainty.nii.gz").is_file()
