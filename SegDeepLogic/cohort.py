@@ -1184,7 +1184,8 @@ def _run_ray(
         device = str(settings.segment_options.get("device", "auto"))
         gpus = ray.cluster_resources().get("GPU", 0) if device in ("auto", "cuda") or device.startswith("cuda") else 0
         opts = dict(settings.segment_options)
-        opts.setdefault("num_threads", max(1, int(cpus_per_task)))
+        if not opts.get("num_threads"):
+            opts["num_threads"] = max(1, int(cpus_per_task))  # the CPUs the task declared
         if gpus:
             opts["device"] = "cuda"  # Ray gives each task one GPU (CUDA_VISIBLE_DEVICES)
         elif device == "auto":
