@@ -294,3 +294,41 @@ def test_readme_cohort_example_runs_as_written(tmp_path: Path, monkeypatch: pyte
     assert [r["status"] for r in summary] == ["done", "done"]
     assert summary[0]["bone_dice_reference"] and not summary[1]["bone_dice_reference"]
     assert (tmp_path / "out" / "cases" / "case1" / "uncertainty.nii.gz").is_file()
+
+
+def test_an_out_of_distribution_mismatch_and_an_out_of_memory_fail_their_case_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test model has no reference statistics, so the engine's verdicts are simulated here."""
+    import torch
+
+    from SegDeepLogic import segment
+    from SegDeepLogic.errors import MismatchError
+
+    real = segment.segment_file
+
+    def fake(ct_path, output, model, **kwargs):  # noqa: ANN001, ANN202
+        if "case1" in str(ct_path):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        result, written = real(ct_path, output, model, **kwargs)
+        if "case0" in str(ct_path):
+            for path in written:
+                path.unlink()
+            result.plausibility = {
+                "verdict": "mismatch",
+                "findings": [{"check": "x", "severity": "error", "message": "not a head"}],
+            }
+            raise MismatchError("nothing written: ct.nii.gz does not look like a head and neck CT", result)
+        return result, written
+
+    monkeypatch.setattr(segment, "segment_file", fake)
+    manifest = make_cohort(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    result = segment_cohort(manifest, out, TEST_MODEL, settings=BatchSettings(meshes=False))
+    assert result.done == ["case2"] and result.failed == ["case0", "case1"]
+    rows = {r["case_id"]: r for r in _summary(out)}
+    assert rows["case0"]["error_type"] == "MismatchError" and rows["case0"]["ood_verdict"] == "mismatch"
+    assert "does not look like a head and neck CT" in rows["case0"]["error"]
+    assert (out / "cases" / "case0" / "report.html").is_file()  # the report says why
+    assert not (out / "cases" / "case0" / "segmentation.seg.nrrd").exists()
+    assert rows["case1"]["error_type"] == "OutOfMemoryError" and "out of memory" in rows["case1"]["error"]
