@@ -531,7 +531,8 @@ def process_case(
             raise BatchError(f"reference segmentation not found: {case.reference}")
         seg_path = case_dir / SEGMENTATION_FILES[settings.output_format]
         options = dict(settings.segment_options)
-        options["uncertainty"] = True  # the report shows it; it does not change the labels
+        # The report shows the uncertainty map; it does not change the labels, and costs time without a use.
+        options["uncertainty"] = bool(settings.uncertainty or settings.report)
         try:
             result, written = segment_file(
                 case.ct,
