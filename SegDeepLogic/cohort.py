@@ -772,23 +772,28 @@ def _arrow_column(values: list[Any]) -> Any:
 _WORKER: dict[str, Any] = {}
 
 
-def _die_with_parent() -> None:
-    """Linux: this worker is killed when the batch process dies (so no orphan writes into OUTDIR)."""
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: this worker is killed when the batch process dies (so no orphan writes into OUTDIR).
+
+    If the batch died before this worker got here (it was still starting), exit at once.
+    """
     if sys.platform.startswith("linux"):
         try:
             import ctypes
             import signal
 
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
         except (OSError, AttributeError):
             pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
 
 
-def _init_pool_worker(model_path: str, devices: Any, num_threads: int | None) -> None:
+def _init_pool_worker(parent_pid: int, model_path: str, devices: Any, num_threads: int | None) -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the batch's business: finish the case
-    _die_with_parent()
+    _die_with_parent(parent_pid)
     from .segment import load_model
 
     _WORKER["device"] = devices.get() if devices is not None else None
@@ -1119,7 +1124,7 @@ def _run_pool(
     running: dict[Any, tuple[Case, dict[str, Any]]] = {}
     stopped = False
     with cf.ProcessPoolExecutor(
-        n_workers, mp_context=ctx, initializer=_init_pool_worker, initargs=(model_path, devices, threads)
+        n_workers, mp_context=ctx, initializer=_init_pool_worker, initargs=(os.getpid(), model_path, devices, threads)
     ) as pool:
         while pending or running:
             while pending and len(running) < n_workers and not _cancelled(cancel):

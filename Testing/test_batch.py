@@ -332,3 +332,20 @@ def test_an_out_of_distribution_mismatch_and_an_out_of_memory_fail_their_case_on
     assert (out / "cases" / "case0" / "report.html").is_file()  # the report says why
     assert not (out / "cases" / "case0" / "segmentation.seg.nrrd").exists()
     assert rows["case1"]["error_type"] == "OutOfMemoryError" and "out of memory" in rows["case1"]["error"]
+
+
+def test_worker_processes_die_with_a_killed_batch_so_none_writes_into_the_output_afterwards(tmp_path: Path) -> None:
+    psutil = pytest.importorskip("psutil")
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the parent-death signal is Linux-only")
+    manifest = make_cohort(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    cmd = _batch_cmd(str(manifest), "-o", str(out), "--no-report", "--workers", "2")
+    proc = subprocess.Popen(cmd, env=_env(), stderr=subprocess.DEVNULL)
+    _wait_for(lambda: (out / "cases" / "case0").is_dir(), proc)
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert workers
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    gone, alive = psutil.wait_procs(workers, timeout=90)
+    assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
