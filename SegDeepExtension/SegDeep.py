@@ -52,6 +52,12 @@ def _engineRoot() -> pathlib.Path:
 ENGINE_ROOT = _engineRoot()
 
 from SegDeepLib import mrml  # noqa: E402  (needs ENGINE_ROOT on sys.path)
+from SegDeepLib.dependencies import (  # noqa: E402
+    ENGINE_REQUIREMENTS,
+    TORCH_REQUIREMENT,
+    missing_packages,
+    slicer_version_problem,
+)
 from SegDeepLib.logic import (  # noqa: E402
     DISAGREEMENT_REFERENCE,
     PLAUSIBILITY_COLORS,
@@ -63,6 +69,19 @@ from SegDeepLib.logic import (  # noqa: E402
 )
 
 SAMPLE_CT = ENGINE_ROOT / "Resources" / "SampleData" / "openkbp_pt_236" / "ct.nii.gz"
+OUTPUT_FOLDER_SETTING = "SegDeep/OutputFolder"
+ENGINE_PACKAGES = ("SegDeepLib", "SegDeepLogic")
+"""Packages the developer Reload re-imports with ``SegDeep.py``."""
+
+
+def unsupportedSlicerMessage() -> str | None:
+    """The one message shown in a 3D Slicer older than SegDeep supports (None in a supported one)."""
+    try:
+        version = (int(slicer.app.majorVersion), int(slicer.app.minorVersion))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return slicer_version_problem(*version)
+
 
 PRESET_ITEMS = (
     # (label, data): data is "preset:<name>", "method:<name>" or "custom"
@@ -108,6 +127,11 @@ class SegDeep(ScriptedLoadableModule):
             "SegDeep is Apache-2.0 licensed. The sample CT is case pt_236 of the OpenKBP challenge data set "
             "(Babier et al., Medical Physics 48(9), 2021). Threshold presets come from InVesalius 3."
         )
+        problem = unsupportedSlicerMessage()
+        if problem:  # one clear message instead of failing on every action
+            self.parent.helpText = problem
+            logging.error(problem)
+            return
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -144,7 +168,10 @@ class SegDeepParameterNode:
     Compare: ``segmentation``, ``segmentName``, ``thresholdPreset`` (``preset:<name>``,
     ``method:<name>`` or ``custom``), ``lowerHU``/``upperHU``, clean-up options, ``toleranceMm``,
     ``comparisonTable``. Export: ``exportSegmentation``, ``exportFormat``, ``smoothing``,
-    ``decimation``, ``coordinateSystem``, ``merge``, ``outputFolder``, ``printReportTable``.
+    ``decimation``, ``coordinateSystem``, ``merge``, ``outputFolder``, ``printReportTable``; print
+    preparation: ``hollowWallMm`` (0: solid), ``drainHoles``, ``drainDiameterMm``, ``kerfMm``,
+    ``perShell``, ``thinThresholdMm`` (0: off); the cutting planes are the markups planes checked
+    in the panel's selector, the build volume ("X Y Z" mm) and the segments to hollow/cut are typed in line edits.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -158,19 +185,25 @@ class SegDeepParameterNode:
     segmentation: vtkMRMLSegmentationNode
     segmentName: str = ""
     thresholdPreset: str = "preset:bone"
-    lowerHU: float = 226.0
-    upperHU: float = 3071.0
+    lowerHU: Annotated[float, WithinRange(-3024.0, 10000.0)] = 226.0  # the spin boxes' range: unbounded floats reset it
+    upperHU: Annotated[float, WithinRange(-3024.0, 10000.0)] = 3071.0
     keepLargest: bool = False
     minIslandMm3: Annotated[float, WithinRange(0.0, 1.0e7)] = 0.0
     fillHoles: bool = False
     toleranceMm: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
     comparisonTable: vtkMRMLTableNode
     exportSegmentation: vtkMRMLSegmentationNode
-    exportFormat: Annotated[str, Choice(["STL", "OBJ", "PLY"])] = "STL"
+    exportFormat: Annotated[str, Choice(["STL", "OBJ", "PLY", "3MF"])] = "STL"
     smoothing: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     decimation: Annotated[float, WithinRange(0.0, 0.95)] = 0.0
     coordinateSystem: Annotated[str, Choice(["LPS", "RAS"])] = "LPS"
     merge: bool = False
+    hollowWallMm: Annotated[float, WithinRange(0.0, 50.0)] = 0.0
+    drainHoles: Annotated[int, WithinRange(0, 10)] = 0
+    drainDiameterMm: Annotated[float, WithinRange(0.0, 20.0)] = 3.0
+    kerfMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    perShell: bool = False
+    thinThresholdMm: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     outputFolder: pathlib.Path
     printReportTable: vtkMRMLTableNode
 
@@ -190,6 +223,7 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job = None
         self._probe = None
         self._withheld = None  # (volume node, check) of the last run whose result was withheld
+        self._busy = None  # "compare" or "export" while one runs (they run in this process)
         self._observedSegmentations = []
         self._timer = qt.QTimer()
         self._timer.setInterval(100)
@@ -205,6 +239,13 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setup(self) -> None:
         """Load the .ui, create the logic, connect signals and observers."""
         ScriptedLoadableModuleWidget.setup(self)
+        problem = unsupportedSlicerMessage()
+        if problem:
+            label = qt.QLabel(problem)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            self.layout.addStretch(1)
+            return
         uiWidget = slicer.util.loadUI(self._uiPath())
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
@@ -214,7 +255,7 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for label, data in PRESET_ITEMS:
             self.ui.presetComboBox.addItem(label, data)
         self.ui.outputFolderPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
-        self.ui.outputFolderPathLineEdit.settingKey = "SegDeep/OutputFolder"
+        self.ui.outputFolderPathLineEdit.settingKey = OUTPUT_FOLDER_SETTING  # the folder history
         self._populateModels()
         self._populateDevices(None)
 
@@ -236,6 +277,17 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.initializeParameterNode()
         self._startDeviceProbe()
+
+    def onReload(self) -> None:
+        """Developer Reload: re-import ``SegDeepLib`` and the engine too, not only ``SegDeep.py``.
+
+        ``slicer.util.reloadScriptedModule`` (called by the base class) cleans this widget up and
+        re-executes ``SegDeep.py``, whose imports then load the edited packages.
+        """
+        for name in sorted(sys.modules, reverse=True):
+            if name.split(".")[0] in ENGINE_PACKAGES:
+                del sys.modules[name]
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
         """Called when the application closes and the module widget is destroyed."""
@@ -264,7 +316,13 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
+        if self.logic is None:  # an unsupported Slicer: the panel only shows the message
+            return
         self.setParameterNode(self.logic.getParameterNode())
+        if str(self._parameterNode.outputFolder or "") in ("", "."):
+            remembered = qt.QSettings().value(OUTPUT_FOLDER_SETTING)
+            if remembered and os.path.isdir(str(remembered)):
+                self._parameterNode.outputFolder = pathlib.Path(str(remembered))
         if not self._parameterNode.inputVolume:
             firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if firstVolumeNode:
@@ -294,7 +352,7 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.lowerHUSpinBox.enabled = custom
         self.ui.upperHUSpinBox.enabled = custom or method
         self._refreshSegmentNames()
-        running = self._job is not None
+        running = self._job is not None or self._busy is not None
         hasModel = bool(p.model) or bool(self.ui.modelComboBox.currentData)
         self.ui.segmentButton.enabled = bool(p.inputVolume) and hasModel and not running
         self.ui.segmentButton.toolTip = _("Segment the input volume") if p.inputVolume else _("Select an input volume")
@@ -476,6 +534,8 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._showModelInfo()
 
     def onSegmentButton(self) -> None:
+        if self._job is not None or self._busy is not None:  # one action at a time
+            return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("The segmentation could not start."), waitCursor=True):
             self.logic.ensureDependencies(torch=True)
@@ -602,7 +662,29 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.stageLabel.text = stage
         slicer.app.processEvents()
 
+    def _startBusy(self, what: str) -> bool:
+        """Mark Compare or Export as running (buttons disabled); False if one already runs."""
+        if self._busy is not None or self._job is not None:
+            return False
+        self._busy = what
+        self._updateGui()
+        return True
+
+    def _endBusy(self) -> None:
+        self._busy = None
+        self.ui.stageLabel.text = ""
+        self.ui.progressBar.value = 0
+        self._updateGui()
+
     def onCompareButton(self) -> None:
+        if not self._startBusy("compare"):
+            return
+        try:
+            self._compare()
+        finally:  # also on an error: the buttons come back
+            self._endBusy()
+
+    def _compare(self) -> None:
         p = self._parameterNode
         kind, _sep, name = p.thresholdPreset.partition(":")
         options = {}
@@ -638,14 +720,20 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             disagreementNode = table.GetNodeReference(DISAGREEMENT_REFERENCE)
             if disagreementNode is not None:
                 slicer.util.setSliceViewerLayers(background=p.inputVolume)
-        self.ui.stageLabel.text = ""
-        self.ui.progressBar.value = 0
 
     # --- export ------------------------------------------------------------------------------
     def onExportSegmentationChanged(self, node) -> None:
         self._updateGui()
 
     def onExportButton(self) -> None:
+        if not self._startBusy("export"):
+            return
+        try:
+            self._export()
+        finally:  # also on an error or a declined overwrite: the buttons come back
+            self._endBusy()
+
+    def _export(self) -> None:
         p = self._parameterNode
         listWidget = self.ui.exportSegmentsListWidget
         names = [listWidget.item(i).text() for i in range(listWidget.count) if listWidget.item(i).checkState() == qt.Qt.Checked]
@@ -660,7 +748,25 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "coordinateSystem": p.coordinateSystem,
             "merge": p.merge,
             "progress": self._progress,
+            "hollowWallMm": p.hollowWallMm or None,
+            "drainHoles": p.drainHoles if p.hollowWallMm else 0,
+            "drainDiameterMm": p.drainDiameterMm,
+            "cutPlanes": list(self.ui.cutPlanesSelector.checkedNodes()),
+            "kerfMm": p.kerfMm,
+            "perShell": p.perShell,
+            "thinThresholdMm": p.thinThresholdMm or None,
+            "prepSegmentNames": [n.strip() for n in self.ui.prepSegmentsLineEdit.text.split(",") if n.strip()] or None,
         }
+        buildVolume = str(self.ui.buildVolumeLineEdit.text).strip()
+        if buildVolume:
+            try:
+                size = [float(v) for v in buildVolume.replace("x", " ").replace(",", " ").split()]
+            except ValueError:
+                size = []
+            if len(size) != 3:
+                slicer.util.errorDisplay(_("Build volume: give three sizes in mm, e.g. 250 210 220."))
+                return
+            options["buildVolumeMm"] = size
         with slicer.util.tryWithErrorDisplay(_("The export failed."), waitCursor=True):
             folder = str(p.outputFolder)
             try:
@@ -669,6 +775,8 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if not slicer.util.confirmYesNoDisplay(f"{exc}\n\n" + _("Replace the existing files?")):
                     return
                 reports = self.logic.exportForPrinting(p.exportSegmentation, folder, overwrite=True, **options)
+            qt.QSettings().setValue(OUTPUT_FOLDER_SETTING, folder)  # remembered for the next session
+            self.ui.outputFolderPathLineEdit.addCurrentPathToHistory()
             table = self.logic.createPrintReportTable(reports, p.exportSegmentation)
             p.printReportTable = table
             self.ui.printReportTableView.setMRMLTableNode(table)
@@ -681,8 +789,6 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if notReady
                 else _("All surfaces are print-ready.")
             )
-        self.ui.stageLabel.text = ""
-        self.ui.progressBar.value = 0
 
 
 def _fmt(value) -> str:
@@ -729,6 +835,14 @@ class SegDeepTest(ScriptedLoadableModuleTest):
     def test_SegDeepScenario(self) -> None:
         from SegDeepLib import selftest
 
+        problem = unsupportedSlicerMessage()
+        if problem:
+            self.skipTest(problem)
+        missing = missing_packages([*ENGINE_REQUIREMENTS, TORCH_REQUIREMENT])
+        if missing and slicer.app.testingEnabled():  # never install packages on a build machine
+            message = selftest.skip_message(missing)
+            self.delayDisplay(message)
+            self.skipTest(message)
         self.delayDisplay("Loading the sample CT and rotating/shifting its geometry")
         volumeNode = slicer.util.loadVolume(str(selftest.sample_ct_path()))
         selftest.apply_test_geometry(volumeNode)

@@ -208,7 +208,15 @@ def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
 # --------------------------------------------------------------------------------------------
 # Memory
 # --------------------------------------------------------------------------------------------
-_OOM_MESSAGES = ("out of memory", "cuda error: out of memory", "cudnn_status_alloc_failed", "cublas_status_alloc_failed")
+# torch's CPU allocator says "DefaultCPUAllocator: can't allocate memory"; the OS says "Cannot allocate memory".
+OOM_MESSAGES = (
+    "out of memory",
+    "can't allocate memory",
+    "cannot allocate memory",
+    "cudnn_status_alloc_failed",
+    "cublas_status_alloc_failed",
+)
+_OOM_MESSAGES = OOM_MESSAGES
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -217,6 +225,8 @@ def is_out_of_memory(exc: BaseException) -> bool:
     Examples
     --------
     >>> is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    True
+    >>> is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
     True
     >>> is_out_of_memory(RuntimeError("shape mismatch"))
     False

@@ -39,3 +39,18 @@ class MismatchError(SegDeepError):
     def __init__(self, message: str, result: object = None):
         super().__init__(message)
         self.result = result
+
+
+class OutputError(SegDeepError, ValueError):
+    """An output path cannot be written safely: it exists (without overwrite), is a folder or a
+    special file (FIFO, device), names an input or another output, or its folder is not writable.
+    Raised before any work is done."""
+
+
+class WriteError(SegDeepError, OSError):
+    """A file could not be written completely (disk full, file size limit, a writer that failed
+    silently); nothing was put under the final name."""
+
+
+class ImageSizeError(VolumeReadError):
+    """An image header declares more voxels than the configured limit (``SEGDEEP_MAX_VOXELS``)."""

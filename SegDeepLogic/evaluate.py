@@ -39,7 +39,8 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_path
+from ._compat import zip_strict
+from .atomic import atomic_path, write_text
 from .errors import SegDeepError
 from .io import read_volume
 from .metrics import compare_masks
@@ -48,7 +49,7 @@ from .plausibility import reference_statistics
 from .progress import CancelToken, ProgressCallback, report
 from .refine import refine_mask
 from .threshold import grow_mask, keep_largest_component
-from .training.data import find_cases
+from .training.data import find_cases, read_case_mask
 from .volume import Volume
 
 __all__ = [
@@ -127,7 +128,7 @@ def choose_threshold(
     for n, case in enumerate(cases):
         report(progress, n / len(cases), f"threshold on {case.case_id}", cancel)
         ct = read_volume(case.ct)
-        ref = read_volume(case.masks[structure]).array > 0
+        ref = read_case_mask(case, structure).array > 0
         roi = roi_around(ref, ct.spacing_kji, roi_mm)
         hu, r = ct.array[roi], ref[roi]
         for t, value in enumerate(cand):
@@ -141,8 +142,8 @@ def choose_threshold(
         "mean_dice": round(float(curve[best]), 4),
         "n_cases": len(cases),
         "roi_mm": roi_mm,
-        "data": [str(d) for d in ([data] if isinstance(data, str | os.PathLike) else data)],
-        "curve": {f"{v:g}": round(float(d), 4) for v, d in zip(cand, curve, strict=True)},
+        "data": [str(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)],
+        "curve": {f"{v:g}": round(float(d), 4) for v, d in zip_strict(cand, curve)},
     }
 
 
@@ -236,7 +237,7 @@ def evaluate_model(
         for name, value in labels:
             if name not in case.masks:
                 continue
-            ref_vol = read_volume(case.masks[name])
+            ref_vol = read_case_mask(case, name)
             ct.require_same_grid(ref_vol, f"{case.ct.name} and {case.masks[name].name}")
             ref = ref_vol.array > 0
             mask = pred == value
@@ -258,12 +259,12 @@ def evaluate_model(
     summary.update(
         {
             "model": {"name": _get(card, "name"), "version": _get(card, "version"), "path": str(getattr(package, "path", model))},
-            "data": [str(d) for d in ([data] if isinstance(data, str | os.PathLike) else data)],
+            "data": [str(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)],
             "cases": len(found),
             "threshold": threshold if isinstance(threshold, dict) else ({"threshold_hu": t_hu} if t_hu is not None else None),
             "roi_mm": roi_mm,
             "overlap": overlap,
-            "segment_options": {k: v for k, v in options.items() if isinstance(v, bool | int | float | str | None)},
+            "segment_options": {k: v for k, v in options.items() if isinstance(v, (bool, int, float, str, None))},
             "postprocessing": ((_get(card, "extra") or {}).get("postprocessing") or False)
             if options.get("model_postprocessing", True)
             else False,
@@ -297,7 +298,7 @@ def training_reference(
     names = [str(_get(d, "name")) for d in _get(card, "labels")]
     spacing = [float(s) for s in _get(card, "spacing_ijk_mm")]
     cases = load_cases(find_cases(data, names), names, spacing, _get(card, "orientation"), cache_dir=cache_dir)
-    sources = [data] if isinstance(data, str | os.PathLike) else data
+    sources = [data] if isinstance(data, (str, os.PathLike)) else data
     return reference_statistics(cases, names, spacing[::-1], source=", ".join(str(d) for d in sources))
 
 
@@ -385,12 +386,12 @@ def plot_dice(
             )
         )
     fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False)
-    for ax, (name, keys, values) in zip(axes[0], panels, strict=True):
+    for ax, (name, keys, values) in zip_strict(axes[0], panels):
         data = [values(k) for k in keys]
         ax.boxplot(data, showmeans=True)
         ax.set_xticks(
             range(1, len(keys) + 1),
-            [f"{k}\n(n={len(d)})" for k, d in zip(keys, data, strict=True)],
+            [f"{k}\n(n={len(d)})" for k, d in zip_strict(keys, data)],
             rotation=30,
             ha="right",
             fontsize=8,
@@ -418,10 +419,8 @@ def write_evaluation(result: EvaluationResult, output_dir: str | os.PathLike, *,
             if p.exists():
                 raise FileExistsError(f"refusing to overwrite existing file: {p}")
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(paths["csv"]) as tmp:
-        tmp.write_text(_csv_text(result.rows))
-    with atomic_path(paths["summary"]) as tmp:
-        tmp.write_text(json.dumps(result.summary, indent=2, default=str) + "\n")
+    write_text(paths["csv"], _csv_text(result.rows))
+    write_text(paths["summary"], json.dumps(result.summary, indent=2, default=str) + "\n")
     model = result.summary.get("model") or {}
     plot_dice(result.rows, paths["plot"], title=f"{model.get('name', '')} on {', '.join(result.summary.get('data', []))}")
     return paths

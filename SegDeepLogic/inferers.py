@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from ._compat import zip_strict
 from .progress import CancelToken, ProgressCallback, report
 
 __all__ = [
@@ -69,9 +70,9 @@ def gaussian_importance_map(
     ((5, 7, 9), 1.0, 0.001)
     """
     patch_size = tuple(int(p) for p in patch_size)
-    scales = (float(sigma_scale),) * len(patch_size) if isinstance(sigma_scale, int | float) else tuple(sigma_scale)
+    scales = (float(sigma_scale),) * len(patch_size) if isinstance(sigma_scale, (int, float)) else tuple(sigma_scale)
     weights = None
-    for axis, (n, scale) in enumerate(zip(patch_size, scales, strict=True)):
+    for axis, (n, scale) in enumerate(zip_strict(patch_size, scales)):
         sigma = n * scale
         x = torch.arange(-(n - 1) / 2.0, (n - 1) / 2.0 + 1, dtype=torch.float32, device=device)
         g = torch.exp(x**2 / (-2 * sigma**2))
@@ -92,9 +93,9 @@ def scan_intervals(image_size: Sequence[int], patch_size: Sequence[int], overlap
     >>> scan_intervals((100, 64, 50), (64, 64, 32), 0.5)
     (32, 64, 16)
     """
-    overlaps = (float(overlap),) * len(patch_size) if isinstance(overlap, int | float) else tuple(overlap)
+    overlaps = (float(overlap),) * len(patch_size) if isinstance(overlap, (int, float)) else tuple(overlap)
     steps = []
-    for n, p, o in zip(image_size, patch_size, overlaps, strict=True):
+    for n, p, o in zip_strict(image_size, patch_size, overlaps):
         if not 0.0 <= o < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {o}")
         steps.append(int(p) if n == p else max(1, int(p * (1 - o))))
@@ -116,15 +117,15 @@ def window_slices(
     """
     image_size = tuple(int(n) for n in image_size)
     patch_size = tuple(int(p) for p in patch_size)
-    if any(p > n for p, n in zip(patch_size, image_size, strict=True)):
+    if any(p > n for p, n in zip_strict(patch_size, image_size)):
         raise ValueError(f"image {image_size} is smaller than the patch {patch_size}; pad it first")
     steps = scan_intervals(image_size, patch_size, overlap)
     starts_per_axis = []
-    for n, p, step in zip(image_size, patch_size, steps, strict=True):
+    for n, p, step in zip_strict(image_size, patch_size, steps):
         count = 1 + max(0, math.ceil((n - p) / step))
         starts_per_axis.append([min(i * step, n - p) for i in range(count)])
     grid = torch.cartesian_prod(*[torch.tensor(s) for s in starts_per_axis]).reshape(-1, len(patch_size)).tolist()
-    return [tuple(slice(s, s + p) for s, p in zip(starts, patch_size, strict=True)) for starts in grid]
+    return [tuple(slice(s, s + p) for s, p in zip_strict(starts, patch_size)) for starts in grid]
 
 
 def _pad_to_patch(inputs: torch.Tensor, patch_size: tuple[int, ...], mode: str, cval: float) -> tuple[torch.Tensor, list[int]]:
@@ -248,7 +249,7 @@ def sliding_window_inference(
             predicted = predicted.to(stitch_device, torch.float32)
             if output is None:
                 output = torch.zeros((n_images, predicted.shape[1], *image_size), dtype=torch.float32, device=stitch_device)
-            for (b, s), p in zip(batch, predicted, strict=True):
+            for (b, s), p in zip_strict(batch, predicted):
                 output[b][(slice(None), *s)].addcmul_(p, weight)
             done += len(batch)
             report(progress, done / len(jobs), stage, cancel)

@@ -14,7 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from .atomic import atomic_path
-from .errors import VolumeError, VolumeReadError
+from .errors import VolumeError, VolumeReadError, WriteError
+from .filecheck import check_image_file
 from .volume import Volume
 
 READ_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
@@ -23,6 +24,11 @@ WRITE_SUFFIXES = (".nrrd", ".nii", ".nii.gz", ".mha")
 
 class HounsfieldWarning(UserWarning):
     """The intensities do not look like CT Hounsfield units."""
+
+
+class NotHounsfieldError(VolumeError):
+    """The image cannot be a CT in Hounsfield units (no value as low as fat or air): a raw scanner
+    image without its rescale intercept, or an MR image."""
 
 
 def _suffix(path: Path) -> str:
@@ -81,13 +87,25 @@ def validate_volume(volume: Volume, *, name: str = "volume") -> Volume:
     return volume
 
 
-def check_hounsfield(volume: Volume, *, name: str = "volume") -> bool:
+def check_hounsfield(volume: Volume, *, name: str = "volume", strict: bool = False) -> bool:
     """Warn (:class:`HounsfieldWarning`) when intensities do not look like CT Hounsfield units.
 
     A CT in HU has air near -1000 (outside the body, in the airways) and no values far below
-    -1024. Returns True when the intensities look like HU.
+    -1024. Returns True when the intensities look like HU. With ``strict``, an image with no
+    value below -200 (neither air nor fat) -- which cannot be a CT in HU: a raw uint16 image whose
+    rescale intercept was not applied (air near 0) or an MR image -- raises
+    :class:`NotHounsfieldError` with its range instead (what ``segdeep threshold`` and
+    ``segment`` use).
     """
     a = volume.array
+    lo_all = float(a.min())
+    if lo_all > -200 and strict:
+        raise NotHounsfieldError(
+            f"{name} is not a CT in Hounsfield units: its values run from {lo_all:g} to {float(a.max()):g} ({a.dtype}), "
+            "with nothing below -200 HU (no air, no fat). Is it a raw scanner image without its rescale intercept "
+            "(HU = stored value x slope + intercept, usually -1024), or an MR image? Convert it to HU first"
+            " (or pass --allow-non-hu to threshold it as it is)"
+        )
     sample = a[:: max(1, a.shape[0] // 64), :: max(1, a.shape[1] // 128), :: max(1, a.shape[2] // 128)].astype(np.float32)
     lo, hi = float(sample.min()), float(sample.max())
     air_fraction = float(np.mean((sample > -1100) & (sample < -850)))
@@ -111,15 +129,37 @@ def check_hounsfield(volume: Volume, *, name: str = "volume") -> bool:
     return True
 
 
-def read_volume(path: str | os.PathLike, *, check_hu: bool = False) -> Volume:
+def read_volume(
+    path: str | os.PathLike, *, check_hu: bool = False, allow_non_hu: bool = False, series_uid: str | None = None
+) -> Volume:
     """Read a 3D scalar image file (NRRD, NIfTI, MHA/MHD) or a DICOM series folder.
 
     Parameters
     ----------
     path : path-like
-        Image file, or a folder holding one DICOM series (the largest is taken if several).
+        Image file, or a folder of DICOM files (read with
+        :func:`~SegDeepLogic.dicom_series.read_dicom_series`: the series ``series_uid``, else the
+        largest readable image series, with a warning naming the others; gantry-tilted,
+        irregularly spaced or mixed series are refused with the reason).
     check_hu : bool, optional
-        Also warn (:class:`HounsfieldWarning`) if the values do not look like Hounsfield units.
+        Also warn (:class:`HounsfieldWarning`) if the values do not look like Hounsfield units,
+        and refuse (:class:`NotHounsfieldError`) an image with no value below -200 (see
+        :func:`check_hounsfield`) unless ``allow_non_hu``.
+    allow_non_hu : bool, optional
+        Accept an image that cannot be HU (with ``check_hu``; only a warning then).
+    series_uid : str, optional
+        Series Instance UID to read from a DICOM folder (``segdeep dicom-info`` lists them).
+
+    Raises
+    ------
+    VolumeReadError
+        Missing, unreadable, truncated or corrupt file; a DICOM series that is not a regular grid
+        (:class:`~SegDeepLogic.dicom_series.DicomSeriesError`: slices at one position, a missing
+        slice, gantry tilt, ...).
+    ImageSizeError
+        The header declares more voxels than ``SEGDEEP_MAX_VOXELS``.
+    VolumeError
+        Non-finite values, zero voxel size, not a 3D scalar image.
 
     Returns
     -------
@@ -135,11 +175,22 @@ def read_volume(path: str | os.PathLike, *, check_hu: bool = False) -> Volume:
     path = Path(path)
     if not path.exists():
         raise VolumeReadError(f"no such file or folder: {path}")
+    if series_uid is not None and not path.is_dir():
+        raise VolumeReadError(f"a series UID was given but {path} is not a DICOM folder")
     if path.is_dir():
-        image = _read_dicom_folder(path)
+        from .dicom_series import read_dicom_series
+
+        volume = validate_volume(read_dicom_series(path, series_uid)[0], name=str(path))
+        if check_hu:
+            check_hounsfield(volume, name=str(path), strict=not allow_non_hu)
+        return volume
     else:
+        facts = check_image_file(path)  # header vs data, size limit, finite values: before any allocation
         try:
-            image = sitk.ReadImage(str(path))
+            reader = sitk.ImageFileReader()
+            reader.SetImageIO(facts.imageio)
+            reader.SetFileName(str(path))
+            image = reader.Execute()
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
             raise VolumeReadError(
@@ -147,21 +198,8 @@ def read_volume(path: str | os.PathLike, *, check_hu: bool = False) -> Volume:
             ) from exc
     volume = validate_volume(from_sitk(image), name=str(path))
     if check_hu:
-        check_hounsfield(volume, name=str(path))
+        check_hounsfield(volume, name=str(path), strict=not allow_non_hu)
     return volume
-
-
-def _read_dicom_folder(folder: Path) -> sitk.Image:
-    reader = sitk.ImageSeriesReader()
-    series = reader.GetGDCMSeriesIDs(str(folder))
-    if not series:
-        raise VolumeReadError(f"folder {folder} holds no DICOM series")
-    files = max((reader.GetGDCMSeriesFileNames(str(folder), s) for s in series), key=len)
-    reader.SetFileNames(files)
-    try:
-        return reader.Execute()
-    except RuntimeError as exc:
-        raise VolumeReadError(f"cannot read the DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from exc
 
 
 def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = True, overwrite: bool = True) -> Path:
@@ -173,6 +211,39 @@ def write_volume(volume: Volume, path: str | os.PathLike, *, compress: bool = Tr
     if _suffix(path) not in WRITE_SUFFIXES:
         raise VolumeError(f"cannot write {path.name}: use one of {', '.join(WRITE_SUFFIXES)}")
     image = to_sitk(volume)
-    with atomic_path(path, overwrite=overwrite) as tmp:
-        sitk.WriteImage(image, str(tmp), useCompression=compress)
+    with atomic_path(path, overwrite=overwrite, verify=lambda tmp: verify_image_file(tmp, image)) as tmp:
+        write_image(image, tmp, compress=compress)
     return path
+
+
+def write_image(image: sitk.Image, path: str | os.PathLike, *, compress: bool = True) -> None:
+    """``sitk.WriteImage`` with its errors as :class:`WriteError` (use inside :func:`atomic_path` with
+    ``verify=lambda tmp: verify_image_file(tmp, image)``: SimpleITK does not report a short write)."""
+    try:
+        sitk.WriteImage(image, str(path), useCompression=compress)
+    except RuntimeError as exc:
+        raise WriteError(f"writing {path} failed: {str(exc).strip().splitlines()[-1] if str(exc).strip() else exc}") from exc
+
+
+def verify_image_file(path: str | os.PathLike, expected: sitk.Image) -> None:
+    """Read a just-written image back and raise :class:`WriteError` unless it holds exactly ``expected``.
+
+    SimpleITK ignores write errors (a full disk, a file size limit) and leaves a short file;
+    reading it back through :func:`~SegDeepLogic.filecheck.check_image_file` catches that.
+    """
+    path = Path(path)
+    try:
+        facts = check_image_file(path)
+        reader = sitk.ImageFileReader()
+        reader.SetImageIO(facts.imageio)
+        reader.SetFileName(str(path))
+        back = reader.Execute()
+    except (VolumeReadError, VolumeError, RuntimeError) as exc:
+        raise WriteError(f"the file just written does not read back intact ({exc}); disk full or a file size limit?") from exc
+    same = (
+        back.GetSize() == expected.GetSize()
+        and np.allclose(back.GetSpacing(), expected.GetSpacing(), rtol=1e-6, atol=1e-6)
+        and np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(expected), equal_nan=True)
+    )
+    if not same:
+        raise WriteError(f"the file just written does not hold the data that was written ({path.name})")

@@ -47,6 +47,7 @@ from vtkmodules.vtkFiltersCore import (
 )
 from vtkmodules.vtkFiltersGeneral import vtkDiscreteFlyingEdges3D
 
+from ._compat import zip_strict
 from .errors import CancelledError, MeshError
 from .progress import CancelToken, ProgressCallback, report
 from .volume import Volume
@@ -457,7 +458,7 @@ def _vertex_quadrics(v: np.ndarray, f: np.ndarray) -> np.ndarray:
     p = np.concatenate([nrm, -(nrm * p0).sum(axis=0, keepdims=True)])
     w = dbl_area / 2
     q = np.zeros((10, len(v)))
-    for c, (i, j) in enumerate(zip(*np.triu_indices(4), strict=True)):
+    for c, (i, j) in enumerate(zip_strict(*np.triu_indices(4))):
         fq = p[i] * p[j] * w
         for corner in range(3):
             q[c] += np.bincount(f[:, corner], weights=fq, minlength=len(v))
@@ -871,7 +872,7 @@ def merge_meshes(meshes: Iterable[Mesh]) -> Mesh:
         raise MeshError(f"cannot merge meshes in different coordinate systems: {sorted(spaces)}")
     offsets = np.cumsum([0] + [m.n_vertices for m in meshes[:-1]])
     vertices = np.concatenate([m.vertices for m in meshes])
-    faces = np.concatenate([m.faces + o for m, o in zip(meshes, offsets, strict=True)])
+    faces = np.concatenate([m.faces + o for m, o in zip_strict(meshes, offsets)])
     normals = np.concatenate([m.normals for m in meshes]) if all(m.normals is not None for m in meshes) else None
     shared = set.intersection(*(set(m.scalars) for m in meshes))
     scalars = {name: np.concatenate([m.scalars[name] for m in meshes]) for name in meshes[0].scalars if name in shared}

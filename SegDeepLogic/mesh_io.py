@@ -19,23 +19,25 @@ import unicodedata
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal, TextIO
+from typing import Literal, TextIO, Union
 
 import numpy as np
 
-from .atomic import atomic_path
+from ._compat import zip_strict
+from .atomic import atomic_outputs, atomic_path
 from .errors import MeshError
 from .mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, Space, _check_space, mask_to_mesh, merge_meshes
 from .mesh_report import MeshReport, mesh_report, surface_deviation_mm
+from .print_prep import PrintOptions, prepare_segment
 from .progress import CancelToken, ProgressCallback, report
 from .segmentation_io import Segmentation
 from .volume import Volume
 
 __all__ = ["MESH_FORMATS", "export_segments", "read_mesh", "safe_filename", "write_mesh"]
 
-MESH_FORMATS = ("stl", "obj", "ply")
-MeshFormat = Literal["stl", "obj", "ply"]
-SegmentsLike = Volume | Mapping[str, Volume] | Segmentation
+MESH_FORMATS = ("stl", "obj", "ply", "3mf")
+MeshFormat = Literal["stl", "obj", "ply", "3mf"]
+SegmentsLike = Union[Volume, Mapping[str, Volume], Segmentation]
 
 _SPACE_RE = re.compile(rb"SPACE=(LPS|RAS)")
 _STL_RECORD = np.dtype([("normal", "<f4", (3,)), ("vertices", "<f4", (3, 3)), ("attribute", "<u2")])  # 50 bytes
@@ -44,7 +46,7 @@ _STL_RECORD = np.dtype([("normal", "<f4", (3,)), ("vertices", "<f4", (3, 3)), ("
 def _format_of(path: Path) -> MeshFormat:
     fmt = path.suffix.lower().lstrip(".")
     if fmt not in MESH_FORMATS:
-        raise MeshError(f"unsupported mesh file type {path.suffix!r} for {path.name}; use .stl, .obj or .ply")
+        raise MeshError(f"unsupported mesh file type {path.suffix!r} for {path.name}; use .stl, .obj, .ply or .3mf")
     return fmt  # type: ignore[return-value]
 
 
@@ -238,7 +240,11 @@ def write_mesh(mesh: Mesh, path: str | os.PathLike, *, overwrite: bool = False, 
 
 
 def _write_file(mesh: Mesh, path: Path, fmt: MeshFormat, scalars: Sequence[str] | None = None) -> None:
-    if fmt == "stl":
+    if fmt == "3mf":
+        from .mesh_3mf import PrintPart, write_3mf
+
+        write_3mf([PrintPart(path.name.split(".")[0] or "mesh", mesh)], path, overwrite=True)
+    elif fmt == "stl":
         _write_stl(mesh, path)
     elif fmt == "obj":
         _write_obj(mesh, path)
@@ -416,6 +422,15 @@ def read_mesh(path: str | os.PathLike, *, space: Space | None = None) -> Mesh:
     fmt = _format_of(path)
     normals = None
     scalars: dict[str, np.ndarray] = {}
+    if fmt == "3mf":
+        from .mesh_3mf import read_3mf
+
+        model = read_3mf(path)
+        if not model.parts:
+            raise MeshError(f"{path.name} holds no mesh object")
+        merged = merge_meshes([p.mesh for p in model.parts]) if len(model.parts) > 1 else model.parts[0].mesh
+        merged = Mesh(merged.vertices * model.mm_per_unit, merged.faces, merged.space)
+        return merged if space is None else merged.to_space(_check_space(space))
     if fmt == "stl":
         vertices, faces, header = _read_stl(path)
     elif fmt == "obj":
@@ -483,7 +498,7 @@ def _segment_masks(segments: SegmentsLike, names: Mapping[int, str] | Sequence[s
             names = [names] if isinstance(names, str) else list(names)
             if len(names) != len(label_names):
                 raise ValueError(f"{len(names)} names given for {len(label_names)} labels {sorted(label_names)}")
-            label_names = dict(zip(sorted(label_names), names, strict=True))
+            label_names = dict(zip_strict(sorted(label_names), names))
     return [(name, value, segments.with_array(array == value)) for value, name in sorted(label_names.items())]
 
 
@@ -500,6 +515,8 @@ def export_segments(
     decimation: float = 0.0,
     measure_deviation: bool = True,
     overwrite: bool = False,
+    colors: Mapping[str, Sequence[float]] | None = None,
+    print_options: PrintOptions | Mapping[str, PrintOptions] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> list[tuple[Path, MeshReport]]:
@@ -518,9 +535,11 @@ def export_segments(
     names : mapping of label value to name, or sequence of names, optional
         Label map only: segment names (a sequence follows the ascending label values present;
         a mapping also selects the labels to export). Default ``Segment_<value>``.
-    format : {"stl", "obj", "ply"}, optional
+    format : {"stl", "obj", "ply", "3mf"}, optional
         File format. PLY files carry the per-vertex ``deviation_mm`` scalar (signed distance to
-        the unsmoothed voxel surface) and, when merged, ``label``.
+        the unsmoothed voxel surface) and, when merged, ``label``. ``3mf`` writes one file
+        (``merged_name.3mf``) with one named, coloured object per part (segment, piece or
+        shell), in mm, its coordinate system in the metadata (:mod:`SegDeepLogic.mesh_3mf`).
     merge : bool, optional
         One file holding every segment (named ``merged_name``) instead of one per segment.
     merged_name : str, optional
@@ -536,6 +555,13 @@ def export_segments(
         distance query per vertex).
     overwrite : bool, optional
         Replace existing files. Default False: ``FileExistsError`` before any work.
+    colors : mapping of segment name to (r, g, b) in [0, 1], optional
+        Segment colours for 3MF objects (a Segmentation brings its own).
+    print_options : PrintOptions, or mapping of segment name to PrintOptions, optional
+        Hollowing, cutting planes, one object per shell, wall-thickness and build-volume checks
+        (:mod:`SegDeepLogic.print_prep`), for every segment or per segment (segments missing
+        from the mapping are exported plainly). Cut pieces and shells become parts of their own
+        (one file each, or one object each in a 3MF file).
     progress : callable, optional
         ``progress(fraction, stage)``.
     cancel : CancelToken, optional
@@ -544,8 +570,9 @@ def export_segments(
     Returns
     -------
     list of (Path, MeshReport)
-        One entry per exported segment, in segment order (with ``merge``, every entry has the
-        merged file's path). Empty segments are skipped with a warning.
+        One entry per exported part (a segment, or its pieces/shells), in segment order (with
+        ``merge`` or 3MF, every entry has the one file's path). Empty segments are skipped with
+        a warning.
 
     Examples
     --------
@@ -562,22 +589,31 @@ def export_segments(
     space = _check_space(space)
     if format not in MESH_FORMATS:
         raise MeshError(f"format must be one of {MESH_FORMATS}, got {format!r}")
+    per_segment = print_options if isinstance(print_options, Mapping) else None
+    default_options = PrintOptions() if per_segment is not None else (print_options or PrintOptions())
     folder = Path(folder)
     items = _segment_masks(segments, names)
     if not items:
         raise MeshError("there is no segment to export")
-    file_names = _unique_names([safe_filename(name) for name, _, _ in items])
-    targets = [folder / f"{n}.{format}" for n in file_names]
-    if merge:
-        targets = [folder / f"{safe_filename(merged_name, default='segmentation')}.{format}"] * len(items)
+    segment_colors: dict[str, tuple[float, float, float]] = {}
+    if isinstance(segments, Segmentation):
+        segment_colors = {s.name: tuple(s.color) for s in segments.segments if s.color is not None}  # type: ignore[misc]
+    for key, color in (colors or {}).items():
+        segment_colors[str(key)] = tuple(float(c) for c in color)[:3]  # type: ignore[assignment]
+    single = merge or format == "3mf"
+    single_target = folder / f"{safe_filename(merged_name, default='segmentation')}.{format}"
     if not overwrite:
-        for target in dict.fromkeys(targets):
+        splits = any(o.planes or o.per_shell for o in [default_options, *(per_segment or {}).values()])
+        predictable = [single_target] if single else ([] if splits else None)
+        if predictable is None:
+            predictable = [folder / f"{n}.{format}" for n in _unique_names([safe_filename(name) for name, _, _ in items])]
+        for target in predictable:
             if target.exists():
                 raise FileExistsError(f"refusing to overwrite existing file: {target} (pass overwrite=True)")
 
-    built: list[tuple[Path, Mesh, MeshReport]] = []
+    built: list[tuple[str, str, int, Mesh, MeshReport]] = []  # part name, segment, label, mesh, report
     n = len(items)
-    for index, ((name, value, mask), target) in enumerate(zip(items, targets, strict=True)):
+    for index, (name, value, mask) in enumerate(items):
         base, share = 0.9 * index / n, 0.9 / n
         report(progress, base, f"segment {name!r}", cancel)
         if not np.any(mask.array):
@@ -585,23 +621,36 @@ def export_segments(
             continue
 
         def step(fraction: float, stage: str, base: float = base, share: float = share, name: str = name) -> None:
-            report(progress, base + 0.8 * share * fraction, f"{name}: {stage}", cancel)
+            report(progress, base + share * fraction, f"{name}: {stage}", cancel)
 
+        options = per_segment.get(name, default_options) if per_segment is not None else default_options
+        if options.active:
+            for part in prepare_segment(
+                name,
+                mask,
+                options,
+                space=space,
+                smoothing_factor=smoothing_factor,
+                decimation=decimation,
+                measure_deviation=measure_deviation,
+                progress=step,
+                cancel=cancel,
+            ):
+                built.append((part.name, name, value, part.mesh, part.report))
+            continue
         mesh, raw = mask_to_mesh(
             mask,
             space=space,
             smoothing_factor=smoothing_factor,
             decimation=decimation,
             return_raw=True,
-            progress=step,
+            progress=lambda f, s, step=step: step(0.8 * f, s),
             cancel=cancel,
         )
         report(progress, base + 0.8 * share, f"{name}: checking", cancel)
         deviation = surface_deviation_mm(mesh, raw) if measure_deviation else None
         if deviation is not None:
             mesh = mesh.with_scalars(deviation_mm=deviation.astype(np.float32))
-        if merge:
-            mesh = mesh.with_scalars(label=np.full(mesh.n_vertices, value, dtype=np.int32))
         result = mesh_report(
             mesh,
             mask=mask,
@@ -610,14 +659,39 @@ def export_segments(
             smoothing_factor=smoothing_factor,
             decimation=decimation,
         )
-        built.append((target, mesh, result))
+        built.append((name, name, value, mesh, result))
     if not built:
         raise MeshError("every segment is empty; there is no surface to export")
 
+    if single:
+        targets = [single_target] * len(built)
+    else:
+        targets = [folder / f"{n}.{format}" for n in _unique_names([safe_filename(b[0]) for b in built])]
+    if not overwrite:
+        for target in dict.fromkeys(targets):
+            if target.exists():
+                raise FileExistsError(f"refusing to overwrite existing file: {target} (pass overwrite=True)")
     report(progress, 0.9, "writing", cancel)
-    meshes = [(built[0][0], merge_meshes([m for _, m, _ in built]))] if merge else [(p, m) for p, m, _ in built]
-    with contextlib.ExitStack() as stack:  # every temporary file is renamed only if all were written
-        for target, mesh in meshes:
-            _write_file(mesh, stack.enter_context(atomic_path(target, overwrite=overwrite)), format)
+    with atomic_outputs(), contextlib.ExitStack() as stack:  # every file is put in place only if all were written
+        if format == "3mf":
+            from .mesh_3mf import PrintPart, write_3mf
+
+            parts = [
+                PrintPart(
+                    part_name,
+                    mesh,
+                    segment_colors.get(segment),
+                    {"segment": segment, "label_value": str(value), "coordinate_system": space, "units": "mm"},
+                )
+                for part_name, segment, value, mesh, _ in built
+            ]
+            tmp = stack.enter_context(atomic_path(single_target, overwrite=overwrite))
+            write_3mf(parts, tmp, title=merged_name, overwrite=True)
+        elif merge:
+            merged = merge_meshes([m.with_scalars(label=np.full(m.n_vertices, v, dtype=np.int32)) for _, _, v, m, _ in built])
+            _write_file(merged, stack.enter_context(atomic_path(single_target, overwrite=overwrite)), format)
+        else:
+            for k, target in enumerate(targets):
+                _write_file(built[k][3], stack.enter_context(atomic_path(target, overwrite=overwrite)), format)
     report(progress, 1.0, "done", cancel)
-    return [(p, r) for p, _, r in built]
+    return [(targets[k], built[k][4]) for k in range(len(built))]

@@ -19,7 +19,9 @@ import numpy.typing as npt
 from scipy import sparse
 from scipy.sparse import csgraph
 from vtkmodules.util import numpy_support
+from vtkmodules.vtkCommonCore import reference as vtk_reference
 from vtkmodules.vtkCommonCore import vtkDoubleArray
+from vtkmodules.vtkCommonDataModel import vtkStaticCellLocator
 from vtkmodules.vtkFiltersCore import vtkImplicitPolyDataDistance
 
 from .errors import MeshError
@@ -29,12 +31,18 @@ from .volume import Volume
 __all__ = [
     "MeshReport",
     "MeshTopology",
+    "ThinRegion",
+    "build_volume_fit",
     "enclosed_volume_mm3",
     "mesh_report",
     "mesh_topology",
     "surface_area_mm2",
     "surface_deviation_mm",
+    "thin_regions",
+    "wall_thickness_mm",
 ]
+
+DEFAULT_THIN_THRESHOLD_MM = 0.8  # a common minimum printable wall for FDM and resin printers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -225,6 +233,142 @@ def surface_deviation_mm(mesh: Mesh, reference: Mesh) -> np.ndarray:
     return numpy_support.vtk_to_numpy(out).copy()
 
 
+def wall_thickness_mm(mesh: Mesh, *, progress_every: int = 0) -> np.ndarray:
+    """Local wall thickness (mm) at every vertex: the distance along the inward normal to the surface.
+
+    From the centre of each triangle a ray is cast along its inward normal; the triangle's
+    thickness is the distance to the first triangle it hits (VTK's static cell locator, exact
+    ray-triangle tests), and a vertex gets the smallest thickness of its triangles. This is the
+    ray method of print-preparation tools (e.g. Meshmixer's thickness analysis); face normals
+    keep sharp edges (the caps of cut pieces) from grazing their neighbours. For a hollow sphere
+    with wall t it is about t on both surfaces. Vertices whose rays leave without hitting
+    anything (open surfaces) get ``inf``.
+
+    Examples
+    --------
+    A 10 x 10 x 2 mm plate is 2 mm thick at every vertex of its two large faces (200 of 280):
+
+    >>> from SegDeepLogic import Volume
+    >>> from SegDeepLogic.mesh import mask_to_mesh
+    >>> array = np.zeros((4, 12, 12), bool)
+    >>> array[1:3, 1:11, 1:11] = True
+    >>> t = wall_thickness_mm(mask_to_mesh(Volume(array, spacing=(1, 1, 1)), smoothing_factor=0))
+    >>> round(float(t.min()), 3), int(np.sum(np.abs(t - 2.0) < 1e-6)), len(t)
+    (2.0, 200, 280)
+    """
+    if mesh.n_faces == 0:
+        raise MeshError("the mesh has no triangles")
+    v, f = mesh.vertices, mesh.faces
+    centroids = v[f].mean(axis=1)
+    normals = np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]])
+    length_n = np.linalg.norm(normals, axis=1, keepdims=True)
+    valid = length_n[:, 0] > 0
+    np.divide(normals, length_n, out=normals, where=length_n > 0)
+    polydata = mesh_to_vtk(dataclasses.replace(mesh, normals=None, scalars={}))
+    locator = vtkStaticCellLocator()
+    locator.SetDataSet(polydata)
+    locator.BuildLocator()
+    lo, hi = mesh.bounds()
+    length = float(np.linalg.norm(hi - lo)) * 1.01 + 1.0
+    eps = 1e-6 * length
+    t = vtk_reference(0.0)
+    x = [0.0, 0.0, 0.0]
+    pcoords = [0.0, 0.0, 0.0]
+    sub_id = vtk_reference(0)
+    cell_id = vtk_reference(0)
+    per_face = np.full(mesh.n_faces, np.inf)
+    starts = (centroids - eps * normals).tolist()
+    ends = (centroids - length * normals).tolist()
+    for i in np.flatnonzero(valid).tolist():
+        if locator.IntersectWithLine(starts[i], ends[i], 1e-9, t, x, pcoords, sub_id, cell_id):
+            per_face[i] = t.get() * (length - eps) + eps
+    out = np.full(mesh.n_vertices, np.inf)
+    for c in range(3):
+        np.minimum.at(out, f[:, c], per_face)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ThinRegion:
+    """A connected patch of the surface thinner than the threshold.
+
+    ``where_mm`` is the thinnest vertex, ``centroid_mm`` the patch's centre (both in the mesh's
+    space, mm); ``area_mm2`` its area (a third of each touching triangle per vertex).
+    """
+
+    min_thickness_mm: float
+    where_mm: tuple[float, float, float]
+    centroid_mm: tuple[float, float, float]
+    area_mm2: float
+    vertex_count: int
+
+
+def thin_regions(mesh: Mesh, thickness_mm: npt.ArrayLike, threshold_mm: float) -> list[ThinRegion]:
+    """Connected patches of vertices thinner than ``threshold_mm``, thinnest first.
+
+    Examples
+    --------
+    >>> from SegDeepLogic import Volume
+    >>> from SegDeepLogic.mesh import mask_to_mesh
+    >>> array = np.zeros((4, 12, 12), bool)
+    >>> array[1:3, 1:11, 1:11] = True
+    >>> plate = mask_to_mesh(Volume(array, spacing=(1, 1, 1)), smoothing_factor=0)
+    >>> regions = thin_regions(plate, wall_thickness_mm(plate), 2.5)
+    >>> len(regions), round(regions[0].min_thickness_mm, 3), regions[0].centroid_mm  # the whole plate
+    (1, 2.0, (5.5, 5.5, 1.5))
+    """
+    thickness = np.asarray(thickness_mm, dtype=np.float64)
+    thin = thickness < float(threshold_mm)
+    if not thin.any():
+        return []
+    f = mesh.faces
+    n = mesh.n_vertices
+    a = np.concatenate([f[:, 0], f[:, 1], f[:, 2]])
+    b = np.concatenate([f[:, 1], f[:, 2], f[:, 0]])
+    keep = thin[a] & thin[b]
+    graph = sparse.coo_matrix((np.ones(int(keep.sum()), np.int8), (a[keep], b[keep])), shape=(n, n)).tocsr()
+    _, labels = csgraph.connected_components(graph, directed=False)
+    v = mesh.vertices
+    area = np.linalg.norm(np.cross(v[f[:, 1]] - v[f[:, 0]], v[f[:, 2]] - v[f[:, 0]]), axis=1) / 2.0
+    vertex_area = np.bincount(f.ravel(), weights=np.repeat(area / 3.0, 3), minlength=n)
+    regions = []
+    for label in np.unique(labels[thin]):
+        idx = np.flatnonzero((labels == label) & thin)
+        worst = idx[int(np.argmin(thickness[idx]))]
+        regions.append(
+            ThinRegion(
+                min_thickness_mm=float(thickness[worst]),
+                where_mm=tuple(float(c) for c in v[worst]),  # type: ignore[arg-type]
+                centroid_mm=tuple(float(c) for c in v[idx].mean(axis=0)),  # type: ignore[arg-type]
+                area_mm2=float(vertex_area[idx].sum()),
+                vertex_count=len(idx),
+            )
+        )
+    regions.sort(key=lambda r: r.min_thickness_mm)
+    return regions
+
+
+def build_volume_fit(size_mm: npt.ArrayLike, build_volume_mm: npt.ArrayLike) -> dict[str, bool]:
+    """Whether a bounding box of ``size_mm`` fits a printer's build volume (x, y, z in mm).
+
+    ``as_oriented``: each size within the build volume's along the same axis; ``any_orientation``:
+    some axis-aligned rotation fits (sorted sizes within the sorted build volume).
+
+    Examples
+    --------
+    >>> build_volume_fit([200, 50, 30], [180, 180, 250])
+    {'as_oriented': False, 'any_orientation': True}
+    """
+    size = np.asarray(size_mm, dtype=np.float64).reshape(3)
+    build = np.asarray(build_volume_mm, dtype=np.float64).reshape(3)
+    if np.any(build <= 0) or not np.all(np.isfinite(build)):
+        raise MeshError(f"the build volume must be three positive sizes in mm, got {build.tolist()}")
+    return {
+        "as_oriented": bool(np.all(size <= build)),
+        "any_orientation": bool(np.all(np.sort(size) <= np.sort(build))),
+    }
+
+
 @dataclasses.dataclass(frozen=True)
 class MeshReport:
     """Print-readiness of one surface. :meth:`to_dict` gives a JSON-ready dict (units in the keys).
@@ -258,6 +402,16 @@ class MeshReport:
     deviation_mean_mm: float | None
     smoothing_factor: float | None = None
     decimation: float | None = None
+    min_wall_thickness_mm: float | None = None  # ray method, see wall_thickness_mm; None when not measured
+    thin_threshold_mm: float | None = None
+    thin_regions: tuple[ThinRegion, ...] = ()
+    thin_area_mm2: float | None = None
+    build_volume_mm: tuple[float, float, float] | None = None
+    fits_build_volume: bool | None = None  # as oriented (the file's axes)
+    fits_build_volume_rotated: bool | None = None  # in some axis-aligned orientation
+    segment: str | None = None  # the segment a part (piece, shell) comes from
+    hollowing: dict[str, Any] | None = None  # wall asked for and measured, saved volume, drain holes
+    cut: dict[str, Any] | None = None  # planes, this piece's sides, kerf
 
     @property
     def manifold(self) -> bool:
@@ -275,6 +429,17 @@ class MeshReport:
         d["print_ready"] = self.print_ready
         d["bounds_min_mm"] = list(self.bounds_min_mm)
         d["bounds_max_mm"] = list(self.bounds_max_mm)
+        d["size_mm"] = [self.bounds_max_mm[a] - self.bounds_min_mm[a] for a in range(3)]
+        d["thin_regions"] = [dataclasses.asdict(r) for r in self.thin_regions]
+        if self.build_volume_mm is not None:
+            d["build_volume_mm"] = list(self.build_volume_mm)
+        # the print-preparation facts appear only when they were measured or apply
+        if self.thin_threshold_mm is None:
+            for key in ("min_wall_thickness_mm", "thin_threshold_mm", "thin_regions", "thin_area_mm2"):
+                d.pop(key)
+        for key in ("build_volume_mm", "fits_build_volume", "fits_build_volume_rotated", "segment", "hollowing", "cut"):
+            if d[key] is None:
+                d.pop(key)
         return d
 
 
@@ -287,6 +452,9 @@ def mesh_report(
     name: str | None = None,
     smoothing_factor: float | None = None,
     decimation: float | None = None,
+    thickness: bool = False,
+    thin_threshold_mm: float | None = None,
+    build_volume_mm: npt.ArrayLike | None = None,
 ) -> MeshReport:
     """Check that a surface is printable and measure it.
 
@@ -306,6 +474,14 @@ def mesh_report(
         Segment name recorded in the report.
     smoothing_factor, decimation : float, optional
         Parameters used to build ``mesh``, recorded in the report.
+    thickness : bool, optional
+        Measure the wall thickness (:func:`wall_thickness_mm`, one ray per vertex): the minimum
+        and the thin regions. Implied by ``thin_threshold_mm``.
+    thin_threshold_mm : float, optional
+        Report the patches thinner than this (e.g. 0.8 mm) with where they are
+        (default 0.8 mm when ``thickness`` is True).
+    build_volume_mm : (3,) floats, optional
+        A printer's build volume (x, y, z mm): the report says whether the part fits.
 
     Returns
     -------
@@ -344,6 +520,27 @@ def mesh_report(
             raise MeshError(f"deviation_mm must have one value per vertex ({mesh.n_vertices}), got shape {d.shape}")
         dev_max, dev_mean = float(d.max()), float(d.mean())
     lo, hi = mesh.bounds()
+    extra: dict[str, Any] = {}
+    if thickness or thin_threshold_mm is not None:
+        threshold = DEFAULT_THIN_THRESHOLD_MM if thin_threshold_mm is None else float(thin_threshold_mm)
+        if not threshold > 0:
+            raise MeshError(f"the thin-wall threshold must be > 0 mm, got {thin_threshold_mm}")
+        t = wall_thickness_mm(mesh)
+        finite = t[np.isfinite(t)]
+        regions = thin_regions(mesh, t, threshold)
+        extra.update(
+            min_wall_thickness_mm=float(finite.min()) if finite.size else None,
+            thin_threshold_mm=threshold,
+            thin_regions=tuple(regions),
+            thin_area_mm2=float(sum(r.area_mm2 for r in regions)),
+        )
+    if build_volume_mm is not None:
+        fit = build_volume_fit(hi - lo, build_volume_mm)
+        extra.update(
+            build_volume_mm=tuple(float(x) for x in np.asarray(build_volume_mm, dtype=np.float64).reshape(3)),
+            fits_build_volume=fit["as_oriented"],
+            fits_build_volume_rotated=fit["any_orientation"],
+        )
     return MeshReport(
         name=name,
         space=mesh.space,
@@ -370,4 +567,5 @@ def mesh_report(
         deviation_mean_mm=dev_mean,
         smoothing_factor=None if smoothing_factor is None else float(smoothing_factor),
         decimation=None if decimation is None else float(decimation),
+        **extra,
     )

@@ -64,16 +64,17 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Union
 
 import numpy as np
 from scipy.spatial import KDTree
 
+from ._compat import zip_strict
 from .errors import GeometryMismatchError, VolumeError
 from .progress import CancelToken, ProgressCallback, report
 from .volume import Volume
 
-MaskLike = Volume | np.ndarray
+MaskLike = Union[Volume, np.ndarray]
 
 ROLES: dict[str, str] = {
     "a": "test / prediction (MONAI y_pred, DeepMind mask_pred)",
@@ -285,7 +286,7 @@ def _points(surface: np.ndarray, spacing: tuple[float, ...]) -> tuple[np.ndarray
     """
     index = np.nonzero(surface)
     points = np.empty((index[0].size, surface.ndim), dtype=np.float64)
-    for axis, (idx, step) in enumerate(zip(index, spacing, strict=True)):
+    for axis, (idx, step) in enumerate(zip_strict(index, spacing)):
         np.multiply(idx + 1, step, out=points[:, axis])
     return points, index
 
@@ -451,7 +452,7 @@ def compare_masks(
         )
 
     # Crop to the bounding box of A ∪ B: outside it both masks are empty.
-    crop = tuple(slice(min(ea[0], eb[0]), max(ea[1], eb[1])) for ea, eb in zip(extent_a, extent_b, strict=True))
+    crop = tuple(slice(min(ea[0], eb[0]), max(ea[1], eb[1])) for ea, eb in zip_strict(extent_a, extent_b))
     ca, cb = a[crop], b[crop]
     report(progress, 0.05, "overlap", cancel)
     n_a, n_b = int(np.count_nonzero(ca)), int(np.count_nonzero(cb))

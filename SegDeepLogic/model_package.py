@@ -51,18 +51,24 @@ import os
 import pickle
 import re
 import shutil
+import stat
+import sys
 import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from .errors import SegDeepError
+from ._compat import zip_strict
+from .atomic import atomic_path, make_temp_dir, write_all
+from .errors import SegDeepError, WriteError
+
+if TYPE_CHECKING:  # torch is imported where it is needed: listing the bundled packages never imports it
+    import torch
+    from torch import nn
 
 __all__ = [
     "CARD_FILE",
@@ -88,17 +94,27 @@ _ORIENTATION_AXES = ("LR", "PA", "IS")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
+# Bounds on card values, so that a card cannot make SegDeep allocate without limit or compute garbage.
+CARD_LIMITS: dict[str, Any] = {
+    "spacing_mm": (0.2, 20.0),  # model voxel size per axis
+    "patch_side": 512,  # voxels per patch axis
+    "patch_voxels": 192**3,  # voxels in a patch (the network's activations scale with it)
+    "hu": 100_000.0,  # |clip_hu|, |subtract|
+    "input_range": (1e-3, 1e4),  # network input: minimal span, largest magnitude
+}
+
+
 class ModelPackageError(SegDeepError, ValueError):
     """A model package is missing, unreadable, inconsistent or unsafe to load."""
 
 
 # --- card validation helpers ------------------------------------------------------------------
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def _type_name(value: Any) -> str:
@@ -137,13 +153,23 @@ class _Checker:
         return float(value)
 
     def numbers(self, key: str, value: Any, n: int) -> list[float]:
-        if not isinstance(value, list | tuple | np.ndarray) or len(value) != n:
+        if not isinstance(value, (list, tuple, np.ndarray)) or len(value) != n:
             raise self.fail(key, f"must be a list of {n} numbers, got {value!r}")
         return [self.number(f"{key}[{i}]", v) for i, v in enumerate(value)]
 
 
 # --- the card ---------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, kw_only=True)
+class _Required:
+    """Default of the card's required fields (``dataclass(kw_only=True)`` needs Python 3.10)."""
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED: Any = _Required()
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelCard:
     """What a network segments and how to feed it: the content of ``model.json``.
 
@@ -198,20 +224,20 @@ class ModelCard:
     """
 
     format_version: int = FORMAT_VERSION
-    name: str
-    version: str
+    name: str = _REQUIRED  # type: ignore[assignment]
+    version: str = _REQUIRED  # type: ignore[assignment]
     description: str = ""
-    architecture: str
-    architecture_params: dict[str, Any]
+    architecture: str = _REQUIRED  # type: ignore[assignment]
+    architecture_params: dict[str, Any] = _REQUIRED  # type: ignore[assignment]
     in_channels: int = 1
-    labels: list[dict[str, Any]]
-    spacing_ijk_mm: tuple[float, float, float]
-    orientation: str
-    intensity: dict[str, Any]
-    patch_size_kji: tuple[int, int, int]
+    labels: list[dict[str, Any]] = _REQUIRED  # type: ignore[assignment]
+    spacing_ijk_mm: tuple[float, float, float] = _REQUIRED  # type: ignore[assignment]
+    orientation: str = _REQUIRED  # type: ignore[assignment]
+    intensity: dict[str, Any] = _REQUIRED  # type: ignore[assignment]
+    patch_size_kji: tuple[int, int, int] = _REQUIRED  # type: ignore[assignment]
     training: dict[str, Any] = dataclasses.field(default_factory=dict)
     validation_metrics: dict[str, Any] = dataclasses.field(default_factory=dict)
-    license: str
+    license: str = _REQUIRED  # type: ignore[assignment]
     weights_file: str = "weights.safetensors"
     weights_sha256: str = ""
     limitations: str = ""
@@ -221,6 +247,9 @@ class ModelCard:
     _OPTIONAL_KEYS = frozenset({"limitations", "reference_statistics", "extra"})
 
     def __post_init__(self) -> None:
+        missing = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is _REQUIRED]
+        if missing:
+            raise TypeError(f"ModelCard() missing required keyword argument(s): {', '.join(missing)}")
         self._validate("model card")
 
     # Validation lives in one method so that from_dict can name the file in every message.
@@ -256,6 +285,9 @@ class ModelCard:
         spacing = check.numbers("spacing_ijk_mm", self.spacing_ijk_mm, 3)
         if min(spacing) <= 0:
             raise check.fail("spacing_ijk_mm", f"must be positive in every axis, got {spacing} mm")
+        lo_mm, hi_mm = CARD_LIMITS["spacing_mm"]
+        if min(spacing) < lo_mm or max(spacing) > hi_mm:
+            raise check.fail("spacing_ijk_mm", f"must be {lo_mm} to {hi_mm} mm in every axis, got {spacing} mm")
         put(self, "spacing_ijk_mm", tuple(spacing))
 
         orientation = check.string("orientation", self.orientation)
@@ -271,8 +303,15 @@ class ModelCard:
         put(self, "intensity", self._validated_intensity(check))
 
         patch = self.patch_size_kji
-        if not isinstance(patch, list | tuple | np.ndarray) or len(patch) != 3 or not all(_is_int(p) and p >= 1 for p in patch):
+        if not isinstance(patch, (list, tuple, np.ndarray)) or len(patch) != 3 or not all(_is_int(p) and p >= 1 for p in patch):
             raise check.fail("patch_size_kji", f"must be 3 positive integers (D, H, W), got {patch!r}")
+        side, total = CARD_LIMITS["patch_side"], CARD_LIMITS["patch_voxels"]
+        if max(int(p) for p in patch) > side or int(np.prod([int(p) for p in patch])) > total:
+            raise check.fail(
+                "patch_size_kji",
+                f"{[int(p) for p in patch]} is too large: at most {side} voxels per axis and {total} voxels in all "
+                f"(that is {int(np.prod([int(p) for p in patch]))})",
+            )
         put(self, "patch_size_kji", tuple(int(p) for p in patch))
 
         weights_file = check.string("weights_file", self.weights_file)
@@ -289,7 +328,7 @@ class ModelCard:
 
     def _validated_labels(self, check: _Checker) -> list[dict[str, Any]]:
         labels = self.labels
-        if not isinstance(labels, list | tuple) or not labels:
+        if not isinstance(labels, (list, tuple)) or not labels:
             raise check.fail("labels", f"must be a non-empty list of label objects, got {labels!r}")
         allowed = {"name", "value", "color", "terminology"}
         result: list[dict[str, Any]] = []
@@ -344,6 +383,18 @@ class ModelCard:
         divide = check.number("intensity.divide", intensity["divide"])
         if divide <= 0:
             raise check.fail("intensity.divide", f"must be positive, got {divide}")
+        bound = CARD_LIMITS["hu"]
+        if max(abs(lo), abs(hi), abs(subtract)) > bound:
+            raise check.fail("intensity", f"clip_hu and subtract must lie within +-{bound} HU, got {[lo, hi]} and {subtract}")
+        in_lo, in_hi = CARD_LIMITS["input_range"]
+        span = (hi - lo) / divide
+        extreme = max(abs(lo - subtract), abs(hi - subtract)) / divide
+        if not (in_lo <= span and extreme <= in_hi):
+            raise check.fail(
+                "intensity.divide",
+                f"{divide:g} maps clip_hu {[lo, hi]} to a network input spanning {span:.3g} (largest magnitude "
+                f"{extreme:.3g}); it must span at least {in_lo:g} and stay within +-{in_hi:g}",
+            )
         return {"clip_hu": [lo, hi], "subtract": subtract, "divide": divide}
 
     def _validate_architecture(self, check: _Checker) -> None:
@@ -371,7 +422,7 @@ class ModelCard:
             divisor = network_size_divisor(architecture, params)
         except ModelPackageError as exc:
             raise check.fail("architecture_params", f"is invalid: {exc}") from exc
-        if any(p % d for p, d in zip(self.patch_size_kji, divisor, strict=True)):
+        if any(p % d for p, d in zip_strict(self.patch_size_kji, divisor)):
             raise check.fail(
                 "patch_size_kji",
                 f"{list(self.patch_size_kji)} is not divisible by {list(divisor)} (D, H, W), as architecture "
@@ -478,7 +529,8 @@ class ModelCard:
         """
         lo, hi = self.intensity["clip_hu"]
         subtract, divide = self.intensity["subtract"], self.intensity["divide"]
-        if isinstance(hu, torch.Tensor):
+        torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
+        if torch is not None and isinstance(hu, torch.Tensor):
             return (hu.to(torch.float32).clamp(lo, hi) - subtract) / divide
         out = np.clip(np.asarray(hu, dtype=np.float32), lo, hi)
         out -= np.float32(subtract)
@@ -505,6 +557,17 @@ _EXAMPLE_CARD: dict[str, Any] = {  # used by doctests
     "weights_file": "weights.safetensors",
     "weights_sha256": "",
 }
+
+
+_card_init = ModelCard.__init__
+
+
+def _keyword_only_init(self: ModelCard, **fields: Any) -> None:
+    _card_init(self, **fields)
+
+
+_keyword_only_init.__doc__ = _card_init.__doc__
+ModelCard.__init__ = _keyword_only_init  # type: ignore[method-assign]  # every field by keyword, as kw_only=True did
 
 
 # --- the loaded package -----------------------------------------------------------------------
@@ -598,6 +661,20 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def _read_card_file(path: Path) -> bytes:
+    """The card's bytes; its size is checked (and a FIFO or device refused) before anything is read."""
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelPackageError(f"{path} is not a regular file")
+        if st.st_size > MAX_CARD_BYTES:
+            raise ModelPackageError(f"{path}: the card is {st.st_size} bytes; a model card is at most {MAX_CARD_BYTES} bytes")
+        with open(path, "rb") as f:
+            return f.read(MAX_CARD_BYTES + 1)  # a file that grew meanwhile is caught by _read_card
+    except OSError as exc:
+        raise ModelPackageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+
+
 def _read_card(data: bytes, source: str) -> ModelCard:
     if len(data) > MAX_CARD_BYTES:
         raise ModelPackageError(f"{source}: the card is {len(data)} bytes; a model card is at most {MAX_CARD_BYTES} bytes")
@@ -642,7 +719,7 @@ def _opened_package(path: str | os.PathLike, *, with_weights: bool) -> Iterator[
             raise ModelPackageError(
                 f"no {CARD_FILE} in {package}; a model package is a folder holding {CARD_FILE} and the weights file"
             )
-        card = _read_card(card_path.read_bytes(), str(card_path))
+        card = _read_card(_read_card_file(card_path), str(card_path))
         weights = package / card.weights_file
         if with_weights and not weights.is_file():
             present = sorted(p.name for p in package.iterdir())
@@ -703,6 +780,8 @@ def load_model_card(path: str | os.PathLike) -> ModelCard:
 
 # --- weights ----------------------------------------------------------------------------------
 def _read_state_dict(weights: Path, source: str) -> dict[str, torch.Tensor]:
+    import torch
+
     if weights.suffix.lower() == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -737,6 +816,8 @@ def _few(items: list[str], n: int = 5) -> str:
 
 def _check_weights(network: nn.Module, state: Mapping[str, torch.Tensor], card: ModelCard, source: str) -> None:
     """Raise a ModelPackageError naming the mismatches between ``state`` and ``network``."""
+    import torch
+
     expected = network.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -792,6 +873,8 @@ def load_model_package(path: str | os.PathLike, *, verify_hash: bool = True) -> 
     >>> package.label_names, package.patch_size_kji
     (['bone', 'soft_tissue'], (32, 32, 32))
     """
+    import torch
+
     from .networks import build_network
 
     with _opened_package(path, with_weights=True) as (card, weights, package):
@@ -819,6 +902,8 @@ def load_model_package(path: str | os.PathLike, *, verify_hash: bool = True) -> 
 
 # --- saving -----------------------------------------------------------------------------------
 def _cpu_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
+    import torch
+
     # Own contiguous CPU copies: safetensors refuses tensors that share memory; floats are
     # stored as float32 so that every device can read them.
     state = {}
@@ -872,6 +957,8 @@ def save_model_package(
         The weights do not match the card's architecture, or the destination is not a
         package that may be replaced.
     """
+    from torch import nn
+
     from .networks import build_network
 
     if not isinstance(card, ModelCard):
@@ -892,24 +979,51 @@ def save_model_package(
 
     from safetensors.torch import save_file
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
+    staging = make_temp_dir(final, "partial")  # hidden; a later run removes it if this one is killed
     try:
         save_file(state, str(staging / weights_file), metadata={"format": "pt"})
+        _verify_safetensors(staging / weights_file, state)
         saved = dataclasses.replace(card, weights_file=weights_file, weights_sha256=file_sha256(staging / weights_file))
-        (staging / CARD_FILE).write_text(json.dumps(saved.to_dict(), indent=2) + "\n", encoding="utf-8")
+        write_all(staging / CARD_FILE, (json.dumps(saved.to_dict(), indent=2) + "\n").encode("utf-8"))
         _apply_default_permissions(staging)
         if archive:
-            zipped = staging / "package.zip"
-            with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-                zf.write(staging / CARD_FILE, CARD_FILE)
-                zf.write(staging / weights_file, weights_file)
-            os.replace(zipped, final)  # atomic, and replaces an existing archive in one step
+            with atomic_path(final, overwrite=True, verify=_verify_zip) as zipped:
+                with zipfile.ZipFile(zipped, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+                    zf.write(staging / CARD_FILE, CARD_FILE)
+                    zf.write(staging / weights_file, weights_file)
         else:
             _move_into_place(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def _verify_safetensors(path: Path, state: Mapping[str, torch.Tensor]) -> None:
+    """Check a just-written safetensors file holds every tensor (a short write fails here)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            keys = set(f.keys())
+            for key in keys:
+                f.get_slice(key)
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    except Exception as exc:  # safetensors raises its own error types
+        raise WriteError(f"writing the weights {path.name} failed: {exc}") from exc
+    if keys != set(state):
+        raise WriteError(f"writing the weights {path.name} failed: {len(keys)} of {len(state)} tensors are in the file")
+
+
+def _verify_zip(path: Path) -> None:
+    """Check every member of a just-written archive against its CRC."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise WriteError(f"the model archive just written is corrupt: {exc}") from exc
+    if bad is not None:
+        raise WriteError(f"the model archive just written is corrupt: {bad} fails its CRC")
 
 
 def _apply_default_permissions(folder: Path) -> None:

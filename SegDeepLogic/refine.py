@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
+from ._compat import zip_strict
 from .errors import GeometryMismatchError, SegDeepError
 from .threshold import PRESETS, fill_enclosed_holes, keep_largest_component, remove_small_islands, threshold_hu
 from .volume import Volume
@@ -84,9 +85,7 @@ def _crop_box(mask: np.ndarray, margin: tuple[int, int, int]) -> tuple[slice, ..
     hits = [np.nonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))[0] for axis in range(3)]
     if hits[0].size == 0:
         return None
-    return tuple(
-        slice(max(0, int(h[0]) - m), min(n, int(h[-1]) + 1 + m)) for h, m, n in zip(hits, margin, mask.shape, strict=True)
-    )
+    return tuple(slice(max(0, int(h[0]) - m), min(n, int(h[-1]) + 1 + m)) for h, m, n in zip_strict(hits, margin, mask.shape))
 
 
 def refine_mask(

@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
+from ._compat import zip_strict
 from .errors import VolumeError
 from .io import from_sitk, to_sitk
 from .volume import Volume
@@ -40,7 +41,7 @@ def resample_to_spacing(
         raise VolumeError(f"target spacing must be 3 positive values in mm, got {spacing_mm}")
     old_size = np.array(volume.shape_ijk, dtype=float)
     extent = old_size * np.array(volume.spacing)
-    size = [max(1, int(round(e / s))) for e, s in zip(extent, spacing_mm, strict=True)]
+    size = [max(1, int(round(e / s))) for e, s in zip_strict(extent, spacing_mm)]
     reference = Volume(np.zeros(size[::-1], dtype=np.uint8), spacing_mm, volume.origin, volume.direction)
     return resample_to_grid(volume, reference, interpolation=interpolation, default_value=default_value)
 

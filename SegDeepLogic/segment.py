@@ -47,6 +47,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ._compat import zip_strict
+from .atomic import atomic_outputs, check_outputs
 from .devices import (
     RunConfig,
     autocast,
@@ -57,6 +59,7 @@ from .devices import (
     run_with_fallbacks,
 )
 from .errors import MismatchError, SegDeepError, VolumeError
+from .filecheck import max_voxels
 from .inferers import sliding_window_inference
 from .io import read_volume, to_sitk, validate_volume, write_volume
 from .plausibility import check_plausibility, image_features, mismatch_message, structure_volumes_ml
@@ -213,9 +216,9 @@ def reorient_grid(grid: Grid | Volume, code: str) -> tuple[Grid, tuple[int, ...]
     perm, flips = _axis_map(grid.direction, code)
     size = tuple(grid.size_ijk[p] for p in perm)
     spacing = tuple(grid.spacing[p] for p in perm)
-    direction = np.stack([grid.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip(perm, flips, strict=True)], axis=1)
+    direction = np.stack([grid.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip_strict(perm, flips)], axis=1)
     first = [0, 0, 0]
-    for p, f in zip(perm, flips, strict=True):
+    for p, f in zip_strict(perm, flips):
         first[p] = grid.size_ijk[p] - 1 if f else 0
     origin = tuple(float(x) for x in grid.index_to_physical(first))
     return Grid(size, spacing, origin, direction), perm, flips  # type: ignore[arg-type]
@@ -345,7 +348,7 @@ def interpolation_matrix(n: int, positions: np.ndarray, sigma_voxels: float = 0.
         taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_voxels) ** 2)
         taps /= taps.sum()
         smooth = np.zeros((n, n))  # smooth[q, p]: weight of input q in the smoothed value at p
-        for offset, tap in zip(range(-radius, radius + 1), taps, strict=True):
+        for offset, tap in zip_strict(range(-radius, radius + 1), taps):
             np.add.at(smooth, (np.clip(np.arange(n) + offset, 0, n - 1), np.arange(n)), tap)
         w = smooth @ w
     return torch.from_numpy(w.astype(np.float32))
@@ -482,7 +485,7 @@ def load_model(model: Any = None) -> Any:
     """
     if model is None:
         model = default_model_path()
-    if isinstance(model, str | os.PathLike):
+    if isinstance(model, (str, os.PathLike)):
         from .model_package import load_model_package  # imported late: optional until a model is used
 
         return load_model_package(model)
@@ -590,7 +593,7 @@ class SegmentationResult:
         counts = None
         if not volumes:
             values, n = np.unique(self.labels.array, return_counts=True)
-            counts = dict(zip(values.tolist(), n.tolist(), strict=True))
+            counts = dict(zip_strict(values.tolist(), n.tolist()))
         segments = []
         for s in self.segments:
             volume = volumes.get(s.name)
@@ -1083,7 +1086,7 @@ def segment_volume(
         raise SegDeepError("the model card lacks patch_size_kji or spacing_ijk_mm")
     patch = tuple(int(p) for p in _field(card, "patch_size_kji"))
     divisor = _size_divisor(network)
-    if len(patch) != 3 or min(patch) < 1 or (divisor and any(p % d for p, d in zip(patch, divisor, strict=True))):
+    if len(patch) != 3 or min(patch) < 1 or (divisor and any(p % d for p, d in zip_strict(patch, divisor))):
         raise SegDeepError(
             f"the model's patch size {patch} (D, H, W) must be 3 sizes divisible by {divisor} (the network's downsampling)"
         )
@@ -1105,6 +1108,13 @@ def segment_volume(
     # -- reorient + resample: one interpolation from the CT onto the model's grid ---------------
     with stages("reorient"):
         grid = model_grid(ct, orientation, spacing_model)
+        n_model = int(np.prod(grid.size_ijk, dtype=np.int64))
+        if n_model > max_voxels():
+            raise SegDeepError(
+                f"the model's grid for this CT would be {' x '.join(str(n) for n in grid.size_ijk)} = {n_model} voxels "
+                f"(CT extent at the card's spacing {spacing_model} mm), over the limit of {max_voxels()} voxels "
+                "(SEGDEEP_MAX_VOXELS); is the card's spacing_ijk_mm right?"
+            )
         _oriented, perm, _flips = reorient_grid(ct, orientation)
     with stages("resample"):
         sigma_mm = [0.0, 0.0, 0.0]  # per CT axis: half the spacing increase (the training rule)
@@ -1131,6 +1141,11 @@ def segment_volume(
         array -= subtract
         array /= divide
         cval = (max(AIR_HU, clip_lo) - subtract) / divide
+        if not (np.isfinite(cval) and np.isfinite(array.min()) and np.isfinite(array.max())):
+            raise SegDeepError(
+                f"the model card's intensity normalisation (clip {clip_lo:g}..{clip_hi:g}, subtract {subtract:g}, "
+                f"divide {divide:g}) gives non-finite network input"
+            )
 
     # The out-of-distribution check compares the entropy inside each structure with the
     # validation run's: computed whenever the card has that reference, returned only if asked.
@@ -1159,6 +1174,12 @@ def segment_volume(
             lateral=lateral_swap(orientation, [str(_field(seg, "name")) for seg in segments]),
         )
         del array
+        n_bad = int((~torch.isfinite(torch.as_tensor(maps))).sum())
+        if n_bad:
+            raise SegDeepError(
+                f"the network's output has {n_bad} non-finite values (NaN or infinity): the weights or the card's "
+                "intensity normalisation are broken; no segmentation was made"
+            )
         if maps.shape[0] != n_classes + extra_channels:
             raise SegDeepError(
                 f"the network returned {maps.shape[0] - extra_channels} channels but the card lists "
@@ -1262,7 +1283,12 @@ def segment_volume(
         probabilities = {s.name: ct.with_array(probability_maps[c]) for c, s in enumerate(segments)}
 
     parameters = {
-        "model": {"name": _field(card, "name"), "version": _field(card, "version"), "architecture": _field(card, "architecture")},
+        "model": {
+            "name": _field(card, "name"),
+            "version": _field(card, "version"),
+            "architecture": _field(card, "architecture"),
+            "weights_sha256": _field(card, "weights_sha256", ""),
+        },
         "model_orientation": orientation,
         "model_spacing_ijk_mm": spacing_model,
         "model_grid": grid.as_dict(),
@@ -1313,6 +1339,10 @@ def _axial_axis(orientation: str) -> int:
     return 0
 
 
+OUTPUT_FORMATS = ("seg.nrrd", "nii.gz", "rtstruct", "dicom-seg")
+DICOM_OUTPUT_FORMATS = ("rtstruct", "dicom-seg")
+
+
 def _output_format(path: Path, fmt: str | None) -> str:
     name = path.name.lower()
     if fmt is None:
@@ -1320,10 +1350,17 @@ def _output_format(path: Path, fmt: str | None) -> str:
             return "seg.nrrd"
         if name.endswith((".nii.gz", ".nii")):
             return "nii.gz"
-        raise SegDeepError(f"cannot tell the output format from {path.name}: name it .seg.nrrd or .nii.gz, or pass a format")
+        raise SegDeepError(
+            f"cannot tell the output format from {path.name}: name it .seg.nrrd or .nii.gz, or pass a format "
+            f"({', '.join(OUTPUT_FORMATS)})"
+        )
     fmt = fmt.lower().lstrip(".")
-    if fmt not in ("seg.nrrd", "nii.gz"):
-        raise SegDeepError(f"unknown output format {fmt!r}: use 'seg.nrrd' or 'nii.gz'")
+    if fmt not in OUTPUT_FORMATS:
+        raise SegDeepError(f"unknown output format {fmt!r}: use one of {', '.join(OUTPUT_FORMATS)}")
+    if fmt in DICOM_OUTPUT_FORMATS:
+        if not name.endswith(".dcm"):
+            raise SegDeepError(f"output {path.name} does not match the format {fmt!r}: name the DICOM file *.dcm")
+        return fmt
     expected = ".seg.nrrd" if fmt == "seg.nrrd" else (".nii.gz", ".nii")
     if not name.endswith(expected):
         raise SegDeepError(f"output {path.name} does not match the format {fmt!r}")
@@ -1339,6 +1376,7 @@ def segment_file(
     uncertainty_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     allow_mismatch: bool = False,
+    series_uid: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     **options: Any,
@@ -1354,8 +1392,11 @@ def segment_file(
         ``.nii.gz`` (label map with ``.labels.json`` / ``.labels.csv`` sidecars).
     model : ModelPackage, path or None
         As in :func:`segment_volume`.
-    output_format : {"seg.nrrd", "nii.gz"}, optional
-        Checked against the file name; inferred from it by default.
+    output_format : {"seg.nrrd", "nii.gz", "rtstruct", "dicom-seg"}, optional
+        Checked against the file name; inferred from it by default. ``"rtstruct"`` (an RT
+        Structure Set, :func:`SegDeepLogic.rtstruct.write_rtstruct`) and ``"dicom-seg"`` (a
+        DICOM Segmentation, :func:`SegDeepLogic.dicom_seg.write_dicom_seg`) need the CT as a
+        DICOM series folder, whose UIDs they reference, and a ``.dcm`` output name.
     uncertainty_path : path-like, optional
         Also write the uncertainty map (float32, .nii.gz/.nrrd/.mha) here.
     overwrite : bool
@@ -1365,6 +1406,8 @@ def segment_file(
         the anatomy the model knows). False (default, as on the command line): raise
         :class:`MismatchError` naming the reasons and the withheld structures, and write
         nothing, so a batch never stores output the check calls meaningless.
+    series_uid : str, optional
+        With a DICOM folder: the Series Instance UID to segment (default: the largest series).
     **options
         Passed to :func:`segment_volume`.
 
@@ -1393,12 +1436,27 @@ def segment_file(
         existing = [str(p) for p in targets if p.exists()]
         if existing:
             raise FileExistsError(f"refusing to overwrite existing file(s): {', '.join(existing)} (use overwrite)")
+    # Before any work: no output may be the CT or another output, a folder or a special file.
+    check_outputs({f"output {n}": t for n, t in enumerate(targets)}, inputs={"CT": Path(ct_path)}, overwrite=overwrite)
     if uncertainty_path is not None and not options.get("uncertainty", True):
         raise SegDeepError("an uncertainty file was requested with uncertainty=False")
     timings: dict[str, float] = {}
     stages = _Stages(progress, cancel, timings)
+    ct_reference = None
+    if fmt in DICOM_OUTPUT_FORMATS and not Path(ct_path).is_dir():
+        raise SegDeepError(
+            f"the {fmt} output references the CT's DICOM series: give the CT as a DICOM series folder, not {Path(ct_path).name}"
+        )
     with stages("read"):
-        ct = read_volume(ct_path, check_hu=True)
+        if fmt in DICOM_OUTPUT_FORMATS:
+            from .dicom_series import read_dicom_series
+            from .io import check_hounsfield
+
+            ct, ct_reference = read_dicom_series(ct_path, series_uid)
+            validate_volume(ct, name=str(ct_path))
+            check_hounsfield(ct, name=str(ct_path), strict=True)  # as read_volume(check_hu=True)
+        else:
+            ct = read_volume(ct_path, check_hu=True, series_uid=series_uid)
     result = segment_volume(
         ct, model, allow_mismatch=allow_mismatch, progress=progress, cancel=cancel, _timings=timings, **options
     )
@@ -1414,12 +1472,27 @@ def segment_file(
 
     start = time.perf_counter()
     written: list[Path] = []
-    if fmt == "seg.nrrd":
-        written.append(write_seg_nrrd(result.labels, result.segments, output, overwrite=overwrite))
-    else:
-        written.extend(write_labelmap_nifti(result.labels, result.segments, output, overwrite=overwrite).values())
-    if uncertainty_path is not None and result.uncertainty is not None:
-        written.append(write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite))
+    with atomic_outputs():  # the label map, its sidecars and the uncertainty map appear together or not at all
+        if fmt == "seg.nrrd":
+            written.append(write_seg_nrrd(result.labels, result.segments, output, overwrite=overwrite))
+        elif fmt in DICOM_OUTPUT_FORMATS:
+            from .dicom_common import Algorithm
+            from .segmentation_io import Segmentation
+
+            segmentation = Segmentation(result.labels, result.segments)
+            algorithm = Algorithm.from_parameters(result.parameters)
+            if fmt == "rtstruct":
+                from .rtstruct import write_rtstruct
+
+                written.append(write_rtstruct(segmentation, ct_reference, output, algorithm=algorithm, overwrite=overwrite))
+            else:
+                from .dicom_seg import write_dicom_seg
+
+                written.append(write_dicom_seg(segmentation, ct_reference, output, algorithm=algorithm, overwrite=overwrite))
+        else:
+            written.extend(write_labelmap_nifti(result.labels, result.segments, output, overwrite=overwrite).values())
+        if uncertainty_path is not None and result.uncertainty is not None:
+            written.append(write_volume(result.uncertainty, uncertainty_path, overwrite=overwrite))
     timings["write"] = time.perf_counter() - start
     result.timings_s = {stage: timings.get(stage, 0.0) for stage in _STAGES}
     report(progress, 1.0, "done")

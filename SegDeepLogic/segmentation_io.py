@@ -49,8 +49,11 @@ from typing import Literal
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_path
-from .errors import GeometryMismatchError, SegDeepError, VolumeReadError
+from ._compat import zip_strict
+from .atomic import atomic_outputs, atomic_path, write_all
+from .errors import GeometryMismatchError, ImageSizeError, SegDeepError, VolumeReadError
+from .filecheck import nrrd_layout, parse_nrrd_fields, read_text_header, scan_payload
+from .terminology import TerminologyError, terminology_codes, terminology_entry
 from .volume import Volume
 
 __all__ = [
@@ -123,9 +126,11 @@ class SegmentInfo:
     color : (r, g, b) floats in [0, 1], optional
         Display colour; :func:`default_color` of ``value`` if omitted.
     terminology : str, optional
-        Slicer terminology entry, stored verbatim in the segment's ``TerminologyEntry`` tag,
-        e.g. ``"Segmentation category and type - 3D Slicer General Anatomy list~SCT^85756007^
-        Tissue~SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list~^^~^^"``.
+        A model card's coded concept (``"SCT^91609006^Mandible"``) or a full Slicer terminology
+        entry (e.g. ``"Segmentation category and type - 3D Slicer General Anatomy list~SCT^85756007^
+        Tissue~SCT^85756007^Tissue~^^~Anatomic codes - DICOM master list~^^~^^"``). Stored as the
+        full entry (:func:`SegDeepLogic.terminology.terminology_entry`), which the segment's
+        ``TerminologyEntry`` tag holds.
 
     Examples
     --------
@@ -148,7 +153,7 @@ class SegmentInfo:
         if _CONTROL.search(self.name):
             raise SegmentationFileError(f"segment name {self.name!r} contains a line break or control character")
         value = self.value
-        if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
             raise SegmentationFileError(f"label value of segment {self.name!r} must be an integer, got {value!r}")
         if not 1 <= int(value) <= MAX_LABEL_VALUE:
             raise SegmentationFileError(
@@ -168,8 +173,11 @@ class SegmentInfo:
                 raise SegmentationFileError(
                     f"terminology of segment {self.name!r} must be a one-line string without '|', got {self.terminology!r}"
                 )
-            if not self.terminology.strip():
-                object.__setattr__(self, "terminology", None)
+            try:  # a model card's "SCT^91609006^Mandible" becomes the full entry Slicer and slicerio read
+                entry = terminology_entry(self.terminology, self.name)
+            except TerminologyError as exc:
+                raise SegmentationFileError(f"terminology of segment {self.name!r}: {exc}") from None
+            object.__setattr__(self, "terminology", entry)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -341,7 +349,7 @@ def labelmap_from_masks(
     top = max(s.value for s in segments)
     labels = np.zeros(grid.array.shape, dtype=np.uint8 if top <= 255 else np.uint16)
     owner = {}  # label value -> segment name, for overlap messages
-    for seg, mask in zip(segments, masks.values(), strict=True):
+    for seg, mask in zip_strict(segments, masks.values()):
         if isinstance(mask, Volume):
             grid.require_same_grid(mask, f"mask {seg.name!r} and the label map grid")
             m = mask.array
@@ -580,28 +588,11 @@ class _NrrdFile:
 def _read_nrrd(path: Path) -> _NrrdFile:
     if not path.exists():
         raise VolumeReadError(f"no such file: {path}")
-    raw = path.read_bytes()
-    if not raw.startswith(b"NRRD000"):
-        raise SegmentationFileError(f"{path} is not a NRRD file (no NRRD magic line)")
-    end = raw.find(b"\n\n")
-    end_crlf = raw.find(b"\r\n\r\n")
-    if end < 0 and end_crlf < 0:
-        raise SegmentationFileError(f"{path}: the NRRD header has no end (blank line); is the file truncated?")
-    if end < 0 or (0 <= end_crlf < end):
-        header, body = raw[:end_crlf], raw[end_crlf + 4 :]
-    else:
-        header, body = raw[:end], raw[end + 2 :]
-    fields: dict[str, str] = {}
-    keys: dict[str, str] = {}
-    for line in header.decode("utf-8", errors="replace").splitlines()[1:]:
-        if not line.strip() or line.startswith("#"):
-            continue
-        if ":=" in line:
-            key, value = line.split(":=", 1)
-            keys[key] = value
-        elif ": " in line:
-            field, value = line.split(": ", 1)
-            fields[field.strip().lower()] = value.strip()
+    try:
+        header, start = read_text_header(path, magic=b"NRRD000", end="blank")
+    except VolumeReadError as exc:
+        raise SegmentationFileError(str(exc)) from None
+    fields, keys = parse_nrrd_fields(header)
     if fields.get("byte skip", "0") != "0" or fields.get("line skip", "0") != "0":
         raise SegmentationFileError(f"{path}: NRRD 'byte skip' / 'line skip' are not supported")
     for field in ("data file", "datafile"):
@@ -615,6 +606,8 @@ def _read_nrrd(path: Path) -> _NrrdFile:
         sizes = [int(s) for s in fields["sizes"].split()]
     except KeyError as exc:
         raise SegmentationFileError(f"{path}: NRRD header lacks or has an unknown {exc} field") from None
+    except ValueError as exc:
+        raise SegmentationFileError(f"{path}: unreadable NRRD sizes or dimension ({exc})") from None
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder(">" if fields.get("endian", "little").lower() == "big" else "<")
     if len(sizes) != dimension or dimension not in (3, 4):
@@ -652,19 +645,21 @@ def _read_nrrd(path: Path) -> _NrrdFile:
     if not np.all(spacing > 0):
         raise SegmentationFileError(f"{path}: a space direction has zero length")
 
-    encoding = fields.get("encoding", "raw").lower()
-    if encoding in ("gzip", "gz"):
-        try:
-            body = gzip.decompress(body)
-        except (OSError, EOFError) as exc:
-            raise SegmentationFileError(f"{path}: corrupt gzip data ({exc})") from None
-    elif encoding != "raw":
-        raise SegmentationFileError(f"{path}: NRRD encoding {encoding!r} is not supported (use raw or gzip)")
     count = int(np.prod(sizes))
-    if len(body) < count * dtype.itemsize:
-        raise SegmentationFileError(
-            f"{path}: data too short: {len(body)} bytes for {sizes} voxels of {dtype.name}; truncated file?"
+    try:
+        _, _, compression = nrrd_layout(path, fields)  # voxel limit and encoding, before anything is inflated
+        body = scan_payload(
+            path,
+            offset=start,
+            nbytes=count * dtype.itemsize,
+            compression=compression,
+            check_finite=dtype if dtype.kind == "f" else None,
+            keep=True,
         )
+    except ImageSizeError:
+        raise
+    except VolumeReadError as exc:
+        raise SegmentationFileError(str(exc)) from None
     data = np.frombuffer(body, dtype=dtype, count=count)
     data = data.reshape(sizes[::-1]).astype(dtype.newbyteorder("="), copy=False)
     return _NrrdFile(fields, keys, data, tuple(spacing), tuple(origin), axes / spacing)
@@ -690,6 +685,10 @@ def _segments_from_keys(keys: Mapping[str, str], layers: int, path: Path) -> lis
         for tag in (get("Tags") or "").split("|"):
             if tag.startswith("TerminologyEntry:"):
                 terminology = tag[len("TerminologyEntry:") :] or None
+        try:  # another program's entry SegDeep cannot interpret is dropped, not an error
+            terminology = terminology_entry(terminology, name)
+        except TerminologyError:
+            terminology = None
         if color is not None and (len(color) != 3 or not all(0 <= c <= 1 for c in color)):
             color = None
         result.append((SegmentInfo(name, value, color, terminology), layer))
@@ -815,8 +814,8 @@ def _paste_on_grid(labelmap: Volume, reference: Volume, path: Path) -> Volume:
     if np.any(hi <= lo):
         inside = np.zeros(src.shape, bool)
     else:
-        dst_box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        src_box = tuple(slice(a - o, b - o) for a, b, o in zip(lo, hi, offset_kji, strict=True))
+        dst_box = tuple(slice(a, b) for a, b in zip_strict(lo, hi))
+        src_box = tuple(slice(a - o, b - o) for a, b, o in zip_strict(lo, hi, offset_kji))
         out[dst_box] = src[src_box]
         inside = np.zeros(src.shape, bool)
         inside[src_box] = True
@@ -867,17 +866,9 @@ def _labels_json(segments: Sequence[SegmentInfo], labelmap_name: str) -> str:
 
 def _terminology_columns(terminology: str | None) -> list[str]:
     """Slicer CSV colour-table code columns from a terminology entry string (blank if unknown)."""
-    blank = [""] * (3 * len(_TERMINOLOGY_PARTS))
-    if not terminology:
-        return blank
-    parts = terminology.split("~")
-    if len(parts) != 7:
-        return blank
-    codes = [parts[1], parts[2], parts[3], parts[5], parts[6]]  # skip the two context names
     out: list[str] = []
-    for code in codes:
-        fields = code.split("^")
-        out += (fields + ["", "", ""])[:3] if len(fields) == 3 else ["", "", ""]
+    for code in terminology_codes(terminology).values():
+        out += list(code) if code else ["", "", ""]
     return out
 
 
@@ -929,11 +920,17 @@ def write_labelmap_nifti(
     image.SetSpacing(labelmap.spacing)
     image.SetOrigin(labelmap.origin)
     image.SetDirection(tuple(labelmap.direction.ravel()))
-    with contextlib.ExitStack() as stack:
-        tmp = {key: stack.enter_context(atomic_path(target, overwrite=overwrite)) for key, target in targets.items()}
-        sitk.WriteImage(image, str(tmp["labelmap"]), useCompression=True)
-        tmp["json"].write_text(_labels_json(segments, path.name), encoding="utf-8")
-        tmp["csv"].write_text(_labels_csv(segments), encoding="utf-8")
+    from .io import verify_image_file, write_image
+
+    with atomic_outputs(), contextlib.ExitStack() as stack:
+        verify = {"labelmap": lambda tmp: verify_image_file(tmp, image)}
+        tmp = {
+            key: stack.enter_context(atomic_path(target, overwrite=overwrite, verify=verify.get(key)))
+            for key, target in targets.items()
+        }
+        write_image(image, tmp["labelmap"], compress=True)
+        write_all(tmp["json"], _labels_json(segments, path.name).encode("utf-8"))
+        write_all(tmp["csv"], _labels_csv(segments).encode("utf-8"))
     return targets
 
 
@@ -949,6 +946,13 @@ def read_labelmap_nifti(path: str | os.PathLike) -> Segmentation:
     volume = read_volume(path)
     if volume.array.dtype.kind not in "iu":
         raise SegmentationFileError(f"{path}: a label map must hold integers, got {volume.array.dtype}")
+    lowest = int(volume.array.min())
+    if lowest < 0:
+        n_negative = int(np.count_nonzero(volume.array < 0))
+        raise SegmentationFileError(
+            f"{path}: a label map holds 0 (background) and positive labels, but {n_negative} voxels are negative "
+            f"(lowest {lowest}); is it a CT or another image rather than a segmentation?"
+        )
     sidecar = sidecar_paths(path)["json"]
     if sidecar.exists():
         try:

@@ -40,6 +40,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage import filters
 
+from ._compat import zip_strict
 from .errors import SegDeepError, VolumeError
 from .progress import CancelToken, ProgressCallback, report
 from .volume import Volume
@@ -639,7 +640,7 @@ def threshold_segment(
         raise ThresholdError(f"min_island_mm3 must be >= 0, got {min_island_mm3:g}")
     connectivity = _check_connectivity(connectivity)
     for flag, name in ((keep_largest, "keep_largest"), (fill_holes, "fill_holes")):
-        if not isinstance(flag, bool | np.bool_):
+        if not isinstance(flag, (bool, np.bool_)):
             raise ThresholdError(f"{name} must be True or False, got {flag!r}")
 
     preset_obj = _resolve_preset(preset)
@@ -759,7 +760,7 @@ def _voxel_volume(mask: np.ndarray | Volume, voxel_volume_mm3: float | None) -> 
 
 
 def _finite(value: Any, name: str) -> float:
-    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise ThresholdError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
@@ -809,8 +810,7 @@ def grow_mask(mask: ArrayOrVolume, margin_mm: float, *, spacing_mm: Sequence[flo
         margin = [int(np.ceil(margin_mm / s)) + 1 for s in spacing]
         idx = np.nonzero(array)
         box = tuple(
-            slice(max(0, int(i.min()) - m), min(n, int(i.max()) + 1 + m))
-            for i, m, n in zip(idx, margin, array.shape, strict=True)
+            slice(max(0, int(i.min()) - m), min(n, int(i.max()) + 1 + m)) for i, m, n in zip_strict(idx, margin, array.shape)
         )
         out[box] = ndi.distance_transform_edt(~array[box], sampling=spacing) <= margin_mm + 1e-6
     return _rewrap(mask, out)

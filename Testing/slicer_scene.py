@@ -141,3 +141,87 @@ def scene_snapshot(scene: Any) -> list[tuple]:
         )
         entries.append((node.GetID(), node.GetClassName(), node.GetName(), attributes, references, _node_content(node)))
     return entries
+
+
+def write_seg_nrrd_with_slicer(
+    path: str | Path,
+    data: Any,
+    segments: list[dict],
+    *,
+    spacing: tuple[float, float, float] = (0.5, 0.7, 2.0),
+    origin_lps: tuple[float, float, float] = (-10.0, -20.0, 30.0),
+    direction_lps: Any = ((-1.0, 0.0, 0.0), (0.0, -1.0, 0.0), (0.0, 0.0, 1.0)),
+    compress: bool = False,
+    crop: bool = False,
+) -> Path:
+    """A .seg.nrrd written by real 3D Slicer code: MRML's ``vtkMRMLSegmentationStorageNode`` (slicer-core).
+
+    ``data`` is a label map ``(k, j, i)`` or one per layer ``(k, j, i, layers)``, on the LPS grid
+    ``spacing``, ``origin_lps``, ``direction_lps`` (default: a volume aligned with RAS, as most are); ``segments`` are ``{"name", "value", "layer", "color", "terminology"}``
+    (``layer`` 0, ``color`` grey and ``terminology`` none by default). Segments of one layer share
+    one labelmap image, as Slicer keeps them. ``crop``: Slicer's "crop to minimum extent" (the file
+    then holds the bounding box of the segments, with the origin moved accordingly).
+    """
+    import numpy as np
+    import slicer
+    import vtk
+
+    add_module_path()
+    from SegDeepLib import mrml
+
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(node)
+    layers = data[..., None] if data.ndim == 3 else data
+    ijk_to_ras = np.eye(4)
+    ras_from_lps = np.diag([-1.0, -1.0, 1.0])
+    ijk_to_ras[:3, :3] = ras_from_lps @ np.asarray(direction_lps, dtype=float) @ np.diag(spacing)
+    ijk_to_ras[:3, 3] = ras_from_lps @ np.asarray(origin_lps, dtype=float)
+    images = [
+        mrml.oriented_image(np.ascontiguousarray(layers[..., n], dtype=np.uint8), ijk_to_ras) for n in range(layers.shape[3])
+    ]
+    segmentation = node.GetSegmentation()
+    segmentation.SetSourceRepresentationName(mrml.BINARY_LABELMAP)
+    if not crop:  # the reference geometry is the whole grid (as for a segmentation made on a volume)
+        converter = slicer.vtkSegmentationConverter
+        segmentation.SetConversionParameter(
+            converter.GetReferenceImageGeometryParameterName(), converter.SerializeImageGeometry(images[0])
+        )
+    for n, info in enumerate(segments):
+        segment = slicer.vtkSegment()
+        segment.SetName(info["name"])
+        segment.SetColor(*info.get("color", (0.5, 0.5, 0.5)))
+        segment.SetLabelValue(int(info["value"]))
+        if info.get("terminology"):
+            segment.SetTag(slicer.vtkSegment.GetTerminologyEntryTagName(), info["terminology"])
+        segment.AddRepresentation(mrml.BINARY_LABELMAP, images[info.get("layer", 0)])
+        segmentation.AddSegment(segment, f"Segment_{n + 1}")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(bool(compress))
+    storage.SetCropToMinimumExtent(bool(crop))
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)  # no reference-geometry parameter: not needed
+    try:
+        written = storage.WriteData(node)
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
+    if not written:
+        raise OSError(f"slicer-core could not write {path}")
+    return Path(path)
+
+
+def read_seg_nrrd_with_slicer(path: str | Path) -> Any:
+    """A vtkMRMLSegmentationNode read from a .seg.nrrd by MRML's storage node (slicer-core)."""
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    node = slicer.vtkMRMLSegmentationNode()
+    scene.AddNode(node)
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    scene.AddNode(storage)
+    storage.SetFileName(str(path))
+    if not storage.ReadData(node):
+        raise OSError(f"slicer-core could not read {path}")
+    node._scene = scene  # keep the scene alive with the node
+    return node

@@ -401,7 +401,7 @@ def test_export_ras_obj_and_merge_of_a_user_segmentation(headless, logic, tmp_pa
     assert table.GetNumberOfRows() == 2 and table.GetTable().GetValueByName(0, "Print ready").ToString() == "yes"
     assert logic.createPrintReportTable(merged, node) is table, "the report table is replaced, not duplicated"
     with pytest.raises(ValueError, match="format"):
-        logic.exportForPrinting(node, tmp_path, format="3MF")
+        logic.exportForPrinting(node, tmp_path, format="VRML")
     with pytest.raises(ValueError, match="no segment named"):
         logic.exportForPrinting(node, tmp_path, segmentNames=["Femur"])
 

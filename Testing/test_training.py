@@ -185,8 +185,8 @@ def test_resumed_training_continues_exactly_like_an_uninterrupted_run(sample_dir
     resumed = train(cfg_b, resume=True, write_package=False, progress_bar=False)
 
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"]]
-    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=False)["network"]
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)["network"]
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)["network"]
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)["network"]
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -37,6 +37,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -51,8 +52,8 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from SegDeepLogic._compat import zip_strict
 from SegDeepLogic.errors import CancelledError, MismatchError, SegDeepError
-from SegDeepLogic.plausibility import mismatch_message
 
 from . import mrml
 from .dependencies import ensure_dependencies
@@ -102,7 +103,7 @@ THRESHOLD_ONLY_COLOR = (0.2, 0.45, 1.0)
 THRESHOLD_COLOR = (0.95, 0.84, 0.57)
 
 DEVICES = ("auto", "cuda", "cpu", "mps")
-MESH_FORMATS = ("STL", "OBJ", "PLY")
+MESH_FORMATS = ("STL", "OBJ", "PLY", "3MF")
 COORDINATE_SYSTEMS = ("LPS", "RAS")
 
 METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
@@ -124,6 +125,24 @@ METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
     ("upper_hu", "Threshold upper bound", "HU"),
 )
 """Rows of the comparison table: (key of ``MaskComparison.to_dict()`` or threshold bound, label, unit)."""
+
+
+def removeStaleWorkFolders(parent: str | None = None) -> list[Path]:
+    """Delete ``SegDeep-<pid>-*`` worker folders (patient CT copies) whose Slicer process is gone."""
+    from SegDeepLogic.atomic import pid_alive
+
+    removed = []
+    folder = Path(parent or tempfile.gettempdir())
+    try:
+        entries = list(folder.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        m = re.match(r"SegDeep-(\d+)-", entry.name)
+        if m and entry.is_dir() and not entry.is_symlink() and not pid_alive(int(m.group(1))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
 
 
 class SegDeepWorkerError(SegDeepError):
@@ -352,18 +371,13 @@ class SegDeepLogicBase:
     # --- models ----------------------------------------------------------------------------
     @staticmethod
     def bundledModelPaths() -> list[Path]:
-        """Model packages shipped in ``Resources/Models`` (``list_bundled_models``), sorted."""
-        try:
-            from SegDeepLogic.model_package import list_bundled_models
-        except ImportError:  # PyTorch not installed yet: same rule, without importing torch
-            folder = ENGINE_ROOT / "Resources" / "Models"
-            if not folder.is_dir():
-                return []
-            return sorted(
-                p
-                for p in folder.iterdir()
-                if (p.is_dir() and (p / "model.json").is_file()) or (p.is_file() and p.suffix.lower() == ".zip")
-            )
+        """Model packages shipped in ``Resources/Models`` (``list_bundled_models``), sorted.
+
+        Never imports PyTorch (``model_package`` imports it only to check a card or read weights), so the
+        panel lists models in Slicer's process while torch lives only in the worker process.
+        """
+        from SegDeepLogic.model_package import list_bundled_models
+
         return list(list_bundled_models())
 
     @staticmethod
@@ -452,7 +466,8 @@ class SegDeepLogicBase:
         from SegDeepLogic.io import write_volume
 
         ct = mrml.volume_from_node(volumeNode)
-        workdir = Path(tempfile.mkdtemp(prefix="SegDeep-", dir=self.temporaryDirectory()))
+        removeStaleWorkFolders(self.temporaryDirectory())
+        workdir = Path(tempfile.mkdtemp(prefix=f"SegDeep-{os.getpid()}-", dir=self.temporaryDirectory()))
         try:
             write_volume(ct, workdir / "input.nrrd", compress=False)
             options = {
@@ -466,8 +481,11 @@ class SegDeepLogicBase:
                 "uncertainty": bool(uncertainty),
                 "num_threads": None if numThreads is None else int(numThreads),
                 "allow_mismatch": bool(allowMismatch),
+                "parent_pid": os.getpid(),  # the worker removes this folder if Slicer dies
             }
-            (workdir / "job.json").write_text(json.dumps(options, indent=1), encoding="utf-8")
+            from SegDeepLogic.atomic import write_text
+
+            write_text(workdir / "job.json", json.dumps(options, indent=1))
             process = WorkerProcess(
                 [python_executable(), str(WORKER_SCRIPT), str(workdir / "job.json")], env=self._worker_env(), cwd=workdir
             ).start()
@@ -573,6 +591,7 @@ class SegDeepLogicBase:
 
     def _load_result(self, job: SegmentationJob) -> Any:
         from SegDeepLogic.io import read_volume
+        from SegDeepLogic.plausibility import mismatch_message  # scipy: not at Slicer start-up
 
         volumeNode = job.volumeNode
         scene = volumeNode.GetScene()
@@ -634,6 +653,8 @@ class SegDeepLogicBase:
             mrml.fill_segmentation(segmentationNode, labels.array, segments, volumeNode)
             if segmentationNode.GetDisplayNode() is None:
                 segmentationNode.CreateDefaultDisplayNodes()
+            # a CT loaded from DICOM: the segmentation goes under its study, ready for DICOM export
+            mrml.place_under_volume_study(segmentationNode, volumeNode)
 
             old_uncertainty = self._output_node(
                 scene, "vtkMRMLScalarVolumeNode", ROLE_UNCERTAINTY, SOURCE_VOLUME_REFERENCE, volumeNode
@@ -955,7 +976,7 @@ class SegDeepLogicBase:
             arrays.append((array, kind))
             table.AddColumn(array)
         for r, row in enumerate(rows):
-            for (array, kind), value in zip(arrays, row, strict=True):
+            for (array, kind), value in zip_strict(arrays, row):
                 if kind == "double":
                     array.SetValue(r, math.nan if value is None else float(value))
                 elif kind == "int":
@@ -981,6 +1002,16 @@ class SegDeepLogicBase:
         merge: bool = False,
         overwrite: bool = False,
         progress: ProgressCallback | None = None,
+        hollowWallMm: float | None = None,
+        drainHoles: int = 0,
+        drainDiameterMm: float = 3.0,
+        cutPlanes: Sequence[Any] | None = None,
+        kerfMm: float = 0.0,
+        perShell: bool = False,
+        thinThresholdMm: float | None = None,
+        buildVolumeMm: Sequence[float] | None = None,
+        prepSegmentNames: Sequence[str] | None = None,
+        voxelMm: float | None = None,
     ) -> list[dict[str, Any]]:
         """Write printable closed surfaces of segments and return their print-readiness reports.
 
@@ -989,7 +1020,10 @@ class SegDeepLogicBase:
         segmentationNode : vtkMRMLSegmentationNode
         folder : path-like
             Output folder (created if missing).
-        format : {"STL", "OBJ", "PLY"}
+        format : {"STL", "OBJ", "PLY", "3MF"}
+            3MF: one file ``<SegmentationNodeName>.3mf`` with one object per part, named after the
+            segment (or piece/shell), in the segment's colour, in mm, the coordinate system stated
+            in its metadata.
         segmentNames : sequence of str, optional
             Segments to export (default: all; empty segments are skipped).
         smoothing : float
@@ -1005,13 +1039,35 @@ class SegDeepLogicBase:
             Replace existing files (default: ``FileExistsError`` before any work).
         progress : callable, optional
             ``progress(fraction, stage)``.
+        hollowWallMm : float, optional
+            Hollow with this wall thickness (mm); the report gives the measured wall and the saved volume.
+        drainHoles, drainDiameterMm : int, float
+            Drain holes at the cavity's lowest (inferior) points, and their diameter (mm).
+        cutPlanes : sequence, optional
+            Cutting planes: ``vtkMRMLMarkupsPlaneNode`` nodes (their world origin and normal,
+            RAS), or ``(point, normal)`` pairs in RAS mm (Slicer's world coordinates), or
+            ``SegDeepLogic.mesh_cut.CutPlane`` objects. Pieces are capped, watertight and named
+            by side (``mandible_cut1-left_cut2-right``; a markups plane gives its node name).
+        kerfMm : float
+            Saw gap removed around each plane (mm).
+        perShell : bool
+            One part per connected shell.
+        thinThresholdMm : float, optional
+            Measure the wall thickness and report regions thinner than this (mm).
+        buildVolumeMm : (3,) floats, optional
+            The printer's build volume (mm) to check each part's bounding box against.
+        prepSegmentNames : sequence of str, optional
+            Hollow/cut/split only these segments (default: all); the checks apply to all.
+        voxelMm : float, optional
+            Voxel size of the hollowing grid (default: wall / 4).
 
         Returns
         -------
         list of dict
-            One report per exported segment: ``SegDeepLogic.mesh_report.MeshReport.to_dict()``
-            (watertight, manifold, shells, volume, deviation, bounds, ``print_ready``, ...) plus
-            ``segment``, ``path``, ``file``, ``format`` and ``coordinate_system``.
+            One report per exported part: ``SegDeepLogic.mesh_report.MeshReport.to_dict()``
+            (watertight, manifold, shells, volume, deviation, bounds, ``print_ready``, hollowing,
+            cut, wall thickness, thin regions, build volume ...) plus ``segment``, ``path``,
+            ``file``, ``format`` and ``coordinate_system``.
         """
         self.ensureDependencies()
         from SegDeepLogic.mesh_io import export_segments
@@ -1030,14 +1086,29 @@ class SegDeepLogicBase:
         prefix = segmentationNode.GetName() or "Segmentation"
         masks = {}
         keys: dict[str, str] = {}
+        colors: dict[str, tuple[float, float, float]] = {}
+        segmentation = segmentationNode.GetSegmentation()
         for name in names:
-            mask = mrml.segment_mask(segmentationNode, mrml.segment_id_by_name(segmentationNode, name))
+            segment_id = mrml.segment_id_by_name(segmentationNode, name)
+            mask = mrml.segment_mask(segmentationNode, segment_id)
             if mask is None or not mask.array.any():
                 warnings.warn(f"segment {name!r} is empty; no mesh written for it", stacklevel=2)
                 continue
-            key = f"{prefix}_{name}"
+            key = name if fmt == "3MF" else f"{prefix}_{name}"  # 3MF: objects in one file <prefix>.3mf
             masks[key] = mask
             keys[key] = name
+            colors[key] = tuple(float(c) for c in segmentation.GetSegment(segment_id).GetColor())  # type: ignore[assignment]
+        options = self._printOptions(
+            hollowWallMm, drainHoles, drainDiameterMm, cutPlanes, kerfMm, perShell, thinThresholdMm, buildVolumeMm, voxelMm
+        )
+        if prepSegmentNames:
+            unknown = [n for n in prepSegmentNames if n not in names]
+            if unknown:
+                raise SegDeepError(f"prepSegmentNames: no segment {unknown[0]!r} among the exported ones ({', '.join(names)})")
+            from SegDeepLogic.print_prep import PrintOptions
+
+            checks = PrintOptions(thin_threshold_mm=options.thin_threshold_mm, build_volume_mm=options.build_volume_mm)
+            options = {k: options if keys[k] in prepSegmentNames else checks for k in masks}
         if not masks:
             raise SegDeepError("every selected segment is empty; there is no surface to export")
         with warnings.catch_warnings():
@@ -1052,13 +1123,17 @@ class SegDeepLogicBase:
                 smoothing_factor=float(smoothing),
                 decimation=float(decimation),
                 overwrite=bool(overwrite),
+                colors=colors,
+                print_options=options,
                 progress=progress,
             )
         reports = []
         for path, report in results:
             d = report.to_dict()
-            d["segment"] = keys.get(str(d.get("name")), d.get("name"))
-            d["name"] = d["segment"]
+            source = d.get("segment") or d.get("name")
+            d["segment"] = keys.get(str(source), source)
+            d["part"] = d.get("name")
+            d["name"] = d["segment"] if d["part"] == source else d["part"]
             d["path"] = str(path)
             d["file"] = Path(path).name
             d["format"] = fmt
@@ -1066,6 +1141,47 @@ class SegDeepLogicBase:
             reports.append(d)
         self.lastExport = reports
         return reports
+
+    @staticmethod
+    def _printOptions(
+        hollowWallMm: float | None,
+        drainHoles: int,
+        drainDiameterMm: float,
+        cutPlanes: Sequence[Any] | None,
+        kerfMm: float,
+        perShell: bool,
+        thinThresholdMm: float | None,
+        buildVolumeMm: Sequence[float] | None,
+        voxelMm: float | None,
+    ) -> Any:
+        """``SegDeepLogic.print_prep.PrintOptions`` from the console/panel arguments (planes from markups in RAS)."""
+        from SegDeepLogic.mesh_cut import CutPlane
+        from SegDeepLogic.print_prep import PrintOptions
+
+        planes = []
+        for i, plane in enumerate(cutPlanes or []):
+            if isinstance(plane, CutPlane):
+                planes.append(plane)
+            elif hasattr(plane, "GetOriginWorld") and hasattr(plane, "GetNormalWorld"):
+                origin = [0.0, 0.0, 0.0]
+                normal = [0.0, 0.0, 0.0]
+                plane.GetOriginWorld(origin)
+                plane.GetNormalWorld(normal)
+                planes.append(CutPlane(tuple(origin), tuple(normal), "RAS", plane.GetName() or f"cut{i + 1}"))  # type: ignore[arg-type]
+            else:
+                point, normal = plane
+                planes.append(CutPlane(tuple(point), tuple(normal), "RAS", f"cut{i + 1}"))
+        return PrintOptions(
+            wall_mm=None if hollowWallMm in (None, 0) else float(hollowWallMm),  # type: ignore[arg-type]
+            voxel_mm=voxelMm,
+            drain_holes=int(drainHoles),
+            drain_diameter_mm=float(drainDiameterMm),
+            planes=tuple(planes),
+            kerf_mm=float(kerfMm),
+            per_shell=bool(perShell),
+            thin_threshold_mm=None if not thinThresholdMm else float(thinThresholdMm),
+            build_volume_mm=tuple(float(x) for x in buildVolumeMm) if buildVolumeMm else None,  # type: ignore[arg-type]
+        )
 
     def createPrintReportTable(self, reports: Sequence[dict[str, Any]], segmentationNode: Any = None) -> Any:
         """A ``vtkMRMLTableNode`` showing export reports (replaces this module's earlier one for the segmentation)."""
@@ -1079,6 +1195,7 @@ class SegDeepLogicBase:
             tableNode = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GetUniqueNameByString("SegDeep print report"))
         columns = [
             ("Segment", "string"),
+            ("Part", "string"),
             ("File", "string"),
             ("Print ready", "string"),
             ("Watertight", "string"),
@@ -1090,6 +1207,10 @@ class SegDeepLogicBase:
             ("Volume difference (%)", "double"),
             ("Max deviation (mm)", "double"),
             ("Size (mm)", "string"),
+            ("Min wall (mm)", "double"),
+            ("Thin regions", "int"),
+            ("Saved by hollowing (mL)", "double"),
+            ("Fits build volume", "string"),
         ]
 
         def yes(value: Any) -> str:
@@ -1098,9 +1219,12 @@ class SegDeepLogicBase:
         rows = []
         for r in reports:
             size = np.asarray(r["bounds_max_mm"], float) - np.asarray(r["bounds_min_mm"], float)
+            hollowing = r.get("hollowing") or {}
+            fits = r.get("fits_build_volume")
             rows.append(
                 (
                     r.get("segment"),
+                    r.get("part") or r.get("name"),
                     r.get("file"),
                     yes(r.get("print_ready")),
                     yes(r.get("watertight")),
@@ -1112,6 +1236,10 @@ class SegDeepLogicBase:
                     r.get("volume_difference_percent"),
                     r.get("deviation_max_mm"),
                     " x ".join(f"{s:.1f}" for s in size),
+                    hollowing.get("measured_wall_min_mm", r.get("min_wall_thickness_mm")),
+                    len(r.get("thin_regions") or []),
+                    hollowing.get("saved_volume_ml"),
+                    "" if fits is None else ("yes" if fits else ("only rotated" if r.get("fits_build_volume_rotated") else "NO")),
                 )
             )
         self._fill_table(tableNode, columns, rows)

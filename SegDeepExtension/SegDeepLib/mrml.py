@@ -25,18 +25,12 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from SegDeepLogic.terminology import TerminologyError
+from SegDeepLogic.terminology import terminology_entry as _terminology_entry
 from SegDeepLogic.volume import Volume
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
 BINARY_LABELMAP = "Binary labelmap"
-
-# Terminology context names used by 3D Slicer 5 (General Anatomy list).
-_CATEGORY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
-_REGION_CONTEXT = "Anatomic codes - DICOM master list"
-_TISSUE = ("85756007", "SCT", "Tissue")
-_ANATOMICAL_STRUCTURE = ("123037004", "SCT", "Anatomical Structure")
-_TISSUE_WORDS = ("bone", "tissue", "fat", "muscle", "cartilage")
-_LATERALITY = {"left": "SCT^7771000^Left", "right": "SCT^24028007^Right"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,32 +159,12 @@ def volume_from_image(image: Any, array: np.ndarray) -> Volume:
 # Segments
 # --------------------------------------------------------------------------------------------
 def terminology_entry(code: str | None, name: str = "") -> str | None:
-    """A Slicer ``TerminologyEntry`` tag from a model card's terminology.
-
-    A full Slicer entry (``context~category~type~...``) is kept as it is; a coded concept
-    ``"SCHEME^VALUE^MEANING"`` (as model cards hold, e.g. ``"SCT^272673000^Bone"``) becomes the
-    type of a General Anatomy entry whose category is *Tissue* for tissues (bone, soft tissue, fat,
-    ...) and *Anatomical Structure* otherwise; a meaning ending in ``(left)`` or ``(right)``
-    (``"SCT^45289007^Parotid gland (left)"``) becomes the type with a Left/Right modifier.
-    """
-    if not code or not str(code).strip():
+    """A Slicer ``TerminologyEntry`` tag from a model card's terminology (the engine's
+    :func:`SegDeepLogic.terminology.terminology_entry`; None for a terminology it cannot interpret)."""
+    try:
+        return _terminology_entry(code, name)
+    except TerminologyError:
         return None
-    code = str(code).strip()
-    if "~" in code:
-        return code
-    parts = code.split("^")
-    if len(parts) != 3:
-        return None
-    scheme, value, meaning = parts
-    modifier = "^^"
-    side = meaning.rstrip().rsplit("(", 1)
-    if len(side) == 2 and side[1].rstrip(")").strip().lower() in _LATERALITY:
-        modifier = _LATERALITY[side[1].rstrip(")").strip().lower()]
-        meaning = side[0].strip()
-    words = f"{meaning} {name}".lower()
-    category = _TISSUE if any(w in words for w in _TISSUE_WORDS) else _ANATOMICAL_STRUCTURE
-    category_code = f"{category[1]}^{category[0]}^{category[2]}"
-    return f"{_CATEGORY_CONTEXT}~{category_code}~{scheme}^{value}^{meaning}~{modifier}~{_REGION_CONTEXT}~^^~^^"
 
 
 def fill_segmentation(
@@ -322,3 +296,34 @@ def segment_mask(segmentationNode: Any, segmentId: str, referenceVolumeNode: Any
     if extent[1] < extent[0] or extent[3] < extent[2] or extent[5] < extent[4]:
         return None
     return volume_from_image(image, array_from_image(image) == value)
+
+
+# --------------------------------------------------------------------------------------------
+# Subject hierarchy (DICOM patient / study)
+# --------------------------------------------------------------------------------------------
+def place_under_volume_study(dataNode: Any, volumeNode: Any) -> int | None:
+    """Put ``dataNode`` in the subject hierarchy under the study of ``volumeNode``.
+
+    A CT loaded from DICOM sits under its patient and study items; a segmentation placed beside
+    it (same study) is what Slicer's DICOM export (Data module: right-click the study or the
+    segmentation, "Export to DICOM...", with SlicerRT for RTSTRUCT or QuantitativeReporting for
+    DICOM SEG) offers to send on, referencing that CT. Returns the study item ID, or None when the
+    volume is not under a study (then nothing changes).
+    """
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(volumeNode.GetScene())
+    if shNode is None:
+        return None
+    volumeItem = shNode.GetItemByDataNode(volumeNode)
+    if not volumeItem:
+        return None
+    study = shNode.GetItemParent(volumeItem)
+    while study and shNode.GetItemLevel(study) != slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMLevelStudy():
+        study = shNode.GetItemParent(study)
+    if not study or study == shNode.GetSceneItemID():
+        return None
+    dataItem = shNode.GetItemByDataNode(dataNode)
+    if not dataItem:
+        dataItem = shNode.CreateItem(study, dataNode)
+    elif shNode.GetItemParent(dataItem) != study:
+        shNode.SetItemParent(dataItem, study)
+    return study

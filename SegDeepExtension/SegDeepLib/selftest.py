@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,7 @@ def run_scenario(
     )
     assert check == logic.lastSegmentation["plausibility"], "the node's check is not the one the worker reported"
     assert progress and progress[-1][0] == 1.0, f"progress did not reach 100%: {progress[-3:]}"
-    assert all(b[0] >= a[0] for a, b in zip(progress, progress[1:], strict=False)), "progress went backwards"
+    assert all(b[0] >= a[0] for a, b in zip(progress, progress[1:])), "progress went backwards"
 
     uncertainty = seg.GetNodeReference(UNCERTAINTY_REFERENCE)
     assert uncertainty is not None, "no uncertainty volume"
@@ -210,3 +211,17 @@ def run_scenario(
         "model": model,
         "plausibility": check,
     }
+
+
+def skip_message(missing: Sequence[str]) -> str:
+    """Why ``SegDeepTest`` skips in Slicer's testing mode when Python packages are missing (none is installed there).
+
+    Examples
+    --------
+    >>> print(skip_message(["torch>=2.2"]))
+    SegDeep self-test skipped: torch>=2.2 not installed (packages are never installed in testing mode; install them with slicer.util.pip_install or the PyTorch extension to run it)
+    """
+    return (
+        f"SegDeep self-test skipped: {', '.join(missing)} not installed (packages are never installed in testing mode; "
+        "install them with slicer.util.pip_install or the PyTorch extension to run it)"
+    )

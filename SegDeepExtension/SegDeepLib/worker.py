@@ -36,9 +36,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -95,9 +97,31 @@ def _inject_fault() -> None:
     raise ValueError(f"unknown {FAULT_ENV} value {fault!r}")
 
 
+def watch_parent(parent_pid: int, workdir: Path, interval_s: float = 1.0) -> threading.Thread:
+    """Remove ``workdir`` (the patient's CT copy and every result) and exit once ``parent_pid`` is gone.
+
+    Slicer killed or crashed cannot clean up its worker's temporary folder; the worker does it.
+    """
+    from SegDeepLogic.atomic import pid_alive
+
+    def watch() -> None:
+        while pid_alive(parent_pid):
+            time.sleep(interval_s)
+        shutil.rmtree(workdir, ignore_errors=True)
+        sys.stderr.write(f"SegDeep worker: the parent process {parent_pid} is gone; removed {workdir} and stopped\n")
+        sys.stderr.flush()
+        os._exit(4)
+
+    thread = threading.Thread(target=watch, name="SegDeepParentWatch", daemon=True)
+    thread.start()
+    return thread
+
+
 def run(job: dict[str, Any]) -> int:
     """Segment the CT described by ``job`` and write the result files; returns the exit code."""
     out = Path(job["output_dir"])
+    if job.get("parent_pid"):
+        watch_parent(int(job["parent_pid"]), out)
     progress = ProgressEmitter()
     emit("started", pid=os.getpid())
     progress(0.0, "starting")
@@ -138,9 +162,9 @@ def run(job: dict[str, Any]) -> int:
         for s in result.segments
     ]
     summary["files"] = files
-    tmp = out / (RESULT_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, out / RESULT_FILE)
+    from SegDeepLogic.atomic import write_text
+
+    write_text(out / RESULT_FILE, json.dumps(summary, indent=1, default=str))
     progress(1.0, "done")
     emit("done", result=RESULT_FILE)
     return 0
@@ -149,15 +173,16 @@ def run(job: dict[str, Any]) -> int:
 def _error_kind(exc: BaseException) -> str:
     if isinstance(exc, MemoryError) or type(exc).__name__ == "InferenceOutOfMemoryError":
         return "out-of-memory"
-    if isinstance(exc, ModuleNotFoundError | ImportError):
+    if isinstance(exc, (ModuleNotFoundError, ImportError)):
         return "missing-dependency"
-    if "out of memory" in str(exc).lower():
+    message = str(exc).lower()
+    if any(m in message for m in ("out of memory", "can't allocate memory", "cannot allocate memory")):
         return "out-of-memory"
     try:
         from SegDeepLogic.errors import SegDeepError
     except ImportError:
         return "internal"
-    return "input" if isinstance(exc, SegDeepError | FileNotFoundError) else "internal"
+    return "input" if isinstance(exc, (SegDeepError, FileNotFoundError)) else "internal"
 
 
 def probe() -> int:

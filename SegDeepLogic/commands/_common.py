@@ -1,18 +1,21 @@
-"""Helpers shared by the CLI sub-commands: progress bars and result output."""
+"""Helpers shared by the CLI sub-commands: progress bars, option ranges, output checks and result output."""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import io
 import json
+import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from tqdm import tqdm
 
-from ..atomic import atomic_path
+from ..atomic import check_outputs, write_text
+from ..errors import OutputError
 from ..progress import ProgressCallback
 from ..segmentation_io import (
     Segmentation,
@@ -51,7 +54,7 @@ def progress_bar(description: str, *, enabled: bool = True) -> Iterator[Progress
         bar.close()
 
 
-def write_table(rows: list[dict], path: str | Path | None, fmt: str) -> None:
+def write_table(rows: list[dict], path: str | Path | None, fmt: str, *, overwrite: bool = True) -> None:
     """Write ``rows`` as JSON or CSV to ``path`` (atomically) or to stdout when ``path`` is None or '-'."""
     if fmt == "json":
         text = json.dumps(rows if len(rows) != 1 else rows[0], indent=2, default=_json_default) + "\n"
@@ -68,8 +71,94 @@ def write_table(rows: list[dict], path: str | Path | None, fmt: str) -> None:
     if path is None or str(path) == "-":
         sys.stdout.write(text)
     else:
-        with atomic_path(path) as tmp:
-            tmp.write_text(text)
+        write_text(path, text, overwrite=overwrite)
+
+
+def number_in(
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    integer: bool = False,
+) -> Callable[[str], float]:
+    """An argparse ``type`` accepting a finite number in the given range (a usage error, exit 2, otherwise).
+
+    Examples
+    --------
+    >>> number_in(0, 100)("95")
+    95.0
+    >>> number_in(0, 100)("150")
+    Traceback (most recent call last):
+    ...
+    argparse.ArgumentTypeError: 150 is out of range: must be in [0, 100]
+    """
+    lo_br, hi_br = "(" if low_open else "[", ")" if high_open else "]"
+    if low is not None and high is not None:
+        span = f"in {lo_br}{low:g}, {high:g}{hi_br}"
+    elif low is not None:
+        span = f"{'>' if low_open else '>='} {low:g}"
+    else:
+        span = f"{'<' if high_open else '<='} {high:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'a whole number' if integer else 'a number'}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} is not a finite number")
+        if low is not None and (value < low or (low_open and value == low)):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {span}")
+        if high is not None and (value > high or (high_open and value == high)):
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be {span}")
+        return value
+
+    parse.__name__ = "integer" if integer else "number"
+    return parse
+
+
+def segmentation_targets(flag: str, path: str | Path | None) -> dict[str, Path]:
+    """The files a segmentation output writes (a NIfTI label map has two sidecars), keyed for messages.
+
+    Raises :class:`OutputError` (before any work) for a name that is neither ``.seg.nrrd`` nor NIfTI.
+    """
+    if path is None or str(path) == "-":
+        return {}
+    path = Path(path)
+    name = path.name.lower()
+    try:
+        is_dir = path.is_dir()
+    except OSError:  # an over-long or impossible name: check_outputs says what is wrong
+        is_dir = False
+    if is_dir:
+        raise OutputError(f"{flag} {path} is a folder; give a file name (.seg.nrrd or .nii.gz)")
+    if name.endswith(".seg.nrrd"):
+        return {flag: path}
+    if name.endswith((".nii.gz", ".nii")):
+        side = sidecar_paths(path)
+        return {flag: path, f"{flag} (sidecar)": side["json"], f"{flag} (colour table)": side["csv"]}
+    raise OutputError(f"{flag} {path.name}: use a .seg.nrrd (3D Slicer) or .nii.gz (label map) file name")
+
+
+def input_files(**inputs: str | Path | None) -> dict[str, Path]:
+    """Inputs for :func:`check_outputs`, with the sidecars of NIfTI label maps."""
+    out: dict[str, Path] = {}
+    for name, value in inputs.items():
+        if value is None or str(value) == "-":
+            continue
+        out[name] = Path(value)
+        if Path(value).name.lower().endswith((".nii.gz", ".nii")):
+            side = sidecar_paths(Path(value))
+            out[f"{name} sidecar"], out[f"{name} colour table"] = side["json"], side["csv"]
+    return out
+
+
+def validate_outputs(
+    outputs: dict[str, str | Path | None], *, inputs: dict[str, Path], overwrite: bool, folders: tuple[str, ...] = ()
+) -> None:
+    """Check every output before any work (see :func:`SegDeepLogic.atomic.check_outputs`)."""
+    check_outputs(outputs, inputs=inputs, overwrite=overwrite, folders=folders)
 
 
 def _json_default(value: object) -> object:
@@ -90,12 +179,19 @@ def _csv_value(value: object) -> object:
 SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
 
 
-def load_segmentation(path: str | Path) -> Segmentation:
-    """Read a Slicer ``.seg.nrrd`` or a label map (NIfTI/NRRD/MHA, with or without sidecar).
+def load_segmentation(
+    path: str | Path, *, ct: str | Path | None = None, names: list[str] | None = None, repair: bool = False
+) -> Segmentation:
+    """Read a Slicer ``.seg.nrrd``, a label map (NIfTI/NRRD/MHA, with or without sidecar) or a DICOM RTSTRUCT.
 
     A single-label file without a sidecar (such as ``mandible.nii.gz``) gets a segment named
-    after the file.
+    after the file. An RT Structure Set is rasterised onto its CT series (``ct``: the series
+    folder; default the referenced series next to the file); ``names`` picks ROIs by name.
     """
+    from ..rtstruct import is_rtstruct, rtstruct_segmentation
+
+    if is_rtstruct(path):
+        return rtstruct_segmentation(path, ct, names=names, repair=repair)
     path = Path(path)
     if path.name.lower().endswith(".seg.nrrd"):
         return read_seg_nrrd(path)
@@ -104,6 +200,16 @@ def load_segmentation(path: str | Path) -> Segmentation:
         stem = path.name.split(".")[0]
         seg = Segmentation(seg.labelmap, [SegmentInfo(stem, seg.segments[0].value, seg.segments[0].color)])
     return seg
+
+
+def load_mask(path: str | Path, label: str | None, *, ct: str | Path | None = None, repair: bool = False) -> tuple[str, Volume]:
+    """:func:`select_mask` of a segmentation file; an RTSTRUCT rasterises only the ROI ``label``."""
+    from ..rtstruct import is_rtstruct
+
+    if is_rtstruct(path) and label is not None and not label.isdigit():
+        seg = load_segmentation(path, ct=ct, names=[label], repair=repair)  # one ROI (a case-insensitive match is accepted)
+        return seg.segments[0].name, seg.mask(seg.segments[0].name)
+    return select_mask(load_segmentation(path, ct=ct, repair=repair), label, path=path)
 
 
 def select_mask(seg: Segmentation, label: str | None, *, path: str | Path) -> tuple[str, Volume]:

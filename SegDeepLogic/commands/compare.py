@@ -8,10 +8,23 @@ from pathlib import Path
 
 import numpy as np
 
+from ..dicom_series import onto_grid
+from ..errors import GeometryMismatchError
 from ..metrics import compare_masks, disagreement_masks
 from ..segmentation_io import SegmentInfo
 from ..threshold import grow_mask
-from ._common import load_segmentation, progress_bar, save_segmentation, select_mask, write_table
+from ._common import (
+    input_files,
+    load_mask,
+    load_segmentation,
+    number_in,
+    progress_bar,
+    save_segmentation,
+    segmentation_targets,
+    select_mask,
+    validate_outputs,
+    write_table,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,14 +35,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "contour) on the same voxel grid. Distances in mm honour anisotropic spacing; definitions match MONAI "
         "(see SegDeepLogic.metrics).",
     )
-    p.add_argument("a", help="segmentation A (.seg.nrrd or label map); the test / prediction")
-    p.add_argument("b", help="segmentation B (.seg.nrrd or label map); the reference")
-    p.add_argument("--label-a", help="segment of A (name or value); default: all non-zero voxels")
-    p.add_argument("--label-b", help="segment of B (name or value); default: all non-zero voxels")
-    p.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
-    p.add_argument("--percentile", type=float, default=95.0, help="percentile of the robust Hausdorff (default 95)")
+    p.add_argument("a", help="segmentation A (.seg.nrrd, label map or DICOM RTSTRUCT); the test / prediction")
+    p.add_argument("b", help="segmentation B (.seg.nrrd, label map or DICOM RTSTRUCT); the reference")
+    p.add_argument("--label-a", help="segment of A (name or value; an RTSTRUCT ROI name); default: all non-zero voxels")
+    p.add_argument("--label-b", help="segment of B (name or value; an RTSTRUCT ROI name); default: all non-zero voxels")
+    p.add_argument(
+        "--ct",
+        default=None,
+        help="the CT's DICOM series folder an RTSTRUCT is rasterised onto (default: the referenced series next to it)",
+    )
+    p.add_argument("--repair-contours", action="store_true", help="RTSTRUCT: fill self-intersecting contours (even-odd)")
+    p.add_argument(
+        "--tolerance-mm", type=number_in(0, low_open=True), default=1.0, help="surface Dice tolerance in mm (default 1)"
+    )
+    p.add_argument("--percentile", type=number_in(0, 100), default=95.0, help="percentile of the robust Hausdorff (default 95)")
     p.add_argument("--roi", help="restrict both masks to this mask file (non-zero voxels), e.g. a region around an organ")
-    p.add_argument("--roi-margin-mm", type=float, default=0.0, help="grow the ROI by this distance (mm) first")
+    p.add_argument("--roi-margin-mm", type=number_in(0), default=0.0, help="grow the ROI by this distance (mm) first")
     p.add_argument("-o", "--output", default="-", help="metrics file (.json or .csv); '-' prints JSON to stdout")
     p.add_argument("--format", choices=["json", "csv"], help="output format (default: from the file suffix, else json)")
     p.add_argument("--disagreement", help="write the disagreement (only in A / only in B) as .seg.nrrd or .nii.gz")
@@ -39,9 +60,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    name_a, mask_a = select_mask(load_segmentation(args.a), args.label_a, path=args.a)
-    name_b, mask_b = select_mask(load_segmentation(args.b), args.label_b, path=args.b)
-    mask_a.require_same_grid(mask_b, "segmentations A and B")
+    validate_outputs(
+        {"-o": args.output, **segmentation_targets("--disagreement", args.disagreement)},
+        inputs=input_files(A=args.a, B=args.b, ROI=args.roi, CT=args.ct),
+        overwrite=args.overwrite,
+    )
+    name_a, mask_a = load_mask(args.a, args.label_a, ct=args.ct, repair=args.repair_contours)
+    name_b, mask_b = load_mask(args.b, args.label_b, ct=args.ct, repair=args.repair_contours)
+    if not mask_a.same_grid(mask_b):  # the same voxels stored in another axis order are moved exactly
+        try:
+            mask_a = onto_grid(mask_a, mask_b, what="segmentation A")
+        except GeometryMismatchError:
+            mask_a.require_same_grid(mask_b, "segmentations A and B")
     if args.roi:
         _, roi = select_mask(load_segmentation(args.roi), None, path=args.roi)
         roi.require_same_grid(mask_a, "the ROI and the segmentations")
@@ -57,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     fmt = args.format or ("csv" if str(args.output).lower().endswith(".csv") else "json")
     if fmt == "csv":
         row = {k: v for k, v in row.items() if not isinstance(v, dict)}
-    write_table([row], args.output, fmt)
+    write_table([row], args.output, fmt, overwrite=args.overwrite)
     if args.disagreement:
         only_a, only_b = disagreement_masks(mask_a, mask_b)
         labels = only_a.array.astype(np.uint8) + 2 * only_b.array.astype(np.uint8)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..errors import SegDeepError
 from ..evaluate import choose_threshold, evaluate_model, record_in_card, training_reference, write_evaluation
-from ._common import progress_bar
+from ._common import number_in, progress_bar, validate_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,9 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threshold-json", help="JSON with 'threshold_hu' (or a summary.json with 'threshold')")
     t.add_argument("--threshold-from", nargs="+", metavar="TRAIN_DIR", help="choose the threshold on these training cases")
     p.add_argument("--bone", default="mandible", help="structure that gets the refinement and threshold baselines")
-    p.add_argument("--roi-mm", type=float, default=10.0, help="ROI margin around the reference bone, mm (default 10)")
+    p.add_argument("--roi-mm", type=number_in(0), default=10.0, help="ROI margin around the reference bone, mm (default 10)")
     p.add_argument("--no-refine", action="store_true", help="do not score the native-resolution refinement")
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    p.add_argument("--overlap", type=number_in(0, 1, high_open=True), default=0.5, help="sliding-window overlap (default 0.5)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--cases", nargs="+", help="only these case ids")
     p.add_argument(
@@ -55,9 +55,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
-    existing = [n for n in ("per_case.csv", "summary.json", "dice_boxplot.png") if (out / n).exists()]
-    if existing and not args.overwrite:
-        raise FileExistsError(f"{out} already holds {', '.join(existing)}; pass --overwrite to replace them")
+    validate_outputs(
+        {"-o": out, **{f"-o/{n}": out / n for n in ("per_case.csv", "summary.json", "dice_boxplot.png")}},
+        inputs={"model": Path(args.model)},
+        overwrite=args.overwrite,
+        folders=("-o",),
+    )
     if args.reference_from and not args.record_in_card:
         raise SegDeepError("--reference-from only makes sense with --record-in-card")
     threshold = None

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..mesh import DEFAULT_SMOOTHING_FACTOR
-from ._common import progress_bar
+from ._common import input_files, number_in, progress_bar, validate_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("ct", help="CT volume (NRRD, NIfTI, MHA/MHD or a DICOM series folder)")
     p.add_argument("-o", "--output", required=True, help="report file (.html)")
+    p.add_argument("--series", default=None, metavar="UID", help="DICOM folder: the series to report on (default the largest)")
     p.add_argument("--json", default=None, help="JSON facts file (default: the report's name with .json)")
     p.add_argument("--model", default=None, help="model package folder or .zip (default: the first bundled one)")
     p.add_argument(
@@ -44,17 +45,33 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="NAME",
         help="structures compared with the threshold (default: bone-like names such as bone, mandible, skull)",
     )
-    p.add_argument("--threshold-margin-mm", type=float, default=10.0, help="threshold region: the structure grown by this (mm)")
-    p.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance in mm (default 1)")
+    p.add_argument(
+        "--threshold-margin-mm", type=number_in(0), default=10.0, help="threshold region: the structure grown by this (mm)"
+    )
+    p.add_argument(
+        "--tolerance-mm", type=number_in(0, low_open=True), default=1.0, help="surface Dice tolerance in mm (default 1)"
+    )
     p.add_argument("--export-dir", default=None, help="also write each structure's mesh into this folder (with the report)")
-    p.add_argument("--export-format", choices=["stl", "obj", "ply"], default="stl", help="mesh format (default stl)")
+    p.add_argument(
+        "--export-format",
+        choices=["stl", "obj", "ply", "3mf"],
+        default="stl",
+        help="mesh format (default stl); 3mf: one file structures.3mf with a named, coloured object per structure",
+    )
     p.add_argument("--space", choices=["LPS", "RAS"], default="LPS", help="coordinate system of the mesh files (default LPS)")
-    p.add_argument("--smoothing", type=float, default=DEFAULT_SMOOTHING_FACTOR, help="mesh smoothing factor 0..1 (default 0.5)")
-    p.add_argument("--decimation", type=float, default=0.0, help="fraction of mesh triangles to remove, 0..1 (default 0)")
+    p.add_argument(
+        "--smoothing", type=number_in(0, 1), default=DEFAULT_SMOOTHING_FACTOR, help="mesh smoothing factor 0..1 (default 0.5)"
+    )
+    p.add_argument(
+        "--decimation",
+        type=number_in(0, 1, high_open=True),
+        default=0.0,
+        help="fraction of mesh triangles to remove, 0..1 (default 0)",
+    )
     p.add_argument("--device", default="auto", help="network device: auto, cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8x slower)")
     p.add_argument("--refine", action="store_true", help="refine bone labels at the CT's resolution with a HU threshold")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the network")
+    p.add_argument("--threads", type=number_in(1, integer=True), default=None, help="CPU threads for the network")
     p.add_argument(
         "--allow-mismatch",
         action="store_true",
@@ -86,16 +103,28 @@ def run(args: argparse.Namespace) -> int:
 
     html_path = Path(args.output)
     json_path = Path(args.json) if args.json else html_path.with_suffix(".json")
-    if not args.overwrite:  # refuse before any work
-        for path in (html_path, json_path):
-            if path.exists():
-                raise FileExistsError(f"refusing to overwrite existing file: {path} (use --overwrite)")
+    validate_outputs(  # before any work
+        {
+            "-o": html_path,
+            "--json": json_path,
+            "--export-dir": args.export_dir,
+            "--export-dir (the 3MF file)": (
+                Path(args.export_dir) / "structures.3mf" if args.export_dir and args.export_format == "3mf" else None
+            ),
+        },
+        inputs=input_files(
+            CT=args.ct, model=args.model, segmentation=args.segmentation, uncertainty=args.uncertainty, reference=args.reference
+        ),
+        overwrite=args.overwrite,
+        folders=("--export-dir",),
+    )
     options: dict[str, Any] = {"allow_mismatch": bool(args.allow_mismatch)}
     if args.threads:
         options["num_threads"] = args.threads
     with progress_bar("report", enabled=not args.no_progress) as progress:
         facts = build_report(
             args.ct,
+            series_uid=args.series,
             model=args.model,
             segmentation=args.segmentation,
             uncertainty=args.uncertainty,

@@ -10,10 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import MismatchError
+from ..errors import MismatchError, OutputError
 from ..progress import CancelToken
 from ..refine import RefineOptions
-from ._common import progress_bar, write_table
+from ._common import input_files, number_in, progress_bar, segmentation_targets, validate_outputs, write_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -25,24 +25,44 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "between sliding windows; nothing is written unless the whole segmentation succeeded.",
     )
     p.add_argument("ct", help="CT volume (NRRD, NIfTI, MHA/MHD or a DICOM series folder)")
-    p.add_argument("-o", "--output", required=True, help="output segmentation: .seg.nrrd (3D Slicer) or .nii.gz label map")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        help="output segmentation: .seg.nrrd (3D Slicer), .nii.gz label map, or a .dcm RT Structure Set / DICOM SEG "
+        "(with --format rtstruct / dicom-seg and a DICOM CT folder)",
+    )
+    p.add_argument(
+        "--series", default=None, metavar="UID", help="DICOM folder: the series to segment (segdeep dicom-info lists them)"
+    )
     p.add_argument("--model", default=None, help="model package folder or .zip (default: the first bundled in Resources/Models)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="auto: bf16/fp16 on GPUs, fp32 on CPU"
     )
-    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
-    p.add_argument("--batch-size", type=int, default=None, help="windows per network call (default: by patch size and device)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for the network (default: one per core)")
+    p.add_argument(
+        "--overlap", type=number_in(0, 1, high_open=True), default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)"
+    )
+    p.add_argument(
+        "--batch-size",
+        type=number_in(1, integer=True),
+        default=None,
+        help="windows per network call (default: by patch size and device)",
+    )
+    p.add_argument(
+        "--threads", type=number_in(1, integer=True), default=None, help="CPU threads for the network (default: one per core)"
+    )
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips, 8x slower)")
     p.add_argument(
         "--threshold",
-        type=float,
+        type=number_in(0, 1, low_open=True),
         default=None,
         help="label a voxel only where its label's probability reaches this value (default: argmax)",
     )
     p.add_argument("--keep-largest", action="store_true", help="keep only the largest connected component of each label")
-    p.add_argument("--min-island-mm3", type=float, default=0.0, help="remove components smaller than this (mm³), per label")
+    p.add_argument(
+        "--min-island-mm3", type=number_in(0), default=0.0, help="remove components smaller than this (mm³), per label"
+    )
     p.add_argument("--refine", action="store_true", help="refine bone labels at the CT's resolution with a HU threshold")
     p.add_argument(
         "--refine-labels", nargs="+", default=None, metavar="NAME", help="labels to refine (default: those named after a bone)"
@@ -52,13 +72,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--refine-grow-mm",
-        type=float,
+        type=number_in(0, low_open=True),
         default=None,
         help="how far --refine may grow the network's mask (mm; default: the model's voxel size, at least 3)",
     )
     p.add_argument("--uncertainty", default=None, metavar="PATH", help="also write the uncertainty map (entropy 0..1) here")
     p.add_argument(
-        "--format", dest="output_format", default=None, choices=["seg.nrrd", "nii.gz"], help="output format (default: by suffix)"
+        "--format",
+        dest="output_format",
+        default=None,
+        choices=["seg.nrrd", "nii.gz", "rtstruct", "dicom-seg"],
+        help="output format (default: by suffix); rtstruct (RT Structure Set for a planning system) and dicom-seg "
+        "(DICOM Segmentation) reference the input DICOM CT series",
     )
     p.add_argument("--json", default=None, help="write a summary (volumes, uncertainty, timings, fallbacks) here ('-' = stdout)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
@@ -120,8 +145,15 @@ def _show_mismatch() -> Iterator[None]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..segment import segment_file  # torch is imported only when this command runs
+    from ..io import WRITE_SUFFIXES, _suffix
+    from ..segment import DICOM_OUTPUT_FORMATS, _output_format, segment_file  # torch is imported only now
 
+    fmt = _output_format(Path(args.output), args.output_format)  # the name must match the format: before any work
+    main_output = {"-o": args.output} if fmt in DICOM_OUTPUT_FORMATS else segmentation_targets("-o", args.output)
+    outputs = {**main_output, "--uncertainty": args.uncertainty, "--json": args.json}
+    validate_outputs(outputs, inputs=input_files(CT=args.ct, model=args.model), overwrite=args.overwrite)
+    if args.uncertainty is not None and _suffix(Path(args.uncertainty)) not in WRITE_SUFFIXES:
+        raise OutputError(f"--uncertainty {args.uncertainty}: use one of {', '.join(WRITE_SUFFIXES)}")
     refine_options = None
     if args.refine_hu != RefineOptions.lower_hu or args.refine_grow_mm is not None:
         refine_options = RefineOptions(lower_hu=args.refine_hu, grow_mm=args.refine_grow_mm or RefineOptions.grow_mm)
@@ -135,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             uncertainty_path=args.uncertainty,
             overwrite=args.overwrite,
             allow_mismatch=args.allow_mismatch,
+            series_uid=args.series,
             progress=progress,
             cancel=token,
             device=args.device,
@@ -153,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         )
     summary = {"input": str(args.ct), "output": [str(p) for p in written], **result.summary()}
     if args.json:
-        write_table([summary], args.json, "json")
+        write_table([summary], args.json, "json", overwrite=args.overwrite)
     for message in result.fallbacks:
         print(f"fallback: {message}", file=sys.stderr)
     print_plausibility(result.plausibility)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from ..training.train import DEFAULT_LABELS, OPENKBP_DATA, OPENKBP_LIMITATIONS, TrainConfig, train
+from ._common import number_in, validate_outputs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -28,19 +30,39 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--structures", nargs="+", default=[x["name"] for x in DEFAULT_LABELS], help="structure names (mask file stems)"
     )
     p.add_argument(
-        "--spacing", nargs=3, type=float, default=list(d.spacing_ijk_mm), metavar=("I", "J", "K"), help="model voxel size, mm"
+        "--spacing",
+        nargs=3,
+        type=number_in(0.2, 20),
+        default=list(d.spacing_ijk_mm),
+        metavar=("I", "J", "K"),
+        help="model voxel size, mm",
     )
     p.add_argument(
         "--orientation", default=d.orientation, help=f"DICOM orientation code of the model grid (default {d.orientation})"
     )
-    p.add_argument("--channels", nargs="+", type=int, default=d.architecture_params["channels"], help="U-Net widths per level")
     p.add_argument(
-        "--patch", nargs=3, type=int, default=list(d.patch_size_kji), metavar=("K", "J", "I"), help="patch size (voxels)"
+        "--channels",
+        nargs="+",
+        type=number_in(1, integer=True),
+        default=d.architecture_params["channels"],
+        help="U-Net widths per level",
     )
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--iterations", type=int, default=d.iterations)
-    p.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate (AdamW, poly decay)")
-    p.add_argument("--foreground-fraction", type=float, default=d.foreground_fraction, help="patches centred on a structure")
+    p.add_argument(
+        "--patch",
+        nargs=3,
+        type=number_in(1, 512, integer=True),
+        default=list(d.patch_size_kji),
+        metavar=("K", "J", "I"),
+        help="patch size (voxels)",
+    )
+    p.add_argument("--batch-size", type=number_in(1, integer=True), default=d.batch_size)
+    p.add_argument("--iterations", type=number_in(1, integer=True), default=d.iterations)
+    p.add_argument(
+        "--lr", type=number_in(0, 1, low_open=True), default=d.learning_rate, help="peak learning rate (AdamW, poly decay)"
+    )
+    p.add_argument(
+        "--foreground-fraction", type=number_in(0, 1), default=d.foreground_fraction, help="patches centred on a structure"
+    )
     p.add_argument(
         "--ce-weighting",
         choices=["none", "median-frequency"],
@@ -49,16 +71,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "(helps small or rarely contoured structures)",
     )
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--val-every", type=int, default=d.val_every, help="validate every N steps")
-    p.add_argument("--val-cases", type=int, default=d.val_cases, help="validation cases used during training")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--val-every", type=number_in(1, integer=True), default=d.val_every, help="validate every N steps")
+    p.add_argument(
+        "--val-cases", type=number_in(0, integer=True), default=d.val_cases, help="validation cases used during training"
+    )
+    p.add_argument("--checkpoint-every", type=number_in(1, integer=True), default=d.checkpoint_every)
     p.add_argument("--precision", choices=["fp32", "bf16"], default=d.precision, help="autocast precision on the CPU")
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads")
+    p.add_argument("--threads", type=number_in(1, integer=True), default=d.threads, help="torch CPU threads")
     p.add_argument("--cache-dir", default=None, help="cache the preloaded cases here (.npz)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (checkpoint + package) after this training time")
+    p.add_argument(
+        "--max-minutes",
+        type=number_in(0, low_open=True),
+        default=None,
+        help="stop (checkpoint + package) after this training time",
+    )
     p.add_argument(
         "--stop-at-step",
-        type=int,
+        type=number_in(1, integer=True),
         default=None,
         help="stop (checkpoint + package) after this step; the learning-rate schedule still spans --iterations",
     )
@@ -69,6 +98,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    data = {f"--train {n + 1}": Path(x) for n, x in enumerate(args.train)}
+    data.update({f"--validation {n + 1}": Path(x) for n, x in enumerate(args.validation)})
+    # The package folder is replaced at the end (only if it is a model package); check both folders now.
+    validate_outputs(
+        {"-o": args.output, "--work-dir": args.work_dir},
+        inputs=data,
+        overwrite=True,
+        folders=("-o", "--work-dir"),
+    )
     labels = {x["name"]: x for x in DEFAULT_LABELS}
     cfg = TrainConfig(
         train_data=list(args.train),

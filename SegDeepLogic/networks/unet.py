@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, Optional, Union
 
 import torch
 from torch import nn
 
+from .._compat import zip_strict
+
 __all__ = ["UNet3D", "normalise_strides"]
 
-Norm = Literal["instance", "batch", "group"] | None
+Norm = Optional[Literal["instance", "batch", "group"]]
 Act = Literal["leaky_relu", "relu", "gelu"]
-Stride = int | Sequence[int]
+Stride = Union[int, Sequence[int]]
 
 _NORMS = ("instance", "batch", "group", None)
 _ACTS = ("leaky_relu", "relu", "gelu")
@@ -56,7 +58,7 @@ def normalise_strides(strides: Sequence[Stride] | None, depth: int) -> tuple[tup
         raise ValueError(f"depth must be a positive integer, got {depth!r}")
     if strides is None:
         return ((2, 2, 2),) * (depth - 1)
-    if isinstance(strides, str | bytes) or not isinstance(strides, Sequence):
+    if isinstance(strides, (str, bytes)) or not isinstance(strides, Sequence):
         raise ValueError(f"strides must be a list of {depth - 1} ints or (D, H, W) triples, got {strides!r}")
     if len(strides) != depth - 1:
         raise ValueError(f"strides must have depth - 1 = {depth - 1} entries (one per downsampling), got {len(strides)}")
@@ -207,7 +209,7 @@ class UNet3D(nn.Module):
             raise ValueError(f"act must be one of {_ACTS}, got {act!r}")
         if not isinstance(residual, bool):
             raise ValueError(f"residual must be true or false, got {residual!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, int | float) or not 0.0 <= dropout < 1.0:
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
             raise ValueError(f"kernel_size must be a positive odd integer, got {kernel_size!r}")
@@ -243,7 +245,7 @@ class UNet3D(nn.Module):
             if depth is None:
                 raise ValueError("channels given as one int (the first level's width) needs depth")
             channels = [channels * 2**level for level in range(depth)]
-        if isinstance(channels, str | bytes) or not isinstance(channels, Sequence) or len(channels) == 0:
+        if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or len(channels) == 0:
             raise ValueError(f"channels must be a non-empty list of positive ints, got {channels!r}")
         if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
             raise ValueError(f"channels must be positive ints, got {list(channels)}")
@@ -284,7 +286,7 @@ class UNet3D(nn.Module):
         channels = cls._resolve_channels(params.get("channels", (16, 32, 64, 128)), params.get("depth"))
         divisor = [1, 1, 1]
         for stride in normalise_strides(params.get("strides"), len(channels)):
-            divisor = [d * s for d, s in zip(divisor, stride, strict=True)]
+            divisor = [d * s for d, s in zip_strict(divisor, stride)]
         return tuple(divisor)  # type: ignore[return-value]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -292,7 +294,7 @@ class UNet3D(nn.Module):
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected input (N, {self.in_channels}, D, H, W), got {tuple(x.shape)}")
         divisor = self.size_divisor
-        if any(n % d for n, d in zip(x.shape[2:], divisor, strict=True)):
+        if any(n % d for n, d in zip_strict(x.shape[2:], divisor)):
             raise ValueError(
                 f"input size {tuple(x.shape[2:])} (D, H, W) must be divisible by {divisor}; pad it (the sliding-window "
                 "inferer pads to the model's patch size)"
@@ -302,7 +304,7 @@ class UNet3D(nn.Module):
             x = block(x)
             skips.append(x)
         x = skips.pop()
-        for up, block in zip(self.upsample, self.decoder, strict=True):
+        for up, block in zip_strict(self.upsample, self.decoder):
             x = block(torch.cat([up(x), skips.pop()], dim=1))
         return self.head(x)
 

@@ -36,6 +36,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from .. import __version__
+from .._compat import zip_strict
 from ..errors import SegDeepError
 from ..io import read_volume
 from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
@@ -107,12 +108,16 @@ class ReportFacts:
     images : dict of str to bytes
         PNG pictures by id (``data["structures"][n]["images"]`` lists each structure's ids).
     meshes : list of (Path, Mesh)
-        Surfaces to write with the report (empty unless ``export_dir`` was given).
+        Surfaces to write with the report (empty unless ``export_dir`` was given). With the 3MF
+        format every structure goes to one file, ``structures.3mf``, as a named, coloured object.
+    mesh_parts : list of (str, colour)
+        Name and colour of each entry of ``meshes`` (the 3MF objects).
     """
 
     data: dict[str, Any]
     images: dict[str, bytes] = dataclasses.field(default_factory=dict)
     meshes: list[tuple[Path, Mesh]] = dataclasses.field(default_factory=list)
+    mesh_parts: list[tuple[str, Any]] = dataclasses.field(default_factory=list)
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -134,7 +139,7 @@ def parse_threshold(spec: str | tuple[float | None, float | None] | None) -> dic
     """
     if spec is None:
         return {"preset": "bone"}
-    if isinstance(spec, tuple | list):
+    if isinstance(spec, (tuple, list)):
         lower, upper = spec
         return {"lower_hu": None if lower is None else float(lower), "upper_hu": None if upper is None else float(upper)}
     text = str(spec).strip()
@@ -200,15 +205,15 @@ def _json_ready(value: Any) -> Any:
     """Recursively turn numpy values, tuples and paths into JSON types (non-finite floats -> None)."""
     if isinstance(value, Mapping):
         return {str(k): _json_ready(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, (list, tuple)):
         return [_json_ready(v) for v in value]
     if isinstance(value, np.ndarray):
         return _json_ready(value.tolist())
-    if isinstance(value, np.bool_ | bool):
+    if isinstance(value, (np.bool_, bool)):
         return bool(value)
     if isinstance(value, np.integer):
         return int(value)
-    if isinstance(value, float | np.floating):
+    if isinstance(value, (float, np.floating)):
         v = float(value)
         return v if math.isfinite(v) else None
     if isinstance(value, Path):
@@ -222,7 +227,7 @@ def _crop(volume: Volume, box: tuple[slice, ...]) -> Volume:
 
 
 def _grow_box(box: tuple[slice, ...], margin: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
-    return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip(box, margin, shape, strict=True))
+    return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip_strict(box, margin, shape))
 
 
 def _compare(a: Volume, b: Volume, tolerance_mm: float) -> dict[str, Any]:
@@ -248,7 +253,7 @@ def orientation_code(direction: np.ndarray) -> str:
     """
     perm, flips = _best_axes(np.asarray(direction, dtype=float))
     letters = [""] * 3
-    for t, (p, f) in enumerate(zip(perm, flips, strict=True)):
+    for t, (p, f) in enumerate(zip_strict(perm, flips)):
         letters[p] = ("RAI" if f else "LPS")[t]
     return "".join(letters)
 
@@ -264,9 +269,9 @@ def to_lps(volume: Volume) -> Volume:
     if flip_axes:
         array = np.flip(array, axis=flip_axes)
     first = [0, 0, 0]
-    for p, f in zip(perm, flips, strict=True):
+    for p, f in zip_strict(perm, flips):
         first[p] = volume.shape_ijk[p] - 1 if f else 0
-    direction = np.stack([volume.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip(perm, flips, strict=True)], axis=1)
+    direction = np.stack([volume.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip_strict(perm, flips)], axis=1)
     spacing = tuple(volume.spacing[p] for p in perm)
     return Volume(np.ascontiguousarray(array), spacing, volume.index_to_physical(first), direction)
 
@@ -298,10 +303,21 @@ def _plausibility_facts(result: Any) -> dict[str, Any] | None:
     }
 
 
-def _load_segmentation(seg: Any, ct: Volume, what: str) -> tuple[Segmentation, dict[str, Any] | None]:
-    """A Segmentation on the CT's grid, from a Segmentation, a SegmentationResult or a file."""
+def _load_segmentation(
+    seg: Any, ct: Volume, what: str, ct_folder: Path | None = None
+) -> tuple[Segmentation, dict[str, Any] | None]:
+    """A Segmentation on the CT's grid, from a Segmentation, a SegmentationResult or a file.
+
+    A DICOM RT Structure Set is rasterised onto its CT series: ``ct_folder`` when the CT was
+    given as a DICOM folder, else the series it references next to the RTSTRUCT file.
+    """
+    from ..rtstruct import is_rtstruct, rtstruct_segmentation
+
     source = None
-    if isinstance(seg, str | os.PathLike):
+    if isinstance(seg, (str, os.PathLike)) and is_rtstruct(seg):
+        source = _file_facts(seg)
+        seg = rtstruct_segmentation(seg, ct_folder)
+    elif isinstance(seg, (str, os.PathLike)):
         path = Path(seg)
         source = _file_facts(path)
         if path.name.lower().endswith(".seg.nrrd"):
@@ -323,6 +339,7 @@ def _load_segmentation(seg: Any, ct: Volume, what: str) -> tuple[Segmentation, d
 def build_report(
     ct: Volume | str | os.PathLike,
     *,
+    series_uid: str | None = None,
     model: Any = None,
     segmentation: Any = None,
     reference: Any = None,
@@ -351,6 +368,9 @@ def build_report(
     ----------
     ct : Volume or path
         The CT in HU (a path is read with :func:`~SegDeepLogic.io.read_volume` and recorded).
+    series_uid : str, optional
+        With a DICOM folder: the series to read (default the largest). An RTSTRUCT
+        ``reference``/``segmentation`` is rasterised onto that folder's series.
     model : ModelPackage, path or None
         Model package for the network (None: the first bundled one). Ignored with ``segmentation``.
     segmentation : Segmentation, SegmentationResult or path, optional
@@ -375,7 +395,7 @@ def build_report(
         Surface Dice tolerance (mm).
     export_dir : path, optional
         Folder where :func:`write_report` writes the meshes (with the report, all or nothing).
-    export_format : {"stl", "obj", "ply"}
+    export_format : {"stl", "obj", "ply", "3mf"}
         Mesh file format.
     space : {"LPS", "RAS"}
         Coordinate system of the mesh files.
@@ -411,7 +431,7 @@ def build_report(
     ct_path = None
     if not isinstance(ct, Volume):
         ct_path = Path(ct)
-        ct = read_volume(ct_path)
+        ct = read_volume(ct_path, series_uid=series_uid)
     timings["read"] = time.perf_counter() - t
 
     result = None
@@ -459,7 +479,9 @@ def build_report(
             result = segmentation
             network_timings = {k: float(v) for k, v in result.timings_s.items()}
         t = time.perf_counter()
-        seg, seg_source = _load_segmentation(segmentation, ct, "segmentation")
+        seg, seg_source = _load_segmentation(
+            segmentation, ct, "segmentation", ct_path if ct_path is not None and ct_path.is_dir() else None
+        )
         timings["read_segmentation"] = time.perf_counter() - t
         seg_facts = {
             "source": "segmentation result given to the report" if result is not None else "segmentation file (network not run)",
@@ -496,7 +518,8 @@ def build_report(
     ref_seg = ref_source = None
     t = time.perf_counter()
     if reference is not None:
-        ref_seg, ref_source = _load_segmentation(reference, ct, "reference segmentation")
+        ct_folder = ct_path if ct_path is not None and ct_path.is_dir() else None
+        ref_seg, ref_source = _load_segmentation(reference, ct, "reference segmentation", ct_folder)
     timings["read_reference"] = time.perf_counter() - t
     matches = _match_reference(seg, ref_seg, reference_labels)
 
@@ -526,6 +549,7 @@ def build_report(
     structures: list[dict[str, Any]] = []
     images: dict[str, bytes] = {}
     meshes: list[tuple[Path, Mesh]] = []
+    mesh_parts: list[tuple[str, Any]] = []
     used_files: set[str] = set()
     stage_time = dict.fromkeys(("threshold", "compare_threshold", "compare_reference", "meshes", "deviation", "figures"), 0.0)
     n = len(seg.segments)
@@ -555,7 +579,7 @@ def build_report(
             ref_box = ref_boxes[ref_value - 1]
             crop_box = tuple(
                 slice(min(a.start, b.start), max(a.stop, b.stop))
-                for a, b in zip(crop_box, _grow_box(ref_box, [2, 2, 2], labels.shape), strict=True)
+                for a, b in zip_strict(crop_box, _grow_box(ref_box, [2, 2, 2], labels.shape))
             )
         mask = _crop(ct, crop_box).with_array(labels[crop_box] == s.value)
         ct_crop = _crop(ct, crop_box)
@@ -611,8 +635,9 @@ def build_report(
                 k += 1
                 stem = f"{base}_{k}"
             used_files.add(stem.lower())
-            target = Path(export_dir) / f"{stem}.{export_format}"
+            target = Path(export_dir) / (f"{stem}.{export_format}" if export_format != "3mf" else "structures.3mf")
             meshes.append((target, mesh))
+            mesh_parts.append((s.name, tuple(s.color) if s.color else None))
             row["mesh"]["file"] = str(target.resolve())
         stage_time["meshes"] += time.perf_counter() - t
 
@@ -671,7 +696,7 @@ def build_report(
         stage_time["figures"] += time.perf_counter() - t
 
     report(progress, 0.97, "provenance", cancel)
-    for name, row in zip(names, structures, strict=True):
+    for name, row in zip_strict(names, structures):
         for u in uncertainty_rows:
             if u.get("name") == name:
                 row["uncertainty"] = {k: v for k, v in u.items() if k not in ("name", "value")}
@@ -686,7 +711,7 @@ def build_report(
     }
     data = {
         "title": title or f"SegDeep report: {ct_path.name if ct_path else 'CT'}",
-        "created_utc": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "created_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "units": {"length": "mm", "volume": "mL", "coordinates": "LPS mm (report); mesh files in " + space},
         "input": {
             "ct": _file_facts(ct_path) or {"path": None, "bytes": None, "sha256": None, "source": "in-memory volume"},
@@ -728,7 +753,7 @@ def build_report(
         "notes": notes,
     }
     report(progress, 1.0, "facts collected", cancel)
-    return ReportFacts(_json_ready(data), images, meshes)
+    return ReportFacts(_json_ready(data), images, meshes, mesh_parts)
 
 
 def _integer(array: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from .._compat import zip_strict
 from ..mesh import Mesh
 
 __all__ = ["COLORS", "CT_WINDOW_HU", "mesh_png", "slices_png"]
@@ -139,7 +140,7 @@ def slices_png(
     shapes = [_plane(ct, axis, int(centre_kji[axis])).shape for _, axis, _ in _VIEWS]
     ratios = [
         n[1] * _plane_spacing(spacing_ijk, a)[0] / (n[0] * _plane_spacing(spacing_ijk, a)[1])
-        for n, (_, a, _) in zip(shapes, _VIEWS, strict=True)
+        for n, (_, a, _) in zip_strict(shapes, _VIEWS)
     ]
     bar = 0.05 * sum(ratios) if uncertainty is not None else 0.0
     width = 12.0
@@ -281,7 +282,7 @@ def mesh_png(
     fig = Figure(figsize=(min(12.0, panel_h * (sum(ratios) + bar) * 1.15 + 0.6), panel_h + 0.6), facecolor="white")
     grid = fig.add_gridspec(1, 3, width_ratios=[*ratios, bar], wspace=0.08)
     axes = [fig.add_subplot(grid[0, c]) for c in range(2)]
-    for ax, (name, (xa, xs), (ya, ys), (za, zs), (left, right)) in zip(axes, _MESH_VIEWS, strict=True):
+    for ax, (name, (xa, xs), (ya, ys), (za, zs), (left, right)) in zip_strict(axes, _MESH_VIEWS):
         facing = normals[:, za] * zs  # component towards the viewer
         front = facing > 0
         depth = (corners[front, :, za] * zs).mean(axis=1)

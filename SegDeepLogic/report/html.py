@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_path
+from ..atomic import atomic_outputs, atomic_path, write_all
 from ..mesh_io import write_mesh
 from .facts import ReportFacts
 
@@ -134,7 +134,7 @@ def _fmt(value: Any) -> str:
 
 def _cell(value: Any, key: str | None = None, text: str | None = None) -> str:
     """A ``<td>`` with the rounded value (or ``text``), its exact JSON value and its key in the facts."""
-    cls = "num" if isinstance(value, int | float) and not isinstance(value, bool) else ""
+    cls = "num" if isinstance(value, (int, float)) and not isinstance(value, bool) else ""
     if isinstance(value, bool):
         cls = "good" if value else "bad"
     attrs = f' class="{cls}"' if cls else ""
@@ -514,11 +514,22 @@ def write_report(
     page = render_html(facts)
     text = json.dumps(facts.data, indent=2, allow_nan=False) + "\n"
     writers: list[tuple[Path, Callable[[Path], Any]]] = [
-        (html_file, lambda tmp: tmp.write_text(page, encoding="utf-8")),
-        (json_file, lambda tmp: tmp.write_text(text, encoding="utf-8")),
+        (html_file, lambda tmp: write_all(tmp, page.encode("utf-8"))),
+        (json_file, lambda tmp: write_all(tmp, text.encode("utf-8"))),
     ]
-    for target, mesh in facts.meshes:
+    three_mf: dict[Path, list] = {}
+    for index, (target, mesh) in enumerate(facts.meshes):
+        if target.suffix.lower() == ".3mf":  # one file, one named, coloured object per structure
+            from ..mesh_3mf import PrintPart
+
+            name, color = facts.mesh_parts[index] if index < len(facts.mesh_parts) else (target.stem, None)
+            three_mf.setdefault(target, []).append(PrintPart(name, mesh, color))
+            continue
         writers.append((target, lambda tmp, mesh=mesh: write_mesh(mesh, tmp, overwrite=True)))
+    for target, parts in three_mf.items():
+        from ..mesh_3mf import write_3mf
+
+        writers.append((target, lambda tmp, parts=parts: write_3mf(parts, tmp, title="SegDeep report", overwrite=True)))
     targets = [t for t, _ in writers]
     if not overwrite:
         for target in targets:
@@ -526,7 +537,7 @@ def write_report(
                 raise FileExistsError(f"refusing to overwrite existing file: {target} (pass overwrite=True / --overwrite)")
     existed = {t: t.exists() for t in targets}
     try:
-        with contextlib.ExitStack() as stack:  # every file is renamed into place only once all are written
+        with atomic_outputs(), contextlib.ExitStack() as stack:  # every file is put in place only once all are written
             for target, write in writers:
                 write(stack.enter_context(atomic_path(target, overwrite=overwrite)))
     except BaseException:

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
+from .._compat import zip_strict
+
 __all__ = [
     "augment_intensity",
     "class_locations",
@@ -188,7 +190,7 @@ def extract_patch(
     hi = np.minimum(np.ceil(coords.max(axis=1)).astype(int) + 2, image.shape)
     if np.any(hi <= lo):
         return np.full(tuple(size), cval, np.float32), np.zeros(tuple(size), np.uint8)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+    box = tuple(slice(a, b) for a, b in zip_strict(lo, hi))
     local = coords - lo[:, None]
     img = ndi.map_coordinates(image[box].astype(np.float32), local, order=1, mode="constant", cval=cval)
     lab = ndi.map_coordinates(labels[box], local, order=0, mode="constant", cval=0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from .._compat import zip_strict
+from ..atomic import atomic_path
 from ..errors import SegDeepError
 from ..io import from_sitk, read_volume, to_sitk
 from ..progress import CancelToken, ProgressCallback, report
@@ -81,7 +84,33 @@ def _find_ct(folder: Path) -> Path | None:
     for name in CT_NAMES:
         if (folder / name).exists():
             return folder / name
+    if _dicom_rtstructs(folder):
+        return folder  # a DICOM case: CT series + RT Structure Set in one folder
     return None
+
+
+def _dicom_rtstructs(folder: Path) -> list[tuple[Path, list[str]]]:
+    """The RT Structure Sets (path, ROI names) of a folder that also holds an image series."""
+    return _dicom_rtstructs_cached(str(folder), folder.stat().st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=32)
+def _dicom_rtstructs_cached(name: str, mtime_ns: int) -> list[tuple[Path, list[str]]]:
+    folder = Path(name)
+    if not any(
+        p.is_file() and not p.name.lower().endswith((".nii", ".nii.gz", ".nrrd", ".mha", ".json", ".csv"))
+        for p in folder.iterdir()
+    ):
+        return []
+    from ..dicom_series import list_series
+
+    try:
+        series = list_series(folder)
+    except SegDeepError:
+        return []
+    if not any(s.is_image for s in series):
+        return []
+    return [(s.files[0], s.roi_names) for s in series if s.modality == "RTSTRUCT"]
 
 
 def _mask_path(folder: Path, structure: str) -> Path | None:
@@ -89,7 +118,26 @@ def _mask_path(folder: Path, structure: str) -> Path | None:
         p = folder / f"{structure}{suffix}"
         if p.exists():
             return p
+    for path, rois in _dicom_rtstructs(folder) if folder.is_dir() else []:
+        if any(r == structure or r.casefold() == structure.casefold() for r in rois):
+            return path
     return None
+
+
+def read_case_mask(case: CaseFiles, structure: str) -> Volume:
+    """The reference mask of ``structure`` in ``case``, on the grid ``read_volume(case.ct)`` gives.
+
+    A label file is read as it is; an RT Structure Set has the ROI named ``structure``
+    (case-insensitive if unique) rasterised onto the CT series ``case.ct``.
+    """
+    from ..rtstruct import is_rtstruct, read_rtstruct
+
+    path = case.masks[structure]
+    if is_rtstruct(path):
+        ct = case.ct if case.ct.is_dir() else None
+        mask = next(iter(read_rtstruct(path, ct, names=[structure]).values()))
+        return mask.with_array(mask.array.astype(np.uint8))
+    return read_volume(path)
 
 
 def find_cases(source: str | os.PathLike | Sequence[str | os.PathLike], structures: Sequence[str]) -> list[CaseFiles]:
@@ -111,7 +159,7 @@ def find_cases(source: str | os.PathLike | Sequence[str | os.PathLike], structur
     list of CaseFiles, sorted by case id for folders (natural order), file order for lists.
     Cases without a CT are skipped; a folder without any case is an error.
     """
-    if isinstance(source, str | os.PathLike):
+    if isinstance(source, (str, os.PathLike)):
         sources = [Path(source)]
     else:
         sources = [Path(s) for s in source]
@@ -123,7 +171,11 @@ def find_cases(source: str | os.PathLike | Sequence[str | os.PathLike], structur
             folders = [d for d in src.iterdir() if d.is_dir() and _find_ct(d) is not None]
             folders.sort(key=_natural_key)
             for d in folders:
-                masks = {s: p for s in structures if (p := _mask_path(d, s)) is not None}
+                masks = {}
+                for s in structures:
+                    p = _mask_path(d, s)
+                    if p is not None:
+                        masks[s] = p
                 cases.append(CaseFiles(d.name, _find_ct(d), masks))  # type: ignore[arg-type]
         else:
             cases.extend(_cases_from_list(src, structures))
@@ -186,7 +238,7 @@ def prepare_case(
     for c, name in enumerate(structures, start=1):
         if name not in case.masks:
             continue
-        m = reorient(read_volume(case.masks[name]), orientation)
+        m = reorient(read_case_mask(case, name), orientation)
         m = m.with_array((m.array > 0).astype(np.float32))
         if not m.same_grid(ct):
             raise TrainingDataError(f"case {case.case_id}: {case.masks[name].name} is not on the CT grid")
@@ -199,7 +251,7 @@ def prepare_case(
 
 def _antialias(ct: Volume, target: Sequence[float]) -> Volume:
     """Gaussian smoothing before downsampling, the rule of :func:`SegDeepLogic.segment.segment_volume`."""
-    sigma = [max(0.0, (t - s) / 2.0) for t, s in zip(target, ct.spacing, strict=True)]
+    sigma = [max(0.0, (t - s) / 2.0) for t, s in zip_strict(target, ct.spacing)]
     if max(sigma) <= 0.25 * min(ct.spacing):
         return ct
     image = sitk.Cast(to_sitk(ct), sitk.sitkFloat32)
@@ -264,7 +316,6 @@ def load_cases(
         arrays: dict[str, np.ndarray] = {"case_ids": np.array([c.case_id for c in out])}
         for n, c in enumerate(out):
             arrays[f"image_{n}"], arrays[f"labels_{n}"], arrays[f"available_{n}"] = c.image, c.labels, c.available
-        tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cache)
+        with atomic_path(cache) as tmp:  # verified, fsync-ed, renamed into place only when complete
+            np.savez(tmp, **arrays)
     return out

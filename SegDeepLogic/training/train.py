@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import atomic_path
+from ..atomic import atomic_path, write_text
 from ..errors import SegDeepError
 from ..inferers import sliding_window_inference
 from ..plausibility import reference_statistics
@@ -295,9 +295,40 @@ def _lr(step: int, cfg: TrainConfig) -> float:
     return cfg.learning_rate * (1.0 - step / max(1, cfg.iterations)) ** 0.9
 
 
+def _plain(value: Any) -> Any:
+    """Plain JSON-able Python values (numpy scalars become floats), so that the checkpoint loads with weights_only."""
+    return json.loads(json.dumps(value, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
+
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    state = {k: (_plain(v) if k in ("numpy_rng", "history", "validations", "best", "config") else v) for k, v in state.items()}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a training checkpoint with ``weights_only=True``: tensors and plain values only, no code runs.
+
+    Raises
+    ------
+    SegDeepError
+        The file holds pickled Python objects (a planted or foreign file) or is not a checkpoint.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise SegDeepError(
+            f"refused to load the checkpoint {path}: it holds pickled Python objects that would run code to be rebuilt "
+            "(not a SegDeep checkpoint); delete it or start without --resume"
+        ) from exc
+    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+        raise SegDeepError(f"cannot read the checkpoint {path}: {exc}") from exc
+    needed = ("network", "optimizer", "step", "numpy_rng", "torch_rng", "history", "validations", "best")
+    if not isinstance(state, dict) or any(k not in state for k in needed):
+        raise SegDeepError(f"{path} is not a SegDeep training checkpoint (it lacks {', '.join(needed)})")
+    return state
 
 
 def _build(cfg: TrainConfig) -> torch.nn.Module:
@@ -398,7 +429,7 @@ def train(
         ckpt_path = work / "checkpoint.pt"
         best_path = work / "best_weights.pt"
         if resume and ckpt_path.exists():
-            state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+            state = load_checkpoint(ckpt_path)
             network.load_state_dict(state["network"])
             optimiser.load_state_dict(state["optimizer"])
             step = int(state["step"])
@@ -526,8 +557,7 @@ def train(
             "best": best,
             "package": None,
         }
-        with atomic_path(work / "history.json") as tmp:
-            tmp.write_text(json.dumps({k: v for k, v in summary.items()}, indent=1, default=str))
+        write_text(work / "history.json", json.dumps({k: v for k, v in summary.items()}, indent=1, default=str))
         if write_package:
             summary["package"] = str(
                 write_model_package(
@@ -588,7 +618,7 @@ def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_fil
             "code_version": git_version(),
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "loss": "marginal (partial-label) Dice + cross-entropy",
         },
         validation_metrics={
