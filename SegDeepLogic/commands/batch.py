@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import signal
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 
 from ..progress import CancelToken
 from ..refine import RefineOptions
+from ._common import number_in
 
 # Options taken over, unchanged, from ``segdeep segment`` (so a new segment option or output
 # format is a batch option too).
@@ -39,7 +41,19 @@ def _segment_actions() -> list[argparse.Action]:
     scratch = argparse.ArgumentParser(add_help=False)
     segment.add_parser(scratch.add_subparsers())
     parser = next(a for a in scratch._actions if isinstance(a, argparse._SubParsersAction)).choices["segment"]
-    return [a for a in parser._actions if a.dest in SEGMENT_OPTIONS]
+    actions = []
+    for action in parser._actions:
+        if action.dest not in SEGMENT_OPTIONS:
+            continue
+        if action.dest == "output_format":  # same choices; the file name is the batch's, not a suffix
+            action = copy.copy(action)
+            action.help = (
+                "segmentation format of every case (default seg.nrrd): seg.nrrd, nii.gz (label map), rtstruct (RT "
+                "Structure Set, rtstruct.dcm) or dicom-seg (DICOM SEG, segmentation.dcm); the last two need each "
+                "case's CT as a DICOM series folder (a case given as a file fails with that message)"
+            )
+        actions.append(action)
+    return actions
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +68,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "verdict, volumes, metrics, timings, device, fallbacks, error. "
         "INPUT is a folder (CT files directly in it; <case>/ct.nii.gz with an optional <case>/reference.nii.gz or "
         "reference.seg.nrrd; or <case>/ holding one DICOM series) or a CSV manifest with the columns case_id, ct "
-        "and optionally reference and per-case options (tta, refine, keep_largest, min_island_mm3, overlap, "
+        "(a CT file or DICOM series folder) and optionally reference (a segmentation or a DICOM RTSTRUCT; "
+        "reference_labels STRUCTURE=ROI picks its ROIs) and per-case options (tta, refine, keep_largest, min_island_mm3, overlap, "
         "allow_mismatch, compare_threshold, reference_labels); relative paths are relative to the manifest. "
         "Run the same command again after a crash or Ctrl-C: only unfinished cases are done (and cases whose CT, "
         "reference, options or model changed). A failed case is recorded with its error and the batch goes on; "
@@ -85,7 +100,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--workers",
-        type=int,
+        type=number_in(1, integer=True),
         default=None,
         help="worker processes on this machine (default: one per CUDA GPU when the model runs on CUDA, else 1)",
     )
@@ -96,7 +111,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="run the cases as Ray tasks: 'local' starts Ray on this machine, else a cluster address "
         "(e.g. ray://head:10001 or auto); needs pip install 'segdeep[ray]'",
     )
-    p.add_argument("--ray-cpus-per-task", type=float, default=1.0, help="CPUs each Ray task declares (default 1)")
+    p.add_argument(
+        "--ray-cpus-per-task",
+        type=number_in(0, low_open=True),
+        default=1.0,
+        help="CPUs each Ray task declares (> 0, default 1)",
+    )
     p.add_argument("--retry-failed", action="store_true", help="redo the cases recorded as failed")
     p.add_argument("--no-parquet", action="store_true", help="write summary.csv only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the per-case lines are still printed)")
