@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .atomic import atomic_path
+from .atomic import atomic_outputs, atomic_path, check_outputs, write_bytes, write_text
 from .errors import SegDeepError
 from .progress import CancelToken, ProgressCallback
 
@@ -58,7 +58,15 @@ RECORD_VERSION = 1
 
 #: Segmentation file name per output format (the ``--format`` of ``segdeep segment``).
 #: A new format is one entry here, once :func:`~SegDeepLogic.segment.segment_file` writes it.
-SEGMENTATION_FILES = {"seg.nrrd": "segmentation.seg.nrrd", "nii.gz": "segmentation.nii.gz"}
+#: ``rtstruct`` and ``dicom-seg`` reference the CT's DICOM series: the case's CT must be one.
+SEGMENTATION_FILES = {
+    "seg.nrrd": "segmentation.seg.nrrd",
+    "nii.gz": "segmentation.nii.gz",
+    "rtstruct": "rtstruct.dcm",
+    "dicom-seg": "segmentation.dcm",
+}
+#: Output formats that need the case's CT as a DICOM series folder.
+DICOM_FORMATS = ("rtstruct", "dicom-seg")
 UNCERTAINTY_FILE = "uncertainty.nii.gz"
 REPORT_HTML = "report.html"
 REPORT_JSON = "report.json"
@@ -82,6 +90,12 @@ CASE_OPTION_TYPES: dict[str, type] = {
     "allow_mismatch": bool,
     "compare_threshold": str,
     "reference_labels": dict,
+}
+#: Ranges of the numeric per-case options: those of the same ``segdeep segment`` options
+#: (keyword arguments of :func:`~SegDeepLogic.commands._common.number_in`).
+CASE_OPTION_RANGES: dict[str, dict[str, Any]] = {
+    "min_island_mm3": {"low": 0},
+    "overlap": {"low": 0, "high": 1, "high_open": True},
 }
 _SAFE_ID_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
@@ -112,7 +126,9 @@ class Case:
     ct : str
         CT file or DICOM series folder.
     reference : str or None
-        Optional reference segmentation (``.seg.nrrd`` or label map) on the CT's grid.
+        Optional reference segmentation on the CT's grid: a ``.seg.nrrd``, a label map, or a
+        DICOM RT Structure Set (rasterised onto the case's CT series, or onto the series it
+        references next to it; ``reference_labels`` picks ROIs by name).
     options : dict
         Per-case options (see :data:`CASE_OPTION_TYPES`) overriding the batch's.
     """
@@ -242,10 +258,14 @@ def _parse_option(name: str, text: str, where: str) -> Any:
             return False
         raise ManifestError(f"{where}: column {name!r} must be true/false (or 1/0, yes/no), got {text!r}")
     if kind is float:
+        import argparse
+
+        from .commands._common import number_in
+
         try:
-            return float(text)
-        except ValueError:
-            raise ManifestError(f"{where}: column {name!r} must be a number, got {text!r}") from None
+            return float(number_in(**CASE_OPTION_RANGES.get(name, {}))(text.strip()))
+        except argparse.ArgumentTypeError as exc:
+            raise ManifestError(f"{where}: column {name!r}: {exc}") from None
     if kind is dict:
         return parse_pairs(text.split(";"), where)
     return text.strip()
@@ -500,9 +520,7 @@ def process_case(
         The case's output folder (created).
     cancel : CancelToken, optional
     """
-    from .errors import CancelledError, MismatchError
-    from .report import build_report, write_report
-    from .segment import segment_file
+    from .errors import CancelledError
 
     case_dir = Path(case_dir)
     case_dir.mkdir(parents=True, exist_ok=True)
@@ -523,73 +541,99 @@ def process_case(
         "started_utc": _now(),
     }
     t0 = time.perf_counter()
-    result = None
     try:
-        if not Path(case.ct).exists():
-            raise BatchError(f"CT not found: {case.ct}")
-        if case.reference and not Path(case.reference).exists():
-            raise BatchError(f"reference segmentation not found: {case.reference}")
-        seg_path = case_dir / SEGMENTATION_FILES[settings.output_format]
-        options = dict(settings.segment_options)
-        # The report shows the uncertainty map; it does not change the labels, and costs time without a use.
-        options["uncertainty"] = bool(settings.uncertainty or settings.report)
-        try:
-            result, written = segment_file(
-                case.ct,
-                seg_path,
-                model,
-                output_format=settings.output_format,
-                uncertainty_path=case_dir / UNCERTAINTY_FILE if settings.uncertainty else None,
-                overwrite=True,
-                allow_mismatch=settings.allow_mismatch,
-                cancel=cancel,
-                **options,
-            )
-            record["outputs"] += [p.name for p in written]
-            record["status"] = "done"
-        except MismatchError as exc:  # recorded as a failure; the report still says why
-            result = exc.result
-            record["error"], record["error_type"] = str(exc), "MismatchError"
-        record["timings_s"]["segment"] = time.perf_counter() - t0
-        if result is not None:
-            record["ood_verdict"] = (result.plausibility or {}).get("verdict")
-            record["device"], record["precision"] = result.device, result.precision
-            record["fallbacks"] = list(result.fallbacks)
-            record["withheld"] = list(result.withheld)
-            record["timings_s"]["network"] = float(result.timings_s.get("network", 0.0))
-        if settings.report and result is not None:
-            t = time.perf_counter()
-            facts = build_report(
-                case.ct,
-                segmentation=result,
-                reference=case.reference,
-                reference_labels=settings.reference_labels,
-                threshold=settings.compare_threshold,
-                export_dir=case_dir / MESH_DIR if settings.meshes and record["status"] == "done" else None,
-                export_format=settings.mesh_format,
-                title=f"SegDeep report: {case.case_id}",
-                cancel=cancel,
-            )
-            write_report(facts, case_dir / REPORT_HTML, case_dir / REPORT_JSON, overwrite=True)
-            record["outputs"] += [REPORT_HTML, REPORT_JSON] + [f"{MESH_DIR}/{p.name}" for p, _ in facts.meshes]
-            record["structures"] = _structure_columns(facts.data)
-            record["timings_s"]["report"] = time.perf_counter() - t
-        elif result is not None:
-            vox = result.labels.voxel_volume_mm3 / 1000.0
-            import numpy as np
-
-            values, counts = np.unique(result.labels.array, return_counts=True)
-            found = dict(zip(values.tolist(), counts.tolist()))  # noqa: B905 - Python 3.9 has no strict=
-            record["structures"] = {s.name: {"volume_ml": found.get(s.value, 0) * vox} for s in result.segments}
+        # The case's files (segmentation, uncertainty, report, meshes) appear together or not at
+        # all: a case that fails half-way leaves none of them (its case.json says why).
+        with atomic_outputs():
+            _case_work(case, settings, model, case_dir, record, t0, cancel)
     except (CancelledError, KeyboardInterrupt):
         raise
     except Exception as exc:  # noqa: BLE001 - a case's failure is recorded, the batch goes on
         record["status"] = "failed"
         record["error"] = str(exc) or repr(exc)
         record["error_type"] = type(exc).__name__
+        record["outputs"] = []
     record["timings_s"]["total"] = time.perf_counter() - t0
     record["finished_utc"] = _now()
     return record
+
+
+def _case_work(
+    case: Case,
+    settings: BatchSettings,
+    model: Any,
+    case_dir: Path,
+    record: dict[str, Any],
+    t0: float,
+    cancel: CancelToken | None,
+) -> None:
+    """The work of :func:`process_case`, filling ``record``; raises on a failure of the case."""
+    from .errors import MismatchError
+    from .report import build_report, write_report
+    from .segment import segment_file
+
+    if not Path(case.ct).exists():
+        raise BatchError(f"CT not found: {case.ct}")
+    if case.reference and not Path(case.reference).exists():
+        raise BatchError(f"reference segmentation not found: {case.reference}")
+    if settings.output_format in DICOM_FORMATS and not Path(case.ct).is_dir():
+        raise BatchError(
+            f"--format {settings.output_format} references the CT's DICOM series, but this case's CT is the file "
+            f"{Path(case.ct).name}: give the case as a DICOM series folder, or use --format seg.nrrd or nii.gz"
+        )
+    seg_path = case_dir / SEGMENTATION_FILES[settings.output_format]
+    options = dict(settings.segment_options)
+    # The report shows the uncertainty map; it does not change the labels, and costs time without a use.
+    options["uncertainty"] = bool(settings.uncertainty or settings.report)
+    result = None
+    try:
+        result, written = segment_file(
+            case.ct,
+            seg_path,
+            model,
+            output_format=settings.output_format,
+            uncertainty_path=case_dir / UNCERTAINTY_FILE if settings.uncertainty else None,
+            overwrite=True,
+            allow_mismatch=settings.allow_mismatch,
+            cancel=cancel,
+            **options,
+        )
+        record["outputs"] += [p.name for p in written]
+        record["status"] = "done"
+    except MismatchError as exc:  # recorded as a failure; the report still says why
+        result = exc.result
+        record["error"], record["error_type"] = str(exc), "MismatchError"
+    record["timings_s"]["segment"] = time.perf_counter() - t0
+    if result is not None:
+        record["ood_verdict"] = (result.plausibility or {}).get("verdict")
+        record["device"], record["precision"] = result.device, result.precision
+        record["fallbacks"] = list(result.fallbacks)
+        record["withheld"] = list(result.withheld)
+        record["timings_s"]["network"] = float(result.timings_s.get("network", 0.0))
+    if settings.report and result is not None:
+        t = time.perf_counter()
+        facts = build_report(
+            case.ct,
+            segmentation=result,
+            reference=case.reference,
+            reference_labels=settings.reference_labels,
+            threshold=settings.compare_threshold,
+            export_dir=case_dir / MESH_DIR if settings.meshes and record["status"] == "done" else None,
+            export_format=settings.mesh_format,
+            title=f"SegDeep report: {case.case_id}",
+            cancel=cancel,
+        )
+        write_report(facts, case_dir / REPORT_HTML, case_dir / REPORT_JSON, overwrite=True)
+        record["outputs"] += [REPORT_HTML, REPORT_JSON] + [f"{MESH_DIR}/{p.name}" for p, _ in facts.meshes]
+        record["structures"] = _structure_columns(facts.data)
+        record["timings_s"]["report"] = time.perf_counter() - t
+    elif result is not None:
+        import numpy as np
+
+        vox = result.labels.voxel_volume_mm3 / 1000.0
+        values, counts = np.unique(result.labels.array, return_counts=True)
+        found = dict(zip(values.tolist(), counts.tolist()))  # noqa: B905 - Python 3.9 has no strict=
+        record["structures"] = {s.name: {"volume_ml": found.get(s.value, 0) * vox} for s in result.segments}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -656,8 +700,9 @@ def read_record(outdir: str | os.PathLike, case_id: str) -> dict[str, Any] | Non
 
 
 def _write_record(outdir: Path, record: Mapping[str, Any]) -> None:
-    with atomic_path(case_dir_of(outdir, record["case_id"]) / RECORD_FILE) as tmp:
-        tmp.write_text(json.dumps(record, indent=2, default=str, allow_nan=False) + "\n")
+    write_text(
+        case_dir_of(outdir, record["case_id"]) / RECORD_FILE, json.dumps(record, indent=2, default=str, allow_nan=False) + "\n"
+    )
 
 
 def _clear_case(outdir: Path, case_id: str) -> Path:
@@ -730,7 +775,7 @@ def _round(value: Any, digits: int = 4) -> Any:
 
 
 def write_summary(rows: Sequence[Mapping[str, Any]], outdir: str | os.PathLike, *, parquet: bool = True) -> list[Path]:
-    """Write ``summary.csv`` (and ``summary.parquet`` when pyarrow is installed) atomically."""
+    """Write ``summary.csv`` (and ``summary.parquet`` when pyarrow is installed) atomically, each verified."""
     outdir = Path(outdir)
     columns = list(dict.fromkeys([*SUMMARY_FIRST, *(k for r in rows for k in r)]))
     buf = io.StringIO()
@@ -739,9 +784,7 @@ def write_summary(rows: Sequence[Mapping[str, Any]], outdir: str | os.PathLike, 
     for r in rows:
         writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
     written = []
-    with atomic_path(outdir / SUMMARY_CSV) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-    written.append(outdir / SUMMARY_CSV)
+    written.append(write_text(outdir / SUMMARY_CSV, buf.getvalue()))
     if parquet:
         try:
             import pyarrow as pa
@@ -749,7 +792,16 @@ def write_summary(rows: Sequence[Mapping[str, Any]], outdir: str | os.PathLike, 
         except ImportError:
             return written
         table = pa.table({c: _arrow_column([r.get(c) for r in rows]) for c in columns})
-        with atomic_path(outdir / SUMMARY_PARQUET) as tmp:
+
+        def verify(tmp: Path) -> None:  # read back: every row and column reached the disk
+            meta = pq.read_metadata(str(tmp))
+            if (meta.num_rows, meta.num_columns) != (table.num_rows, table.num_columns):
+                raise SegDeepError(
+                    f"{SUMMARY_PARQUET} reads back {meta.num_rows} rows x {meta.num_columns} columns, "
+                    f"not {table.num_rows} x {table.num_columns}"
+                )
+
+        with atomic_path(outdir / SUMMARY_PARQUET, verify=verify) as tmp:
             pq.write_table(table, str(tmp))
         written.append(outdir / SUMMARY_PARQUET)
     return written
@@ -957,8 +1009,7 @@ def segment_cohort(
     if not Path(model_path).exists():
         raise BatchError(f"model package not found: {model_path}")
     outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise BatchError(f"output {outdir} exists and is not a folder")
+    check_output_folder(outdir, cases if isinstance(cases, (str, os.PathLike)) else None, model_path, case_list)
     with _Lock(outdir):
         return _run_batch(
             case_list,
@@ -975,6 +1026,25 @@ def segment_cohort(
             cancel,
             notes,
         )
+
+
+def check_output_folder(
+    outdir: str | os.PathLike,
+    source: str | os.PathLike | None,
+    model_path: str | os.PathLike | None,
+    cases: Sequence[Case] = (),
+) -> None:
+    """Before any work: ``outdir`` can be the batch's output folder (see :func:`~SegDeepLogic.atomic.check_outputs`).
+
+    It may exist (a batch resumes into it) but must be a writable folder, and none of the
+    inputs: the input folder or manifest, the model, a case's CT (a DICOM series folder) or
+    reference. Raises :class:`~SegDeepLogic.errors.OutputError` naming every problem.
+    """
+    inputs: dict[str, Any] = {"INPUT": source, "model": model_path}
+    for case in cases:
+        inputs[f"CT of case {case.case_id}"] = case.ct
+        inputs[f"reference of case {case.case_id}"] = case.reference
+    check_outputs({"OUTDIR": outdir}, inputs=inputs, overwrite=True, folders=("OUTDIR",))
 
 
 def _fingerprints(case: Case, settings: BatchSettings, model_sha: str) -> dict[str, Any]:
@@ -1229,11 +1299,11 @@ def _run_ray(
                         "finished_utc": _now(),
                     }
                     files, worker_dir = {}, ""
-                for rel, data in files.items():
-                    if rel.endswith((".json", ".html")) and worker_dir:
-                        data = _relocate(data, worker_dir, str(folder.resolve()))
-                    with atomic_path(folder / rel) as tmp:
-                        tmp.write_bytes(data)
+                with atomic_outputs():  # the case's files appear together, before its record
+                    for rel, data in files.items():
+                        if rel.endswith((".json", ".html")) and worker_dir:
+                            data = _relocate(data, worker_dir, str(folder.resolve()))
+                        write_bytes(folder / rel, data)
                 commit(case, prints, record)
         return stopped
     finally:
