@@ -36,3 +36,31 @@ def make_cohort(folder: Path, n: int = 3) -> Path:
         rows.append(f"case{i},case{i}/ct.nii.gz,case{i}/reference.nii.gz,bone=reference")
     (folder / "cohort.csv").write_text("\n".join(rows) + "\n")
     return folder / "cohort.csv"
+
+
+def make_dicom_case(folder: Path, name: str = "series0", crop: int = 0) -> tuple[Path, Path]:
+    """``folder/<name>/``: a crop of the sample CT as a real DICOM CT series, and
+    ``folder/<name>_rs.dcm``: an RT Structure Set of the crop's mandible (ROI "Mandible") on it.
+
+    Written by SegDeep's own DICOM writers (:func:`~SegDeepLogic.dicom_series.write_ct_series`,
+    :func:`~SegDeepLogic.rtstruct.write_rtstruct`), the same crop as ``make_cohort``'s case ``crop``.
+    """
+    import tempfile
+
+    from SegDeepLogic.dicom_series import onto_grid, read_dicom_series, write_ct_series
+    from SegDeepLogic.io import read_volume
+    from SegDeepLogic.rtstruct import write_rtstruct
+
+    x, y, z = CROPS[crop % len(CROPS)]
+    with tempfile.TemporaryDirectory() as tmp:
+        sitk.WriteImage(sitk.ReadImage(str(SAMPLE / "ct.nii.gz"))[x, y, z], str(Path(tmp) / "ct.nii.gz"))
+        sitk.WriteImage(sitk.ReadImage(str(SAMPLE / "mandible.nii.gz"))[x, y, z], str(Path(tmp) / "mandible.nii.gz"))
+        ct = read_volume(Path(tmp) / "ct.nii.gz")
+        mandible = read_volume(Path(tmp) / "mandible.nii.gz")
+    series = folder / name
+    write_ct_series(ct, series, patient_id=name)
+    grid, reference = read_dicom_series(series)
+    rtstruct = folder / f"{name}_rs.dcm"
+    mask = onto_grid(mandible.with_array(mandible.array > 0), grid, what="the mandible")
+    write_rtstruct({"Mandible": mask}, reference, rtstruct, ct_grid=grid)
+    return series, rtstruct

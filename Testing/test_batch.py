@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from cohort_data import ROOT, TEST_MODEL, make_cohort
+from cohort_data import ROOT, TEST_MODEL, make_cohort, make_dicom_case
 
 from SegDeepLogic import cli
 from SegDeepLogic.cohort import (
@@ -304,22 +304,23 @@ def test_an_out_of_distribution_mismatch_and_an_out_of_memory_fail_their_case_on
 
     from SegDeepLogic import segment
     from SegDeepLogic.errors import MismatchError
+    from SegDeepLogic.io import read_volume
 
     real = segment.segment_file
 
     def fake(ct_path, output, model, **kwargs):  # noqa: ANN001, ANN202
         if "case1" in str(ct_path):
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-        result, written = real(ct_path, output, model, **kwargs)
-        if "case0" in str(ct_path):
-            for path in written:
-                path.unlink()
+        if "case0" in str(ct_path):  # as segment_file on a mismatch: the result, nothing written
+            for key in ("output_format", "uncertainty_path", "overwrite"):
+                kwargs.pop(key)
+            result = segment.segment_volume(read_volume(ct_path), model, **kwargs)
             result.plausibility = {
                 "verdict": "mismatch",
                 "findings": [{"check": "x", "severity": "error", "message": "not a head"}],
             }
             raise MismatchError("nothing written: ct.nii.gz does not look like a head and neck CT", result)
-        return result, written
+        return real(ct_path, output, model, **kwargs)
 
     monkeypatch.setattr(segment, "segment_file", fake)
     manifest = make_cohort(tmp_path / "in", 3)
@@ -349,3 +350,121 @@ def test_worker_processes_die_with_a_killed_batch_so_none_writes_into_the_output
     proc.wait(timeout=60)
     gone, alive = psutil.wait_procs(workers, timeout=90)
     assert not alive, f"orphaned workers: {[p.pid for p in alive]}"
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM: series cases, RTSTRUCT / DICOM SEG outputs, an RTSTRUCT as the reference
+# --------------------------------------------------------------------------------------------
+def test_a_dicom_series_case_gives_the_labels_of_segment_and_rtstruct_dicom_seg_need_a_series(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from SegDeepLogic.dicom_seg import read_dicom_seg
+    from SegDeepLogic.dicom_series import read_dicom_series
+    from SegDeepLogic.rtstruct import read_rtstruct
+
+    make_cohort(tmp_path / "in", 1)  # case0: a CT file (with a reference)
+    series, _ = make_dicom_case(tmp_path / "in", "series0")  # series0: a real DICOM series (sub-folder)
+    (tmp_path / "in" / "series0_rs.dcm").unlink()  # only the two cases in the folder
+    single = tmp_path / "single.seg.nrrd"
+    assert cli.main(["segment", str(series), "-o", str(single), "--model", str(TEST_MODEL), "--no-progress"]) == 0
+    expected = read_seg_nrrd(single).mask("bone").array
+    grid, reference = read_dicom_series(series)
+
+    # the default format: the series case's label map is the one `segdeep segment` writes for it
+    plain = segment_cohort(tmp_path / "in", tmp_path / "plain", TEST_MODEL, settings=FAST)
+    assert plain.done == ["case0", "series0"]
+    np.testing.assert_array_equal(
+        read_seg_nrrd(tmp_path / "plain" / "cases" / "series0" / "segmentation.seg.nrrd").mask("bone").array, expected
+    )
+
+    # --format rtstruct: the series case gets rtstruct.dcm; the file case fails alone, with the reason
+    out = tmp_path / "rt"
+    result = segment_cohort(tmp_path / "in", out, TEST_MODEL, settings=BatchSettings(output_format="rtstruct", report=False))
+    assert result.done == ["series0"] and result.failed == ["case0"]
+    rows = {r["case_id"]: r for r in _summary(out)}
+    assert "references the CT's DICOM series" in rows["case0"]["error"] and "ct.nii.gz" in rows["case0"]["error"]
+    assert sorted(p.name for p in (out / "cases" / "case0").iterdir()) == ["case.json"]  # nothing half-written
+    assert sorted(p.name for p in (out / "cases" / "series0").iterdir()) == ["case.json", "rtstruct.dcm"]
+    contours = read_rtstruct(out / "cases" / "series0" / "rtstruct.dcm", series)
+    np.testing.assert_array_equal(contours["bone"].array, expected)
+
+    # --format dicom-seg through the command line (exit 1: one case failed)
+    out = tmp_path / "seg"
+    args = ["batch", str(tmp_path / "in"), "-o", str(out), "--model", str(TEST_MODEL), "--format", "dicom-seg"]
+    assert cli.main([*args, "--no-report", "--no-progress"]) == 1
+    assert "1 case(s) failed" in capsys.readouterr().err
+    masks = read_dicom_seg(out / "cases" / "series0" / "segmentation.dcm", reference, grid)
+    np.testing.assert_array_equal(masks["bone"].array, expected)
+    assert read_record(out, "case0")["error_type"] == "BatchError"
+
+
+def test_an_rtstruct_reference_gives_the_metrics_of_the_same_contour_as_a_label_map(tmp_path: Path) -> None:
+    make_cohort(tmp_path / "in", 1)  # case0: CT file + the mandible as a label map
+    make_dicom_case(tmp_path / "in", "series0", crop=0)  # the same crop as a series + the mandible as an RTSTRUCT
+    manifest = tmp_path / "in" / "m.csv"
+    manifest.write_text(
+        "case_id,ct,reference,reference_labels\n"
+        "nifti,case0/ct.nii.gz,case0/reference.nii.gz,bone=reference\n"
+        "dicom,series0,series0_rs.dcm,bone=Mandible\n"
+        "wrong_roi,series0,series0_rs.dcm,bone=Parotid\n"
+    )
+    result = segment_cohort(manifest, tmp_path / "out", TEST_MODEL, settings=BatchSettings(meshes=False))
+    assert result.done == ["nifti", "dicom"] and result.failed == ["wrong_roi"]
+    rows = {r["case_id"]: r for r in _summary(tmp_path / "out")}
+    assert float(rows["dicom"]["bone_volume_ml"]) == pytest.approx(float(rows["nifti"]["bone_volume_ml"]), rel=1e-3)
+    assert 0.2 < float(rows["dicom"]["bone_dice_reference"]) < 1
+    assert float(rows["dicom"]["bone_dice_reference"]) == pytest.approx(float(rows["nifti"]["bone_dice_reference"]), abs=0.02)
+    assert "Parotid" in rows["wrong_roi"]["error"] and "Mandible" in rows["wrong_roi"]["error"]  # the ROIs it has
+
+
+def test_batch_option_ranges_and_output_folder_are_checked_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = make_cohort(tmp_path / "in", 1)
+    base = ["batch", str(manifest), "--model", str(TEST_MODEL), "--no-progress"]
+    for option, value, needle in (
+        ("--workers", "0", "--workers: 0 is out of range"),
+        ("--workers", "1.5", "'1.5' is not a whole number"),
+        ("--ray-cpus-per-task", "0", "--ray-cpus-per-task: 0 is out of range"),
+        ("--overlap", "1", "--overlap: 1 is out of range"),
+        ("--min-island-mm3", "-1", "out of range"),
+    ):
+        with pytest.raises(SystemExit) as info:
+            cli.main([*base, "-o", str(tmp_path / "out"), option, value])
+        assert info.value.code == 2
+        assert needle in capsys.readouterr().err
+    for target, needle in (
+        (manifest, "is not a folder"),
+        (tmp_path / "in" / "case0" / "ct.nii.gz", "is the input CT of case case0"),
+    ):
+        assert cli.main([*base, "-o", str(target)]) == 1
+        assert needle in capsys.readouterr().err
+    assert cli.main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "in"), "--model", str(TEST_MODEL)]) == 1
+    assert "is the input INPUT" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "in" / "cases").exists()
+    bad = tmp_path / "in" / "bad.csv"
+    bad.write_text("case_id,ct,overlap\ncase0,case0/ct.nii.gz,1.5\n")
+    with pytest.raises(ManifestError, match=r"line 2: column 'overlap': 1.5 is out of range"):
+        read_manifest(bad)
+
+
+def test_the_case_files_are_written_all_or_nothing_and_through_the_verified_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A case that fails after its segmentation (here: the report) leaves no file but its record."""
+    from SegDeepLogic import report
+
+    manifest = make_cohort(tmp_path / "in", 2)
+
+    def broken(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_report", broken)
+    out = tmp_path / "out"
+    result = segment_cohort(manifest, out, TEST_MODEL, settings=BatchSettings(meshes=False))
+    assert result.failed == ["case0", "case1"]
+    for case in ("case0", "case1"):
+        assert sorted(p.name for p in (out / "cases" / case).iterdir()) == ["case.json"]
+        record = read_record(out, case)
+        assert record["outputs"] == [] and "No space left" in record["error"]
+    assert not [p for p in out.rglob("*") if "segdeep-tmp" in p.name]  # no temporary left behind
