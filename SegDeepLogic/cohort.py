@@ -4,7 +4,8 @@
 manifest (:func:`discover_cases`, :func:`read_manifest`), and for every case writes, under
 ``OUTDIR/cases/<case_id>/``:
 
-* the segmentation (``segmentation.seg.nrrd`` or ``segmentation.nii.gz`` with sidecars), written
+* the segmentation (``segmentation.seg.nrrd``, ``segmentation.nii.gz`` with sidecars, or, for a
+  case given as a DICOM series, ``rtstruct.dcm`` / ``segmentation.dcm`` (DICOM SEG)), written
   by :func:`~SegDeepLogic.segment.segment_file` exactly as ``segdeep segment`` writes it;
 * optionally the uncertainty map (``uncertainty.nii.gz``);
 * the per-case report (``report.html``, ``report.json``: threshold comparison, reference
@@ -12,6 +13,12 @@ manifest (:func:`discover_cases`, :func:`read_manifest`), and for every case wri
   print meshes (``meshes/<structure>.stl``), from :func:`~SegDeepLogic.report.build_report`;
 * ``case.json``, written last and atomically: the case's completion record (status, error,
   hashes of the input, the options and the model, volumes, metrics, timings, device, fallbacks).
+
+Every file goes through the verified writers of :mod:`SegDeepLogic.atomic`; a case's files form
+one :func:`~SegDeepLogic.atomic.atomic_outputs` group, so a case that fails half-way leaves only
+its ``case.json``. ``OUTDIR`` is checked before any work (:func:`check_output_folder`). A
+reference may be a DICOM RT Structure Set (read by the report's loader, rasterised onto the
+case's series; ``reference_labels`` names the ROI).
 
 A case counts as finished only when its ``case.json`` exists and its hashes match the current
 input, options and model; anything else is (re)done, so a batch killed at any moment resumes
