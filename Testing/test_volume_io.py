@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import warnings
 from pathlib import Path
 
@@ -100,18 +101,22 @@ def test_dicom_series_folder_is_read_with_its_geometry(tmp_path: Path) -> None:
     image = to_sitk(vol)
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
-    for k in range(image.GetDepth()):
-        sl = image[:, :, k]
-        sl.SetMetaData("0008|0060", "CT")
-        sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.1")
-        sl.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.1.2")
-        sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
-        sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0028|0030", "0.8\\0.8")
-        sl.SetMetaData("0018|0050", "2.0")
-        writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer switches the process to the "C" locale
+    try:
+        for k in range(image.GetDepth()):
+            sl = image[:, :, k]
+            sl.SetMetaData("0008|0060", "CT")
+            sl.SetMetaData("0020|000e", "1.2.826.0.1.3680043.2.1125.1.1")
+            sl.SetMetaData("0020|000d", "1.2.826.0.1.3680043.2.1125.1.2")
+            sl.SetMetaData("0020|0032", "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, k))))
+            sl.SetMetaData("0020|0037", "1\\0\\0\\0\\1\\0")
+            sl.SetMetaData("0020|0013", str(k + 1))
+            sl.SetMetaData("0028|0030", "0.8\\0.8")
+            sl.SetMetaData("0018|0050", "2.0")
+            writer.SetFileName(str(tmp_path / f"slice{k:03d}.dcm"))
+            writer.Execute(sl)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)  # later tests decode subprocess output with it
     back = read_volume(tmp_path)
     np.testing.assert_array_equal(back.array, array)
     np.testing.assert_allclose(back.spacing, vol.spacing, atol=1e-4)
