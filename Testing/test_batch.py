@@ -433,12 +433,12 @@ def test_batch_option_ranges_and_output_folder_are_checked_before_any_work(
             cli.main([*base, "-o", str(tmp_path / "out"), option, value])
         assert info.value.code == 2
         assert needle in capsys.readouterr().err
-    for target, needle in (
-        (manifest, "is not a folder"),
-        (tmp_path / "in" / "case0" / "ct.nii.gz", "is the input CT of case case0"),
-    ):
-        assert cli.main([*base, "-o", str(target)]) == 1
-        assert needle in capsys.readouterr().err
+    assert cli.main([*base, "-o", str(manifest)]) == 1
+    assert "exists and is not a folder" in capsys.readouterr().err
+    series = tmp_path / "in" / "series.csv"  # a case given as a folder (a DICOM series) is an input too
+    series.write_text("case_id,ct\nd,case0\n")
+    assert cli.main(["batch", str(series), "-o", str(tmp_path / "in" / "case0"), "--model", str(TEST_MODEL)]) == 1
+    assert "is the input CT of case d" in capsys.readouterr().err
     assert cli.main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "in"), "--model", str(TEST_MODEL)]) == 1
     assert "is the input INPUT" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "in" / "cases").exists()
