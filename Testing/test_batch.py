@@ -358,6 +358,8 @@ def test_worker_processes_die_with_a_killed_batch_so_none_writes_into_the_output
 def test_a_dicom_series_case_gives_the_labels_of_segment_and_rtstruct_dicom_seg_need_a_series(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from test_dicom import dciodvfy_errors  # dicom3tools' validator, as for `segdeep segment`
+
     from SegDeepLogic.dicom_seg import read_dicom_seg
     from SegDeepLogic.dicom_series import read_dicom_series
     from SegDeepLogic.rtstruct import read_rtstruct
@@ -387,6 +389,7 @@ def test_a_dicom_series_case_gives_the_labels_of_segment_and_rtstruct_dicom_seg_
     assert sorted(p.name for p in (out / "cases" / "series0").iterdir()) == ["case.json", "rtstruct.dcm"]
     contours = read_rtstruct(out / "cases" / "series0" / "rtstruct.dcm", series)
     np.testing.assert_array_equal(contours["bone"].array, expected)
+    assert dciodvfy_errors(out / "cases" / "series0" / "rtstruct.dcm") == []
 
     # --format dicom-seg through the command line (exit 1: one case failed)
     out = tmp_path / "seg"
@@ -395,6 +398,7 @@ def test_a_dicom_series_case_gives_the_labels_of_segment_and_rtstruct_dicom_seg_
     assert "1 case(s) failed" in capsys.readouterr().err
     masks = read_dicom_seg(out / "cases" / "series0" / "segmentation.dcm", reference, grid)
     np.testing.assert_array_equal(masks["bone"].array, expected)
+    assert dciodvfy_errors(out / "cases" / "series0" / "segmentation.dcm") == []
     assert read_record(out, "case0")["error_type"] == "BatchError"
 
 
