@@ -2,10 +2,11 @@
 
 Every sub-command checks all its outputs before any work, reports long steps with a progress
 bar on stderr, writes its files all-or-nothing (:func:`SegDeepLogic.atomic.atomic_outputs`:
-a failed command leaves no new or changed file) and exits with status
+a failed command leaves no new or changed file; ``train`` and ``batch`` instead write each
+checkpoint / case atomically as it is finished, and keep those) and exits with status
 
 * 0 on success;
-* 1 on an error of the input or the environment (bad or truncated file, an output that exists
+* 1 on an error of the input or the environment (``batch``: also when some cases failed) (bad or truncated file, an output that exists
   or cannot be written, disk full, permission denied, out of memory), shown as one line;
 * 2 on bad command-line usage, including out-of-range option values (argparse);
 * 3 on an unexpected internal error: one line, and the traceback with ``--debug``;
@@ -31,6 +32,7 @@ COMMANDS = (
     "compare",
     "export",
     "segment",
+    "batch",
     "train",
     "evaluate",
     "report",
@@ -38,8 +40,8 @@ COMMANDS = (
     "dicom-info",
     "convert",
 )
-# Commands whose files appear as they are made (training checkpoints), not all at the end.
-_INCREMENTAL = ("train",)
+# Commands whose files appear as they are made (training checkpoints, batch cases), not all at the end.
+_INCREMENTAL = ("train", "batch")
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERNAL, EXIT_CANCELLED = 0, 1, 2, 3, 130
 _OOM_TEXTS = ("out of memory", "can't allocate memory", "cannot allocate memory")  # as devices.OOM_MESSAGES
 _OOM_HINT = "out of memory ({detail}); free memory, or use a smaller input, --batch-size 1, fewer --threads, or another --device"
@@ -92,31 +94,33 @@ def main(argv: list[str] | None = None) -> int:
     warnings.simplefilter("default")
     warnings.showwarning = _show_warning
     name = f"segdeep {args.command}"
+    # What a failure leaves: nothing, or (batch, train) the files finished before it, kept on purpose.
+    nothing = "files finished before this are kept" if args.command in _INCREMENTAL else "nothing was written"
     try:
         if args.command in _INCREMENTAL:
             return int(args.run(args) or 0)
         with atomic_outputs():
             return int(args.run(args) or 0)
     except CancelledError as exc:
-        print(f"{name}: cancelled ({exc}); nothing was written", file=sys.stderr)
+        print(f"{name}: cancelled ({exc}); {nothing}", file=sys.stderr)
         return EXIT_CANCELLED
     except KeyboardInterrupt:
-        print(f"\n{name}: interrupted; nothing was written", file=sys.stderr)
+        print(f"\n{name}: interrupted; {nothing}", file=sys.stderr)
         return EXIT_CANCELLED
     except (SegDeepError, FileExistsError) as exc:
         print(f"{name}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_ERROR
     except Exception as exc:
         if _is_oom(exc):
-            print(f"{name}: error: {_OOM_HINT.format(detail=_one_line(exc))}; nothing was written", file=sys.stderr)
+            print(f"{name}: error: {_OOM_HINT.format(detail=_one_line(exc))}; {nothing}", file=sys.stderr)
             return EXIT_ERROR
         if isinstance(exc, OSError):
-            print(f"{name}: error: {describe_os_error(exc)}; nothing was written", file=sys.stderr)
+            print(f"{name}: error: {describe_os_error(exc)}; {nothing}", file=sys.stderr)
             return EXIT_ERROR
         if getattr(args, "debug", False):
             traceback.print_exc()
         print(
-            f"{name}: internal error: {type(exc).__name__}: {_one_line(exc)}; nothing was written. "
+            f"{name}: internal error: {type(exc).__name__}: {_one_line(exc)}; {nothing}. "
             f"{'' if getattr(args, 'debug', False) else 'Run again with --debug for the traceback, and '}please report it",
             file=sys.stderr,
         )
