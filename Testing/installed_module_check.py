@@ -31,10 +31,17 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 
+def _in_checkout(path: str, repo_dir: Path) -> bool:
+    """True for the source checkout's own files; a virtual environment kept inside it (CI's .venv) is the
+    Python installation, not the source, and stays usable."""
+    resolved = Path(path).resolve()
+    return resolved.is_relative_to(repo_dir) and "site-packages" not in resolved.parts
+
+
 def main(module_dir: Path, helpers_dir: Path, repo_dir: Path) -> dict:
     module_dir, repo_dir = module_dir.resolve(), repo_dir.resolve()
     # The module folder first (as Slicer does); drop anything that points into the source checkout.
-    sys.path[:] = [p for p in sys.path if p and not Path(p).resolve().is_relative_to(repo_dir)]
+    sys.path[:] = [p for p in sys.path if p and not _in_checkout(p, repo_dir)]
     sys.path.insert(0, str(module_dir))
     sys.path.insert(1, str(helpers_dir))
     sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in type(f).__name__.lower() + repr(f).lower()]
@@ -131,7 +138,7 @@ def main(module_dir: Path, helpers_dir: Path, repo_dir: Path) -> dict:
     leaked = sorted(
         name
         for name, module in list(sys.modules.items())
-        if getattr(module, "__file__", None) and Path(module.__file__).resolve().is_relative_to(repo_dir)
+        if getattr(module, "__file__", None) and _in_checkout(module.__file__, repo_dir)
     )
     assert not leaked, f"modules imported from the source checkout: {leaked}"
     found["engine_file"] = os.path.relpath(SegDeepLogic.__file__, module_dir)
