@@ -217,3 +217,35 @@ def write_dicom_bytes(ds: Any, path: Path, **save_options: Any) -> None:
     buffer = io.BytesIO()
     ds.save_as(buffer, **save_options)
     write_all(path, buffer.getvalue())
+
+
+def segments_on_series(
+    segmentation: Any, reference: Any, ct_grid: Any, error: type[Exception]
+) -> tuple[list[tuple[Any, Any]], Any]:
+    """``(segment info, mask)`` pairs and the grid of ``segmentation`` (a :class:`~SegDeepLogic.segmentation_io.Segmentation`
+    or a ``{name or SegmentInfo: mask Volume}`` mapping), checked to lie on the CT series ``reference``.
+
+    Shared by the RTSTRUCT and DICOM SEG writers; ``error`` is the writer's exception type.
+    """
+    from .segmentation_io import Segmentation, SegmentInfo
+
+    if isinstance(segmentation, Segmentation):
+        items = [(s, segmentation.mask(s.name)) for s in segmentation.segments]
+        grid = segmentation.labelmap
+    else:
+        items = [
+            (key if isinstance(key, SegmentInfo) else SegmentInfo(str(key), n), m)
+            for n, (key, m) in enumerate(segmentation.items(), start=1)
+        ]
+        grid = items[0][1] if items else None
+    if not items:
+        raise error("no segment to write")
+    if ct_grid is not None:
+        ct_grid.require_same_grid(grid, "the segmentation and the CT series")
+    nk = grid.array.shape[0]
+    if nk != len(reference.sop_instance_uids):
+        raise error(
+            f"the segmentation has {nk} slices, the CT series {reference.series_uid} {len(reference.sop_instance_uids)}: "
+            "it is not on that series' grid"
+        )
+    return items, grid

@@ -20,7 +20,16 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_path
-from .dicom_common import MANUFACTURER, Algorithm, Code, software_version, terminology_codes, verify_dicom_file, write_dicom_bytes
+from .dicom_common import (
+    MANUFACTURER,
+    Algorithm,
+    Code,
+    segments_on_series,
+    software_version,
+    terminology_codes,
+    verify_dicom_file,
+    write_dicom_bytes,
+)
 from .dicom_series import CTReference, new_uid
 from .errors import SegDeepError
 from .segmentation_io import Segmentation, SegmentInfo
@@ -68,23 +77,7 @@ def write_dicom_seg(
     import pydicom
     from pydicom.sr.codedict import codes
 
-    if isinstance(segmentation, Segmentation):
-        items = [(s, segmentation.mask(s.name)) for s in segmentation.segments]
-        grid = segmentation.labelmap
-    else:
-        items = [
-            (key if isinstance(key, SegmentInfo) else SegmentInfo(str(key), n), m)
-            for n, (key, m) in enumerate(segmentation.items(), start=1)
-        ]
-        grid = items[0][1] if items else None
-    if not items:
-        raise DicomSegError("no segment to write")
-    if ct_grid is not None:
-        ct_grid.require_same_grid(grid, "the segmentation and the CT series")
-    if grid.array.shape[0] != len(reference.sop_instance_uids):
-        raise DicomSegError(
-            f"the segmentation has {grid.array.shape[0]} slices, the CT series {len(reference.sop_instance_uids)}"
-        )
+    items, grid = segments_on_series(segmentation, reference, ct_grid, DicomSegError)
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"refusing to overwrite existing file: {path} (use overwrite)")

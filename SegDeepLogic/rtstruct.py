@@ -45,6 +45,7 @@ from .dicom_common import (
     copy_patient_study,
     format_ds,
     now_date_time,
+    segments_on_series,
     software_version,
     terminology_codes,
     verify_dicom_file,
@@ -183,25 +184,8 @@ def write_rtstruct(
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
-    if isinstance(segmentation, Segmentation):
-        items = [(s, segmentation.mask(s.name)) for s in segmentation.segments]
-        grid = segmentation.labelmap
-    else:
-        items = [
-            (key if isinstance(key, SegmentInfo) else SegmentInfo(str(key), n), m)
-            for n, (key, m) in enumerate(segmentation.items(), start=1)
-        ]
-        grid = items[0][1] if items else None
-    if not items:
-        raise RTStructError("no segment to write")
-    if ct_grid is not None:
-        ct_grid.require_same_grid(grid, "the segmentation and the CT series")
+    items, grid = segments_on_series(segmentation, reference, ct_grid, RTStructError)
     nk = grid.array.shape[0]
-    if nk != len(reference.sop_instance_uids):
-        raise RTStructError(
-            f"the segmentation has {nk} slices, the CT series {reference.series_uid} {len(reference.sop_instance_uids)}: "
-            "it is not on that series' grid"
-        )
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"refusing to overwrite existing file: {path} (use overwrite)")
