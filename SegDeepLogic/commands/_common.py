@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ from tqdm import tqdm
 
 from ..atomic import check_outputs, write_text
 from ..errors import OutputError
-from ..progress import ProgressCallback
+from ..progress import CancelToken, ProgressCallback
 from ..segmentation_io import (
     Segmentation,
     SegmentationFileError,
@@ -52,6 +53,30 @@ def progress_bar(description: str, *, enabled: bool = True) -> Iterator[Progress
         yield update
     finally:
         bar.close()
+
+
+@contextlib.contextmanager
+def ctrl_c_cancels(token: CancelToken, message: str) -> Iterator[None]:
+    """First Ctrl-C: cancel ``token`` cooperatively and print ``message``; a second one interrupts at once.
+
+    Outside the main thread (where signals cannot be handled) Ctrl-C is left alone.
+    """
+
+    def handler(signum: int, frame: object) -> None:
+        if token.cancelled:
+            raise KeyboardInterrupt
+        token.cancel()
+        print(f"\n{message}", file=sys.stderr)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def write_table(rows: list[dict], path: str | Path | None, fmt: str, *, overwrite: bool = True) -> None:

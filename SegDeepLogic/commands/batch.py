@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import signal
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from ..progress import CancelToken
 from ..refine import RefineOptions
-from ._common import number_in
+from ._common import ctrl_c_cancels, number_in
 
 # Options taken over, unchanged, from ``segdeep segment`` (so a new segment option or output
 # format is a batch option too).
@@ -157,30 +154,6 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     )
 
 
-@contextlib.contextmanager
-def _ctrl_c_stops(token: CancelToken) -> Iterator[None]:
-    """First Ctrl-C: start no new case, finish those in progress; second: stop at once."""
-
-    def handler(signum: int, frame: Any) -> None:
-        if token.cancelled:
-            raise KeyboardInterrupt
-        token.cancel()
-        print(
-            "\nsegdeep batch: stopping after the cases in progress (Ctrl-C again to stop at once; the same command resumes)...",
-            file=sys.stderr,
-        )
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -209,7 +182,10 @@ def run(args: argparse.Namespace) -> int:
             bar.write(line, file=sys.stderr)
 
     try:
-        with _ctrl_c_stops(token):
+        with ctrl_c_cancels(
+            token,
+            "segdeep batch: stopping after the cases in progress (Ctrl-C again to stop at once; the same command resumes)...",
+        ):
             result = segment_cohort(
                 args.input,
                 args.output,

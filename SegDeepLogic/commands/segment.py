@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from ..errors import MismatchError, OutputError
 from ..progress import CancelToken
 from ..refine import RefineOptions
-from ._common import input_files, number_in, progress_bar, segmentation_targets, validate_outputs, write_table
+from ._common import ctrl_c_cancels, input_files, number_in, progress_bar, segmentation_targets, validate_outputs, write_table
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -97,27 +95,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-@contextlib.contextmanager
-def _ctrl_c_cancels(token: CancelToken) -> Iterator[None]:
-    """First Ctrl-C: cancel cooperatively (stops between windows); second: interrupt at once."""
-
-    def handler(signum: int, frame: Any) -> None:
-        if token.cancelled:
-            raise KeyboardInterrupt
-        token.cancel()
-        print("\nsegdeep segment: cancelling (Ctrl-C again to stop at once)...", file=sys.stderr)
-
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: leave Ctrl-C alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def print_plausibility(check: dict | None, stream=None) -> None:  # noqa: ANN001
     """Print the out-of-distribution verdict (to stderr) unless it is plain "ok"."""
     stream = stream or sys.stderr
@@ -158,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
     if args.refine_hu != RefineOptions.lower_hu or args.refine_grow_mm is not None:
         refine_options = RefineOptions(lower_hu=args.refine_hu, grow_mm=args.refine_grow_mm or RefineOptions.grow_mm)
     token = CancelToken()
-    with _ctrl_c_cancels(token), progress_bar("segment", enabled=not args.no_progress) as progress, _show_mismatch():
+    cancelling = "segdeep segment: cancelling (Ctrl-C again to stop at once)..."
+    with ctrl_c_cancels(token, cancelling), progress_bar("segment", enabled=not args.no_progress) as progress, _show_mismatch():
         result, written = segment_file(
             args.ct,
             args.output,
