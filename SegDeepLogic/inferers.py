@@ -11,14 +11,10 @@ network, patch size and overlap. It is leaner in what it does per window: the im
 and the normalisation map are built once, windows are gathered into batches with one copy,
 outputs are accumulated in place (``addcmul_``), gradients are never tracked, and progress and
 cancellation are checked between batches.
-
-:class:`SlidingWindowInferer` keeps the settings in an object (as MONAI's class of the same
-name does).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable, Sequence
 
@@ -29,7 +25,6 @@ from ._compat import zip_strict
 from .progress import CancelToken, ProgressCallback, report
 
 __all__ = [
-    "SlidingWindowInferer",
     "gaussian_importance_map",
     "scan_intervals",
     "sliding_window_inference",
@@ -262,52 +257,3 @@ def sliding_window_inference(
                 crop.append(slice(before, before + original_size[axis]))
             output = output[tuple(crop)]
     return output
-
-
-@dataclasses.dataclass
-class SlidingWindowInferer:
-    """Sliding-window settings in one object; call it with the inputs and the network.
-
-    Examples
-    --------
-    >>> import torch
-    >>> inferer = SlidingWindowInferer(patch_size=(8, 8, 8), overlap=0.25)
-    >>> inferer(torch.zeros(1, 1, 10, 10, 10), lambda w: w + 1).mean().item()
-    1.0
-    """
-
-    patch_size: Sequence[int]
-    overlap: float = 0.5
-    batch_size: int = 1
-    sigma_scale: float = 0.125
-    mode: str = "gaussian"
-    padding_mode: str = "constant"
-    cval: float = 0.0
-    device: torch.device | str | None = None
-    stitch_device: torch.device | str | None = None
-    channels_last: bool = False
-
-    def __call__(
-        self,
-        inputs: torch.Tensor,
-        predictor: Predictor,
-        *,
-        progress: ProgressCallback | None = None,
-        cancel: CancelToken | None = None,
-    ) -> torch.Tensor:
-        return sliding_window_inference(
-            inputs,
-            predictor,
-            self.patch_size,
-            overlap=self.overlap,
-            batch_size=self.batch_size,
-            sigma_scale=self.sigma_scale,
-            mode=self.mode,
-            padding_mode=self.padding_mode,
-            cval=self.cval,
-            device=self.device,
-            stitch_device=self.stitch_device,
-            channels_last=self.channels_last,
-            progress=progress,
-            cancel=cancel,
-        )

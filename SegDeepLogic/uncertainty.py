@@ -2,8 +2,6 @@
 
 * :func:`normalized_entropy` -- entropy of the class probabilities divided by ``log(C)``: 0 where
   the network is certain, 1 where all C classes are equally likely.
-* :func:`augmentation_variance` -- with test-time augmentation, the variance of the class
-  probabilities across the augmented predictions (averaged over the classes).
 * :func:`summarize_uncertainty` -- per predicted structure: its volume, the mean entropy inside
   it and in a band around its boundary, the fraction and volume of uncertain voxels and where
   they lie (LPS), so a reviewer knows which structure to check and where to look.
@@ -24,7 +22,7 @@ from scipy import ndimage as ndi
 
 from .volume import Volume
 
-__all__ = ["augmentation_variance", "normalized_entropy", "summarize_uncertainty"]
+__all__ = ["normalized_entropy", "summarize_uncertainty"]
 
 _EPS = 1e-12
 
@@ -62,29 +60,6 @@ def normalized_entropy(probabilities: torch.Tensor | np.ndarray, *, axis: int = 
         return (p * torch.log(p.clamp_min(_EPS))).sum(dim=axis).mul_(-scale).clamp_(0.0, 1.0)
     p = np.asarray(probabilities, dtype=np.float32)
     return np.clip(-(p * np.log(np.maximum(p, _EPS))).sum(axis=axis) * scale, 0.0, 1.0).astype(np.float32)
-
-
-def augmentation_variance(stack: torch.Tensor, *, axis: int = 0) -> torch.Tensor:
-    """Variance across test-time augmentations, averaged over the classes.
-
-    Parameters
-    ----------
-    stack : Tensor, shape (A, C, ...) for ``axis=0``
-        Class probabilities of A augmented predictions (flipped back).
-
-    Returns
-    -------
-    Tensor of shape ``(...)``: mean over C of the (population) variance over A. At most 0.25
-    (two augmentations, one certain of each answer).
-
-    Examples
-    --------
-    >>> import torch
-    >>> s = torch.tensor([[[1.0], [0.0]], [[0.0], [1.0]]])   # 2 augmentations, 2 classes, 1 voxel
-    >>> augmentation_variance(s).tolist()
-    [0.25]
-    """
-    return stack.float().var(dim=axis, unbiased=False).mean(dim=axis)
 
 
 def _bbox(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...] | None:

@@ -183,6 +183,3 @@ def _check_space(space: str) -> str:
 def lps_to_ras(points: npt.ArrayLike) -> np.ndarray:
     """Convert points between LPS and RAS (the map is its own inverse)."""
     return np.asarray(points, dtype=float) * np.array([-1.0, -1.0, 1.0])
-
-
-ras_to_lps = lps_to_ras

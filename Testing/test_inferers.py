@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from SegDeepLogic.errors import CancelledError
-from SegDeepLogic.inferers import SlidingWindowInferer, gaussian_importance_map, sliding_window_inference, window_slices
+from SegDeepLogic.inferers import gaussian_importance_map, sliding_window_inference, window_slices
 from SegDeepLogic.networks import build_network
 from SegDeepLogic.progress import CancelToken
 
@@ -118,12 +118,6 @@ def test_progress_goes_from_zero_to_one_in_order() -> None:
 def test_predictor_returning_the_wrong_size_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="expected"):
         sliding_window_inference(torch.zeros(1, 1, 16, 16, 16), lambda w: w[:, :, ::2], (8, 8, 8))
-
-
-def test_inferer_object_matches_the_function(tiny_unet) -> None:
-    x = torch.randn(1, 1, 20, 20, 20)
-    inferer = SlidingWindowInferer(patch_size=(16, 16, 16), overlap=0.5, batch_size=2, stitch_device="cpu")
-    torch.testing.assert_close(inferer(x, tiny_unet), sliding_window_inference(x, tiny_unet, (16, 16, 16), batch_size=2))
 
 
 def test_constant_mode_weights_all_windows_equally() -> None:

@@ -101,11 +101,6 @@ def geometry_signature(volumeNode: Any) -> tuple:
     return dims, tuple(np.round(ijk_to_ras_matrix(volumeNode).ravel(), 9))
 
 
-def set_volume_geometry_from(targetNode: Any, referenceNode: Any) -> None:
-    """Give ``targetNode`` exactly ``referenceNode``'s spacing, origin and directions."""
-    targetNode.CopyOrientation(referenceNode)
-
-
 # --------------------------------------------------------------------------------------------
 # Oriented image data
 # --------------------------------------------------------------------------------------------

@@ -201,9 +201,6 @@ def _csv_value(value: object) -> object:
 
 
 # --- segmentation files ------------------------------------------------------------------------
-SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
-
-
 def load_segmentation(
     path: str | Path, *, ct: str | Path | None = None, names: list[str] | None = None, repair: bool = False
 ) -> Segmentation:

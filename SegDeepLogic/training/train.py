@@ -18,7 +18,6 @@ import dataclasses
 import datetime
 import json
 import logging
-import math
 import os
 import platform
 import subprocess
@@ -798,11 +797,3 @@ def _build_params(cfg: TrainConfig) -> dict[str, Any]:
     params.setdefault("in_channels", 1)
     params.setdefault("out_channels", len(cfg.labels) + 1)
     return params
-
-
-def estimate_iterations(
-    seconds_per_iteration: float, minutes: float, validation_seconds: float = 0.0, val_every: int = 250
-) -> int:
-    """Iterations that fit in ``minutes`` given a measured step time and validation cost."""
-    per = seconds_per_iteration + validation_seconds / max(1, val_every)
-    return max(1, int(math.floor(minutes * 60 / per)))
