@@ -60,7 +60,6 @@ from SegDeepLib.dependencies import (  # noqa: E402
 )
 from SegDeepLib.logic import (  # noqa: E402
     DISAGREEMENT_REFERENCE,
-    PLAUSIBILITY_COLORS,
     UNCERTAINTY_REFERENCE,
     CancelledError,
     MismatchError,
@@ -68,7 +67,11 @@ from SegDeepLib.logic import (  # noqa: E402
     SegDeepWorkerError,
 )
 
-SAMPLE_CT = ENGINE_ROOT / "Resources" / "SampleData" / "openkbp_pt_236" / "ct.nii.gz"
+from SegDeepLogic.presets import PRESETS  # noqa: E402
+from SegDeepLogic.resources import sample_ct_path  # noqa: E402
+from SegDeepLogic.verdicts import PLAUSIBILITY_COLORS  # noqa: E402
+
+SAMPLE_CT = sample_ct_path()
 OUTPUT_FOLDER_SETTING = "SegDeep/OutputFolder"
 ENGINE_PACKAGES = ("SegDeepLib", "SegDeepLogic")
 """Packages the developer Reload re-imports with ``SegDeep.py``."""
@@ -85,9 +88,7 @@ def unsupportedSlicerMessage() -> str | None:
 
 PRESET_ITEMS = (
     # (label, data): data is "preset:<name>", "method:<name>" or "custom"
-    ("Bone (226 to 3071 HU)", "preset:bone"),
-    ("Compact bone, adult (662 to 1988 HU)", "preset:compact_bone_adult"),
-    ("Tooth enamel, adult (1553 to 2850 HU)", "preset:teeth_enamel_adult"),
+    *((f"{p.title} ({p.lower_hu:g} to {p.upper_hu:g} HU)", f"preset:{name}") for name, p in PRESETS.items()),
     ("Otsu (automatic lower bound)", "method:otsu"),
     ("Li (automatic lower bound)", "method:li"),
     ("Yen (automatic lower bound)", "method:yen"),
@@ -95,11 +96,8 @@ PRESET_ITEMS = (
     ("Isodata (automatic lower bound)", "method:isodata"),
     ("Custom range", "custom"),
 )
-PRESET_RANGES = {
-    "preset:bone": (226.0, 3071.0),
-    "preset:compact_bone_adult": (662.0, 1988.0),
-    "preset:teeth_enamel_adult": (1553.0, 2850.0),
-}
+PRESET_RANGES = {f"preset:{name}": (p.lower_hu, p.upper_hu) for name, p in PRESETS.items()}
+"""HU range of each preset item (:data:`SegDeepLogic.presets.PRESETS`, the engine's own table)."""
 
 
 #

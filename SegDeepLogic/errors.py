@@ -54,3 +54,7 @@ class WriteError(SegDeepError, OSError):
 
 class ImageSizeError(VolumeReadError):
     """An image header declares more voxels than the configured limit (``SEGDEEP_MAX_VOXELS``)."""
+
+
+class ModelPackageError(SegDeepError, ValueError):
+    """A model package is missing, unreadable, inconsistent or unsafe to load."""

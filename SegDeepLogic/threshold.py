@@ -42,6 +42,7 @@ from skimage import filters
 
 from ._compat import zip_strict
 from .errors import SegDeepError, VolumeError
+from .presets import PRESETS, ThresholdPreset
 from .progress import CancelToken, ProgressCallback, report
 from .volume import Volume
 
@@ -66,75 +67,6 @@ HistogramRegion = Literal["tissue", "body", "volume"]
 
 class ThresholdError(SegDeepError, ValueError):
     """Invalid or contradictory threshold segmentation parameters."""
-
-
-# --------------------------------------------------------------------------------------------
-# Presets
-# --------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class ThresholdPreset:
-    """A named Hounsfield-unit range for a tissue.
-
-    Attributes
-    ----------
-    name : str
-        Key in :data:`PRESETS`.
-    lower_hu, upper_hu : float
-        Inclusive HU bounds.
-    description : str
-        What the range selects, for menus and reports.
-    source : str
-        Where the numbers come from.
-    """
-
-    name: str
-    lower_hu: float
-    upper_hu: float
-    description: str
-    source: str
-
-
-_INVESALIUS = "InVesalius 3 (CTI Renato Archer), invesalius/presets.py, Presets.thresh_ct"
-
-PRESETS: Mapping[str, ThresholdPreset] = MappingProxyType(
-    {
-        # InVesalius "Bone" = (226, 3071). 3071 HU is the top of the 12-bit CT range
-        # (-1024 + 4095). 226 HU is also the bone range users commonly enter in 3D Slicer's
-        # Segment Editor Threshold effect (which itself ships no HU presets).
-        "bone": ThresholdPreset(
-            "bone",
-            226.0,
-            3071.0,
-            "All bone (cortical and most trabecular bone) and teeth; also contrast agent and metal below 3071 HU",
-            f'{_INVESALIUS}["Bone"] = (226, 3071)',
-        ),
-        # InVesalius "Compact Bone (Adult)" = (662, 1988).
-        "compact_bone_adult": ThresholdPreset(
-            "compact_bone_adult",
-            662.0,
-            1988.0,
-            "Compact (cortical) bone of an adult; leaves out most trabecular bone",
-            f'{_INVESALIUS}["Compact Bone (Adult)"] = (662, 1988)',
-        ),
-        # InVesalius "Enamel (Adult)" = (1553, 2850).
-        "teeth_enamel_adult": ThresholdPreset(
-            "teeth_enamel_adult",
-            1553.0,
-            2850.0,
-            "Tooth enamel of an adult (the densest tissue in the body)",
-            f'{_INVESALIUS}["Enamel (Adult)"] = (1553, 2850)',
-        ),
-    }
-)
-"""Named HU ranges, read-only: ``name -> ThresholdPreset``.
-
-Examples
---------
->>> PRESETS["bone"].lower_hu, PRESETS["bone"].upper_hu
-(226.0, 3071.0)
->>> sorted(PRESETS)
-['bone', 'compact_bone_adult', 'teeth_enamel_adult']
-"""
 
 
 # --------------------------------------------------------------------------------------------

@@ -48,7 +48,8 @@ def main(module_dir: Path, helpers_dir: Path, repo_dir: Path) -> dict:
     found: dict = {}
 
     import SegDeepLogic
-    from SegDeepLogic.model_package import bundled_model_dir, list_bundled_models, load_model_package
+    from SegDeepLogic.model_package import load_model_package
+    from SegDeepLogic.resources import bundled_model_dir, list_bundled_models
 
     assert Path(SegDeepLogic.__file__).resolve().is_relative_to(module_dir), SegDeepLogic.__file__
     assert bundled_model_dir().resolve() == module_dir / "Resources" / "Models", bundled_model_dir()

@@ -16,19 +16,11 @@ import torch
 from safetensors.torch import save_file
 
 from SegDeepLogic import SegDeepError
-from SegDeepLogic.model_package import (
-    CARD_FILE,
-    ModelCard,
-    ModelPackage,
-    ModelPackageError,
-    bundled_model_dir,
-    file_sha256,
-    list_bundled_models,
-    load_model_card,
-    load_model_package,
-    save_model_package,
-)
+from SegDeepLogic.errors import ModelPackageError
+from SegDeepLogic.model_card import CARD_FILE, ModelCard, file_sha256, load_model_card
+from SegDeepLogic.model_package import ModelPackage, load_model_package, save_model_package
 from SegDeepLogic.networks import UNet3D
+from SegDeepLogic.resources import MODELS_ENV, bundled_model_dir, list_bundled_models
 
 REPO = Path(__file__).resolve().parents[1]
 TEST_MODEL = REPO / "Testing" / "Data" / "test_model"
@@ -583,20 +575,22 @@ def test_saving_weights_that_do_not_fit_the_card_writes_nothing(tmp_path, card):
 
 
 # --- bundled models and the shipped test model ------------------------------------------------
-def test_bundled_model_dir_is_resources_models_of_the_repository():
+def test_bundled_model_dir_is_resources_models_of_the_repository(monkeypatch):
+    monkeypatch.delenv(MODELS_ENV, raising=False)
     assert bundled_model_dir() == REPO / "Resources" / "Models"
 
 
-def test_list_bundled_models_finds_package_folders_and_archives(tmp_path, monkeypatch, package_dir, network, card):
+def test_models_dir_environment_variable_points_the_lookup_elsewhere(tmp_path, monkeypatch, package_dir, network, card):
     models = tmp_path / "Models"
     models.mkdir()
     package_dir.rename(models / "b_folder")
     save_model_package(network, card, models / "a_archive", archive=True)
     (models / "notes").mkdir()
-    monkeypatch.setattr("SegDeepLogic.model_package.bundled_model_dir", lambda: models)
+    monkeypatch.setenv(MODELS_ENV, str(models))
+    assert bundled_model_dir() == models
     assert list_bundled_models() == [models / "a_archive.zip", models / "b_folder"]
-    monkeypatch.setattr("SegDeepLogic.model_package.bundled_model_dir", lambda: tmp_path / "missing")
-    assert list_bundled_models() == []
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "missing"))  # a wrong setting is not replaced by the bundled models
+    assert bundled_model_dir() == tmp_path / "missing" and list_bundled_models() == []
 
 
 def test_shipped_test_model_is_a_small_documented_test_package():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from SegDeepLogic.model_package import ModelPackageError
+from SegDeepLogic.errors import ModelPackageError
 from SegDeepLogic.networks import ARCHITECTURES, UNet3D, build_network, network_size_divisor
 
 

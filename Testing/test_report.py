@@ -25,9 +25,10 @@ from SegDeepLogic.metrics import compare_masks
 from SegDeepLogic.plausibility import check_plausibility, image_features
 from SegDeepLogic.report import build_report, parse_threshold, write_report
 from SegDeepLogic.report import html as report_html
-from SegDeepLogic.report.facts import PLAUSIBILITY_HEADLINES, ReportError, orientation_code, to_lps
+from SegDeepLogic.report.facts import ReportError
 from SegDeepLogic.segmentation_io import Segmentation, SegmentInfo, write_labelmap_nifti
 from SegDeepLogic.threshold import grow_mask
+from SegDeepLogic.verdicts import PLAUSIBILITY_HEADLINES
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_MODEL = ROOT / "Testing" / "Data" / "test_model"
@@ -527,23 +528,6 @@ def test_cli_runs_the_network_and_refuses_to_overwrite(tmp_path: Path, capsys: p
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def test_orientation_helpers_agree_with_the_segment_module() -> None:
-    from SegDeepLogic import segment
-    from SegDeepLogic.report.facts import BONE_KEYWORDS
-
-    assert BONE_KEYWORDS == segment.BONE_KEYWORDS
-    rng = np.random.default_rng(0)
-    array = rng.integers(0, 100, (3, 4, 5))
-    for perm in ([0, 1, 2], [2, 0, 1], [1, 2, 0]):
-        for signs in ([1, 1, 1], [-1, 1, -1], [1, -1, 1]):
-            direction = np.eye(3)[:, perm] * signs
-            vol = Volume(array, (1.0, 2.0, 3.0), (5.0, 6.0, 7.0), direction)
-            ours, theirs = to_lps(vol), segment.reorient_volume(vol, "LPS")
-            assert np.array_equal(ours.array, theirs.array)
-            assert np.allclose(ours.origin, theirs.origin) and ours.spacing == theirs.spacing
-            assert orientation_code(direction) == segment.orientation_code(direction)
-
-
 def test_parse_threshold() -> None:
     assert parse_threshold("compact_bone_adult") == {"preset": "compact_bone_adult"}
     assert parse_threshold(":500") == {"lower_hu": None, "upper_hu": 500.0}

@@ -15,18 +15,12 @@ from SegDeepLogic import Volume, read_volume
 from SegDeepLogic.cli import main
 from SegDeepLogic.devices import DeviceError, InferenceOutOfMemoryError
 from SegDeepLogic.errors import CancelledError
+from SegDeepLogic.grid import model_grid, orientation_code, reorient_volume
 from SegDeepLogic.io import from_sitk, to_sitk
 from SegDeepLogic.progress import CancelToken
 from SegDeepLogic.refine import RefineOptions, refine_mask
 from SegDeepLogic.resample import resample_to_grid
-from SegDeepLogic.segment import (
-    ModelNotFoundError,
-    model_grid,
-    orientation_code,
-    reorient_volume,
-    segment_file,
-    segment_volume,
-)
+from SegDeepLogic.segment import ModelNotFoundError, segment_file, segment_volume
 from SegDeepLogic.segmentation_io import read_seg_nrrd
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +143,8 @@ def test_model_grid_covers_the_ct_extent_and_shares_its_centre() -> None:
 
 @pytest.mark.parametrize("code", ["LPI", "SAL"])
 def test_separable_resampling_equals_itk_linear_interpolation_both_ways(code: str) -> None:
-    from SegDeepLogic.segment import Grid, _BackResampler, _ct_to_model_grid, _resample, axis_maps
+    from SegDeepLogic.grid import Grid, axis_maps
+    from SegDeepLogic.segment import _BackResampler, _ct_to_model_grid, _resample
 
     rng = np.random.default_rng(3)
     ct = Volume(rng.normal(0, 100, (13, 17, 19)).astype(np.float32), (0.9, 1.3, 2.1), (5, -7, 11), rotation([3, 1, 2], 0.4))
@@ -398,10 +393,10 @@ def test_unavailable_explicit_device_is_a_clear_error(monkeypatch: pytest.Monkey
         segment_volume(ct, package(ThresholdNet()), device="cuda")
 
 
-def test_missing_model_names_the_model_option(monkeypatch: pytest.MonkeyPatch) -> None:
-    from SegDeepLogic import model_package
+def test_missing_model_names_the_model_option(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from SegDeepLogic.resources import MODELS_ENV
 
-    monkeypatch.setattr(model_package, "list_bundled_models", lambda: [])
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "no-models"))
     ct = sphere_ct((20, 20, 20), (1.0, 1.0, 1.0), np.eye(3))
     with pytest.raises(ModelNotFoundError, match="--model"):
         segment_volume(ct)
@@ -528,9 +523,9 @@ def test_cli_writes_a_nifti_label_map_and_refuses_to_overwrite(tmp_path: Path, c
 
 
 def test_cli_without_a_model_says_to_pass_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    from SegDeepLogic import model_package
+    from SegDeepLogic.resources import MODELS_ENV
 
-    monkeypatch.setattr(model_package, "list_bundled_models", lambda: [])
+    monkeypatch.setenv(MODELS_ENV, str(tmp_path / "no-models"))
     assert main(["segment", str(SAMPLE / "ct.nii.gz"), "-o", str(tmp_path / "x.seg.nrrd"), "--no-progress"]) == 1
     err = capsys.readouterr().err
     assert "--model" in err and "no model package is bundled" in err

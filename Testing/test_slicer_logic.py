@@ -673,7 +673,7 @@ def test_invalid_inputs_fail_before_starting(logic, crop_node, headless, temp_ro
 # Models, devices, dependencies, worker protocol
 # --------------------------------------------------------------------------------------------
 def test_models(logic, monkeypatch):
-    from SegDeepLogic.model_package import list_bundled_models
+    from SegDeepLogic.resources import list_bundled_models
 
     assert [Path(m.path) for m in logic.availableModels()] == list_bundled_models()
     info = logic.modelInfo(slicer_scene.TEST_MODEL)

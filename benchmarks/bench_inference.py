@@ -54,10 +54,11 @@ sys.path.insert(0, str(ROOT))
 from _machine import RESULTS_DIR, Record  # noqa: E402
 
 from SegDeepLogic import read_volume  # noqa: E402
+from SegDeepLogic.grid import model_grid  # noqa: E402
 from SegDeepLogic.inferers import sliding_window_inference, window_slices  # noqa: E402
 from SegDeepLogic.model_package import load_model_package  # noqa: E402
 from SegDeepLogic.networks import build_network  # noqa: E402
-from SegDeepLogic.segment import AIR_HU, _resample, default_batch_size, model_grid  # noqa: E402
+from SegDeepLogic.segment import AIR_HU, _resample, default_batch_size  # noqa: E402
 
 SAMPLE_CT = ROOT / "Resources" / "SampleData" / "openkbp_pt_236" / "ct.nii.gz"
 TEST_MODEL = ROOT / "Testing" / "Data" / "test_model"

@@ -54,6 +54,10 @@ from vtk.util import numpy_support
 
 from SegDeepLogic._compat import zip_strict
 from SegDeepLogic.errors import CancelledError, MismatchError, SegDeepError
+from SegDeepLogic.model_card import load_model_card
+from SegDeepLogic.presets import is_bone_like
+from SegDeepLogic.resources import list_bundled_models
+from SegDeepLogic.verdicts import PLAUSIBILITY_HEADLINES, PLAUSIBILITY_LABELS
 
 from . import mrml
 from .dependencies import ensure_dependencies
@@ -78,22 +82,6 @@ UNCERTAINTY_REFERENCE = "SegDeepUncertainty"
 DISAGREEMENT_REFERENCE = "SegDeepDisagreement"
 PLAUSIBILITY_ATTRIBUTE = "SegDeep.Plausibility"
 PLAUSIBILITY_VERDICT_ATTRIBUTE = "SegDeep.PlausibilityVerdict"
-
-PLAUSIBILITY_LABELS = {"mismatch": "MISMATCH", "caution": "CAUTION", "ok": "OK", "unchecked": "NOT CHECKED"}
-"""Out-of-distribution verdicts (:func:`SegDeepLogic.plausibility.check_plausibility`) as shown to the user."""
-PLAUSIBILITY_HEADLINES = {
-    "mismatch": "This CT does not look like the anatomy the model was trained on: do not use this segmentation.",
-    "caution": "Parts of this CT or of the result are outside the range of the model's training data: review the "
-    "findings before using it.",
-    "ok": "The CT and the result are within the range of the model's training data.",
-    "unchecked": "The result was not compared with the model's training data.",
-}
-PLAUSIBILITY_COLORS = {  # background, border, text: as the HTML report's banner
-    "mismatch": ("#fde7e9", "#b00020", "#5f0010"),
-    "caution": ("#fff4d6", "#e0a800", "#4d3800"),
-    "ok": ("#e6f4ea", "#137333", "#0d4f24"),
-    "unchecked": ("#eef1f6", "#8a94a6", "#333a47"),
-}
 
 NETWORK_ONLY = "network only"
 THRESHOLD_ONLY = "threshold only"
@@ -371,41 +359,28 @@ class SegDeepLogicBase:
     # --- models ----------------------------------------------------------------------------
     @staticmethod
     def bundledModelPaths() -> list[Path]:
-        """Model packages shipped in ``Resources/Models`` (``list_bundled_models``), sorted.
+        """The bundled model packages (:func:`SegDeepLogic.resources.list_bundled_models`), sorted.
 
-        Never imports PyTorch (``model_package`` imports it only to check a card or read weights), so the
+        Never imports PyTorch (the card and the lookup are torch-free modules), so the
         panel lists models in Slicer's process while torch lives only in the worker process.
         """
-        from SegDeepLogic.model_package import list_bundled_models
-
         return list(list_bundled_models())
 
     @staticmethod
     def modelInfo(path: str | os.PathLike, bundled: bool = False) -> ModelInfo:
-        """Name, version, description and labels of a model package folder or ``.zip``."""
-        path = Path(path)
-        if path.is_dir():
-            card_file = path / "model.json"
-            if not card_file.is_file():
-                raise SegDeepError(f"{path} is not a SegDeep model package (no model.json)")
-            card = json.loads(card_file.read_text(encoding="utf-8"))
-        elif path.is_file() and path.suffix.lower() == ".zip":
-            with zipfile.ZipFile(path) as archive:
-                names = [n for n in archive.namelist() if n.rsplit("/", 1)[-1] == "model.json"]
-                if not names:
-                    raise SegDeepError(f"{path} is not a SegDeep model package (no model.json inside)")
-                card = json.loads(archive.read(min(names, key=len)).decode("utf-8"))
-        else:
-            raise SegDeepError(f"no model package at {path} (a folder with model.json or a .zip)")
-        if not isinstance(card, dict):
-            raise SegDeepError(f"{path}: model.json does not hold an object")
+        """Name, version, description and labels of a model package folder, ``model.json`` or ``.zip``.
+
+        The card is read and validated by the engine's torch-free :func:`SegDeepLogic.model_card.load_model_card`
+        (no weights are read); an invalid card is a :class:`SegDeepError` naming the problem.
+        """
+        card = load_model_card(path)
         return ModelInfo(
             path=str(path),
-            name=str(card.get("name") or path.stem),
-            version=str(card.get("version") or ""),
-            description=str(card.get("description") or ""),
-            labels=[label for label in card.get("labels") or [] if isinstance(label, dict)],
-            limitations=str(card.get("limitations") or ""),
+            name=card.name,
+            version=card.version,
+            description=card.description,
+            labels=[dict(label) for label in card.labels],
+            limitations=card.limitations,
             bundled=bundled,
         )
 
@@ -953,9 +928,8 @@ class SegDeepLogicBase:
         names = mrml.segment_names(segmentationNode)
         if not names:
             raise SegDeepError(f"segmentation {segmentationNode.GetName()!r} has no segments")
-        keywords = ("bone", "mandible", "maxilla", "skull", "cranium", "vertebra", "femur", "tibia", "pelvis", "rib", "teeth")
         for name in names:
-            if any(word in name.lower() for word in keywords):
+            if is_bone_like(name):
                 return name
         return names[0]
 

@@ -20,6 +20,8 @@ from typing import Any
 
 from torch import nn
 
+from ..architectures import network_size_divisor
+from ..errors import ModelPackageError
 from .unet import UNet3D
 
 __all__ = ["ARCHITECTURES", "UNet3D", "build_network", "network_size_divisor"]
@@ -29,9 +31,6 @@ ARCHITECTURES: dict[str, type[nn.Module]] = {"unet3d": UNet3D}
 
 
 def _error(message: str) -> Exception:
-    # Imported here: model_package imports this module, so a top-level import would be circular.
-    from ..model_package import ModelPackageError
-
     return ModelPackageError(message)
 
 
@@ -66,25 +65,5 @@ def build_network(architecture: str, params: dict[str, Any]) -> nn.Module:
         raise _error(f"architecture_params must be a JSON object, got {type(params).__name__}")
     try:
         return cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise _error(f"invalid architecture_params for {architecture!r}: {exc}") from exc
-
-
-def network_size_divisor(architecture: str, params: dict[str, Any]) -> tuple[int, int, int]:
-    """What each input size (D, H, W) must be divisible by, without building the network.
-
-    Uses the class's ``required_divisor(params)`` when it has one; otherwise ``(1, 1, 1)``.
-
-    Raises
-    ------
-    ModelPackageError
-        Unknown architecture or parameters that do not define a valid network.
-    """
-    cls = _architecture(architecture)
-    required = getattr(cls, "required_divisor", None)
-    if required is None:
-        return (1, 1, 1)
-    try:
-        return tuple(int(d) for d in required(params))  # type: ignore[return-value]
     except (TypeError, ValueError) as exc:
         raise _error(f"invalid architecture_params for {architecture!r}: {exc}") from exc

@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .._compat import zip_strict
+from ..architectures import normalise_strides, resolve_channels, unet3d_size_divisor
 
 __all__ = ["UNet3D", "normalise_strides"]
 
@@ -38,37 +39,6 @@ Stride = Union[int, Sequence[int]]
 
 _NORMS = ("instance", "batch", "group", None)
 _ACTS = ("leaky_relu", "relu", "gelu")
-
-
-def normalise_strides(strides: Sequence[Stride] | None, depth: int) -> tuple[tuple[int, int, int], ...]:
-    """Per-level (D, H, W) strides of the ``depth - 1`` downsampling levels.
-
-    ``None`` means stride 2 along every axis at every level. An entry may be one int (the
-    same along all axes) or three ints (anisotropic, e.g. ``(1, 2, 2)`` to keep thick
-    slices).
-
-    Examples
-    --------
-    >>> normalise_strides(None, 3)
-    ((2, 2, 2), (2, 2, 2))
-    >>> normalise_strides([(1, 2, 2), 2], 3)
-    ((1, 2, 2), (2, 2, 2))
-    """
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
-        raise ValueError(f"depth must be a positive integer, got {depth!r}")
-    if strides is None:
-        return ((2, 2, 2),) * (depth - 1)
-    if isinstance(strides, (str, bytes)) or not isinstance(strides, Sequence):
-        raise ValueError(f"strides must be a list of {depth - 1} ints or (D, H, W) triples, got {strides!r}")
-    if len(strides) != depth - 1:
-        raise ValueError(f"strides must have depth - 1 = {depth - 1} entries (one per downsampling), got {len(strides)}")
-    result = []
-    for s in strides:
-        triple = (s, s, s) if isinstance(s, int) else tuple(s)
-        if len(triple) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in triple):
-            raise ValueError(f"each stride must be a positive int or 3 positive ints (D, H, W), got {s!r}")
-        result.append(triple)
-    return tuple(result)  # type: ignore[return-value]
 
 
 def _norm_layer(norm: Norm, channels: int) -> nn.Module:
@@ -239,19 +209,7 @@ class UNet3D(nn.Module):
 
     @staticmethod
     def _resolve_channels(channels: Sequence[int] | int, depth: int | None) -> tuple[int, ...]:
-        if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or depth < 1):
-            raise ValueError(f"depth must be a positive integer, got {depth!r}")
-        if isinstance(channels, int) and not isinstance(channels, bool):
-            if depth is None:
-                raise ValueError("channels given as one int (the first level's width) needs depth")
-            channels = [channels * 2**level for level in range(depth)]
-        if isinstance(channels, (str, bytes)) or not isinstance(channels, Sequence) or len(channels) == 0:
-            raise ValueError(f"channels must be a non-empty list of positive ints, got {channels!r}")
-        if not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
-            raise ValueError(f"channels must be positive ints, got {list(channels)}")
-        if depth is not None and len(channels) != depth:
-            raise ValueError(f"depth={depth} but channels has {len(channels)} levels: {list(channels)}")
-        return tuple(channels)
+        return resolve_channels(channels, depth)
 
     def _initialise(self) -> None:
         # He initialisation for the leaky ReLU (as nnU-Net); PyTorch's default is tuned for
@@ -283,11 +241,7 @@ class UNet3D(nn.Module):
         >>> UNet3D.required_divisor({"channels": 8, "depth": 3, "strides": [[1, 2, 2], 2]})
         (2, 4, 4)
         """
-        channels = cls._resolve_channels(params.get("channels", (16, 32, 64, 128)), params.get("depth"))
-        divisor = [1, 1, 1]
-        for stride in normalise_strides(params.get("strides"), len(channels)):
-            divisor = [d * s for d, s in zip_strict(divisor, stride)]
-        return tuple(divisor)  # type: ignore[return-value]
+        return unet3d_size_divisor(params)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, out_channels, D, H, W)`` of an input ``(N, in_channels, D, H, W)``."""

@@ -10,15 +10,13 @@ headless, :func:`write_report` writes a self-contained HTML file and a JSON file
 same facts, atomically and together (:mod:`.html`).
 """
 
-from .facts import BONE_KEYWORDS, ReportError, ReportFacts, build_report, is_bone_like, parse_threshold
+from .facts import ReportError, ReportFacts, build_report, parse_threshold
 from .html import render_html, write_report
 
 __all__ = [
-    "BONE_KEYWORDS",
     "ReportError",
     "ReportFacts",
     "build_report",
-    "is_bone_like",
     "parse_threshold",
     "render_html",
     "write_report",

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import importlib.metadata
-import itertools
 import math
 import os
 import platform
@@ -38,58 +36,34 @@ from scipy import ndimage as ndi
 from .. import __version__
 from .._compat import zip_strict
 from ..errors import SegDeepError
+from ..grid import orientation_code, reorient_volume
 from ..io import read_volume
 from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
 from ..mesh_io import MESH_FORMATS, safe_filename
 from ..mesh_report import mesh_report, surface_deviation_mm
 from ..metrics import DEFINITIONS, ROLES, compare_masks
+from ..model_card import file_sha256
 from ..plausibility import mismatch_message
+from ..presets import BONE_KEYWORDS, is_bone_like
 from ..progress import CancelToken, ProgressCallback, report
 from ..segmentation_io import Segmentation, SegmentInfo, read_labelmap_nifti, read_seg_nrrd
 from ..threshold import PRESETS, grow_mask, threshold_segment
+from ..verdicts import PLAUSIBILITY_DEFINITION, PLAUSIBILITY_HEADLINES
 from ..volume import Volume
 from . import figures
 
 __all__ = [
-    "BONE_KEYWORDS",
-    "PLAUSIBILITY_HEADLINES",
     "ReportError",
     "ReportFacts",
     "build_report",
-    "is_bone_like",
-    "orientation_code",
     "parse_threshold",
-    "to_lps",
 ]
-
-BONE_KEYWORDS = ("bone", "mandible", "maxilla", "skull", "cranium", "vertebra", "femur", "tibia", "pelvis", "rib", "teeth")
-"""Structures whose name contains one of these get the threshold comparison (same list as
-:data:`SegDeepLogic.segment.BONE_KEYWORDS`, repeated here so the report does not import torch)."""
 
 THRESHOLD_REASON = (
     "A Hounsfield threshold selects every voxel in its HU range, whatever the anatomy: it is a meaningful "
     "reference only for bone (high HU, sharp contrast), not for soft-tissue organs whose HU overlap their "
     "neighbours'. It also selects every other bone, so each structure is compared with the threshold mask "
     "restricted to a region around it (the structure grown by {margin:g} mm)."
-)
-
-
-PLAUSIBILITY_HEADLINES = {
-    "mismatch": "This CT does not look like the anatomy the model was trained on: do not use this segmentation.",
-    "caution": "Parts of this CT or of the result are outside the range of the model's training data: review the "
-    "findings before using it.",
-    "ok": "The CT and the result are within the range of the model's training data.",
-    "unchecked": "The result was not compared with the model's training data (see the finding below).",
-}
-"""One sentence per out-of-distribution verdict (:func:`SegDeepLogic.plausibility.check_plausibility`)."""
-
-PLAUSIBILITY_DEFINITION = (
-    "Out-of-distribution check (SegDeepLogic.plausibility): the body's size and tissue composition on the model "
-    "grid, each structure's volume, the presence at a plausible size of the structures contoured in nearly every "
-    "training CT, and the network's uncertainty inside each structure are compared with the model's training "
-    "(and validation) data recorded in its model card. mismatch: not the anatomy the model knows, do not use the "
-    "output; caution: something is outside the training range (listed); ok: nothing is; unchecked: nothing to "
-    "compare with."
 )
 
 
@@ -161,27 +135,13 @@ def _norm_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-def is_bone_like(name: str) -> bool:
-    """True when a structure name contains a bone word of :data:`BONE_KEYWORDS`."""
-    low = name.lower()
-    return any(word in low for word in BONE_KEYWORDS)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _file_facts(path: str | os.PathLike | None) -> dict[str, Any] | None:
     if path is None:
         return None
     p = Path(path)
     out: dict[str, Any] = {"path": str(p.resolve())}
     if p.is_file():
-        out |= {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+        out |= {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
     return out
 
 
@@ -235,45 +195,6 @@ def _compare(a: Volume, b: Volume, tolerance_mm: float) -> dict[str, Any]:
     d.pop("definitions", None)
     d.pop("roles", None)
     return d
-
-
-def _best_axes(direction: np.ndarray) -> tuple[tuple[int, ...], tuple[bool, ...]]:
-    """For world axes L, P, S: the nearest voxel axis (i=0, j=1, k=2) and whether it runs backwards."""
-    perm = max(itertools.permutations(range(3)), key=lambda p: sum(abs(direction[t, p[t]]) for t in range(3)))
-    return perm, tuple(bool(direction[t, perm[t]] < 0) for t in range(3))
-
-
-def orientation_code(direction: np.ndarray) -> str:
-    """DICOM orientation code (e.g. ``"LPS"``, ``"LPI"``): where each voxel axis i, j, k points.
-
-    Examples
-    --------
-    >>> orientation_code(np.diag([1.0, 1.0, -1.0]))
-    'LPI'
-    """
-    perm, flips = _best_axes(np.asarray(direction, dtype=float))
-    letters = [""] * 3
-    for t, (p, f) in enumerate(zip_strict(perm, flips)):
-        letters[p] = ("RAI" if f else "LPS")[t]
-    return "".join(letters)
-
-
-def to_lps(volume: Volume) -> Volume:
-    """``volume`` with its axes permuted/flipped so that i, j, k point to L, P, S (exact, no interpolation).
-
-    An oblique volume gets its nearest axes (as :func:`SegDeepLogic.segment.reorient_volume`).
-    """
-    perm, flips = _best_axes(volume.direction)
-    array = volume.array.transpose([2 - perm[2], 2 - perm[1], 2 - perm[0]])
-    flip_axes = tuple(2 - t for t in range(3) if flips[t])
-    if flip_axes:
-        array = np.flip(array, axis=flip_axes)
-    first = [0, 0, 0]
-    for p, f in zip_strict(perm, flips):
-        first[p] = volume.shape_ijk[p] - 1 if f else 0
-    direction = np.stack([volume.direction[:, p] * (-1.0 if f else 1.0) for p, f in zip_strict(perm, flips)], axis=1)
-    spacing = tuple(volume.spacing[p] for p in perm)
-    return Volume(np.ascontiguousarray(array), spacing, volume.index_to_physical(first), direction)
 
 
 def _plausibility_facts(result: Any) -> dict[str, Any] | None:
@@ -667,9 +588,9 @@ def build_report(
         t = time.perf_counter()
 
         def lps(array: np.ndarray | None, grid: Volume = mask) -> np.ndarray | None:
-            return None if array is None else to_lps(grid.with_array(array)).array
+            return None if array is None else reorient_volume(grid.with_array(array), "LPS").array
 
-        ct_lps = to_lps(ct_crop)
+        ct_lps = reorient_volume(ct_crop, "LPS")
         net_lps = lps(mask.array)
         centre = _centre(net_lps)  # type: ignore[arg-type]
         other = thr_mask if thr_mask is not None else ref_mask

@@ -638,8 +638,8 @@ def package_settings(package: str | os.PathLike) -> dict[str, Any]:
 
     Examples
     --------
-    >>> from SegDeepLogic.model_package import bundled_model_dir
-    >>> settings = package_settings(bundled_model_dir().parents[1] / "Testing" / "Data" / "test_model")
+    >>> from pathlib import Path
+    >>> settings = package_settings(Path(__import__("SegDeepLogic").__file__).parents[1] / "Testing" / "Data" / "test_model")
     >>> settings["patch_size_kji"], settings["orientation"]
     ((32, 32, 32), 'LPI')
     """
