@@ -60,18 +60,17 @@ from SegDeepLib.dependencies import (  # noqa: E402
 )
 from SegDeepLib.logic import (  # noqa: E402
     DISAGREEMENT_REFERENCE,
+    PLAUSIBILITY_COLORS,
+    PRESETS,
     UNCERTAINTY_REFERENCE,
     CancelledError,
     MismatchError,
     SegDeepLogicBase,
     SegDeepWorkerError,
+    sample_ct_path,
 )
 
-from SegDeepLogic.presets import PRESETS  # noqa: E402
-from SegDeepLogic.resources import sample_ct_path  # noqa: E402
-from SegDeepLogic.verdicts import PLAUSIBILITY_COLORS  # noqa: E402
-
-SAMPLE_CT = sample_ct_path()
+SAMPLE_CT = sample_ct_path()  # the engine's lookup: Resources/SampleData beside SegDeepLogic, or $SEGDEEP_DATA_DIR
 OUTPUT_FOLDER_SETTING = "SegDeep/OutputFolder"
 ENGINE_PACKAGES = ("SegDeepLib", "SegDeepLogic")
 """Packages the developer Reload re-imports with ``SegDeep.py``."""

@@ -53,7 +53,7 @@ from typing import Any
 
 from . import __version__
 from .atomic import atomic_outputs, atomic_path, check_outputs, write_bytes, write_text
-from .errors import SegDeepError
+from .errors import CancelledError, MismatchError, SegDeepError
 from .progress import CancelToken, ProgressCallback
 
 CASES_DIR = "cases"
@@ -527,7 +527,6 @@ def process_case(
         The case's output folder (created).
     cancel : CancelToken, optional
     """
-    from .errors import CancelledError
 
     case_dir = Path(case_dir)
     case_dir.mkdir(parents=True, exist_ok=True)
@@ -575,7 +574,6 @@ def _case_work(
     cancel: CancelToken | None,
 ) -> None:
     """The work of :func:`process_case`, filling ``record``; raises on a failure of the case."""
-    from .errors import MismatchError
     from .report import build_report, write_report
     from .segment import segment_file
 

@@ -9,6 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .atomic import write_all
+from .errors import WriteError
+from .segmentation_io import Segmentation, SegmentInfo
 
 MANUFACTURER = "SegDeep"
 # SNOMED CT "Anatomical structure": the category of every organ segment unless its terminology says otherwise.
@@ -187,8 +190,6 @@ def verify_dicom_file(path: Path, sop_instance_uid: str | None = None) -> None:
     """
     import pydicom
 
-    from .errors import WriteError
-
     try:
         ds = pydicom.dcmread(path)
         uid = str(ds.SOPInstanceUID)
@@ -212,8 +213,6 @@ def write_dicom_bytes(ds: Any, path: Path, **save_options: Any) -> None:
     checking that every byte reached the disk."""
     import io
 
-    from .atomic import write_all
-
     buffer = io.BytesIO()
     ds.save_as(buffer, **save_options)
     write_all(path, buffer.getvalue())
@@ -227,7 +226,6 @@ def segments_on_series(
 
     Shared by the RTSTRUCT and DICOM SEG writers; ``error`` is the writer's exception type.
     """
-    from .segmentation_io import Segmentation, SegmentInfo
 
     if isinstance(segmentation, Segmentation):
         items = [(s, segmentation.mask(s.name)) for s in segmentation.segments]

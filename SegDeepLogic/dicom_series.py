@@ -37,7 +37,10 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SegDeepError, VolumeReadError
+from .atomic import atomic_dir
+from .dicom_common import format_ds, verify_dicom_file, write_dicom_bytes
+from .errors import GeometryMismatchError, SegDeepError, VolumeReadError
+from .filecheck import check_voxel_limit
 from .volume import Volume
 
 __all__ = [
@@ -400,7 +403,6 @@ def read_dicom_series(
             headers.append((path, ds))
     geometry = _series_geometry(headers, info.series_uid)
     ordered = [headers[i] for i in geometry["order"]]
-    from .filecheck import check_voxel_limit  # bound what the headers make us allocate, before any pixel is decoded
 
     size = (geometry["columns"], geometry["rows"], len(ordered))
     check_voxel_limit(folder, size, np.dtype(np.float32 if read_pixels else np.uint8))
@@ -457,7 +459,6 @@ def _reference(folder: Path, info: SeriesInfo, ordered: Sequence[tuple[Path, Any
 # --------------------------------------------------------------------------------------------
 def _ds(value: float) -> str:
     """A DS string of at most 16 characters for ``value`` (fixed-point, trailing zeros removed)."""
-    from .dicom_common import format_ds
 
     return format_ds(value)
 
@@ -498,9 +499,6 @@ def write_ct_series(
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, ExplicitVRLittleEndian
-
-    from .atomic import atomic_dir
-    from .dicom_common import verify_dicom_file, write_dicom_bytes
 
     folder = Path(folder)
     study_uid = study_uid or new_uid()
@@ -586,7 +584,6 @@ def onto_grid(volume: Volume, grid: Volume, *, what: str = "the segmentation") -
     (e.g. slices superior to inferior); that is the same set of voxels and is moved exactly.
     Anything that would need interpolation is refused (:class:`~SegDeepLogic.errors.GeometryMismatchError`).
     """
-    from .errors import GeometryMismatchError
 
     if volume.same_grid(grid):
         return volume

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
-from .errors import MeshError
+from .errors import MeshError, WriteError
 from .mesh import Mesh, Space, _check_space
 
 __all__ = ["SEGDEEP_3MF_NAMESPACE", "Model3MF", "PrintPart", "read_3mf", "write_3mf"]
@@ -253,8 +253,6 @@ def _write_package(lib3mf: object, writer: object, path: Path) -> None:
 def _verify_3mf(path: Path) -> None:
     """Check a just-written 3MF package (a zip) member by member against its CRC (a short write fails here)."""
     import zipfile
-
-    from .errors import WriteError
 
     try:
         with zipfile.ZipFile(path) as zf:

@@ -29,6 +29,7 @@ from scipy.spatial import cKDTree
 from .errors import MeshError
 from .mesh import Mesh, vertex_normals
 from .mesh_report import enclosed_volume_mm3, mesh_topology, surface_area_mm2
+from .print_prep import winding_number
 
 __all__ = ["DEFAULT_MAX_HOLE_EDGES", "check_mesh", "guess_units", "repair_mesh", "self_intersections"]
 
@@ -324,7 +325,6 @@ def repair_mesh(mesh: Mesh, *, max_hole_edges: int = DEFAULT_MAX_HOLE_EDGES) -> 
         f, _ = _orient(f)
     labels = _shell_labels(f, len(v))
     outward_flips = 0
-    from .print_prep import winding_number
 
     shells = np.unique(labels)
     for s in shells:

@@ -26,7 +26,8 @@ import numpy as np
 from ._compat import zip_strict
 from .atomic import atomic_outputs, atomic_path
 from .errors import MeshError
-from .mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, Space, _check_space, mask_to_mesh, merge_meshes
+from .mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, Space, _check_space, _points, _triangles, mask_to_mesh, merge_meshes
+from .mesh_3mf import PrintPart, read_3mf, write_3mf
 from .mesh_report import MeshReport, mesh_report, surface_deviation_mm
 from .print_prep import PrintOptions, prepare_segment
 from .progress import CancelToken, ProgressCallback, report
@@ -241,8 +242,6 @@ def write_mesh(mesh: Mesh, path: str | os.PathLike, *, overwrite: bool = False, 
 
 def _write_file(mesh: Mesh, path: Path, fmt: MeshFormat, scalars: Sequence[str] | None = None) -> None:
     if fmt == "3mf":
-        from .mesh_3mf import PrintPart, write_3mf
-
         write_3mf([PrintPart(path.name.split(".")[0] or "mesh", mesh)], path, overwrite=True)
     elif fmt == "stl":
         _write_stl(mesh, path)
@@ -274,8 +273,6 @@ def _read_stl(path: Path) -> tuple[np.ndarray, np.ndarray, bytes]:
     if not data.lstrip().startswith(b"solid"):
         raise MeshError(f"{path.name} is neither a binary nor an ASCII STL file")
     from vtkmodules.vtkIOGeometry import vtkSTLReader
-
-    from .mesh import _points, _triangles
 
     reader = vtkSTLReader()
     reader.SetFileName(str(path))
@@ -423,8 +420,6 @@ def read_mesh(path: str | os.PathLike, *, space: Space | None = None) -> Mesh:
     normals = None
     scalars: dict[str, np.ndarray] = {}
     if fmt == "3mf":
-        from .mesh_3mf import read_3mf
-
         model = read_3mf(path)
         if not model.parts:
             raise MeshError(f"{path.name} holds no mesh object")
@@ -674,8 +669,6 @@ def export_segments(
     report(progress, 0.9, "writing", cancel)
     with atomic_outputs(), contextlib.ExitStack() as stack:  # every file is put in place only if all were written
         if format == "3mf":
-            from .mesh_3mf import PrintPart, write_3mf
-
             parts = [
                 PrintPart(
                     part_name,

@@ -406,7 +406,7 @@ class ModelCard:
         >>> ModelCard.from_dict({**_EXAMPLE_CARD, "spacing_ijk_mm": [1, 0, 1]}, source="my/model.json")
         Traceback (most recent call last):
           ...
-        SegDeepLogic.model_package.ModelPackageError: my/model.json: 'spacing_ijk_mm' must be positive in every axis, got [1.0, 0.0, 1.0] mm
+        SegDeepLogic.errors.ModelPackageError: my/model.json: 'spacing_ijk_mm' must be positive in every axis, got [1.0, 0.0, 1.0] mm
         """
         if not isinstance(data, Mapping):
             raise ModelPackageError(f"{source}: must be a JSON object, got {_type_name(data)}")

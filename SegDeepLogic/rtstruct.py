@@ -51,7 +51,7 @@ from .dicom_common import (
     verify_dicom_file,
     write_dicom_bytes,
 )
-from .dicom_series import CTReference, new_uid, read_dicom_series
+from .dicom_series import CTReference, list_series, new_uid, read_dicom_series
 from .errors import SegDeepError
 from .progress import ProgressCallback, report
 from .segmentation_io import Segmentation, SegmentInfo, labelmap_from_masks
@@ -354,7 +354,6 @@ def _referenced_series(ds: Any) -> tuple[str | None, str | None]:
 
 
 def _find_ct_for(path: Path, ds: Any) -> tuple[Volume, CTReference]:
-    from .dicom_series import list_series
 
     _, series_uid = _referenced_series(ds)
     folder = path.parent
@@ -472,8 +471,6 @@ def read_rtstruct(
         _, ref_series = _referenced_series(ds)
         folder = Path(ct)
         if series_uid is None and ref_series:
-            from .dicom_series import list_series
-
             if any(s.series_uid == ref_series for s in list_series(folder)):
                 series_uid = ref_series
         grid, reference = read_dicom_series(folder, series_uid, read_pixels=False)

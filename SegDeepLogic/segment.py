@@ -58,16 +58,22 @@ from .devices import (
     resolve_precision,
     run_with_fallbacks,
 )
+from .dicom_common import Algorithm
+from .dicom_seg import write_dicom_seg
+from .dicom_series import read_dicom_series
 from .errors import MismatchError, SegDeepError
 from .filecheck import max_voxels
 from .grid import AxisMap, Grid, axis_maps, model_grid, orientation_code, reorient_grid
 from .inferers import sliding_window_inference
-from .io import read_volume, to_sitk, validate_volume, write_volume
+from .io import check_hounsfield, read_volume, to_sitk, validate_volume, write_volume
+from .model_package import load_model_package
 from .plausibility import check_plausibility, image_features, mismatch_message, structure_volumes_ml
 from .presets import is_bone_like
 from .progress import CancelToken, ProgressCallback, report
 from .refine import RefineOptions, refine_mask
 from .resources import bundled_model_dir, list_bundled_models
+from .rtstruct import write_rtstruct
+from .segmentation_io import Segmentation, SegmentInfo, sidecar_paths, write_labelmap_nifti, write_seg_nrrd
 from .threshold import keep_largest_component, remove_small_islands
 from .uncertainty import normalized_entropy, summarize_uncertainty
 from .volume import Volume
@@ -306,8 +312,6 @@ def load_model(model: Any = None) -> Any:
     if model is None:
         model = default_model_path()
     if isinstance(model, (str, os.PathLike)):
-        from .model_package import load_model_package  # imported late: optional until a model is used
-
         return load_model_package(model)
     if not (hasattr(model, "card") and hasattr(model, "network")):
         raise SegDeepError(f"model must be a model package (with .card and .network) or a path, got {type(model).__name__}")
@@ -321,7 +325,6 @@ def _field(obj: Any, name: str, default: Any = None) -> Any:
 
 
 def _segments_of(card: Any) -> list[Any]:
-    from .segmentation_io import SegmentInfo
 
     segments = []
     for label in _field(card, "labels") or []:
@@ -1247,7 +1250,6 @@ def segment_file(
     """
     output = Path(output)
     fmt = _output_format(output, output_format)
-    from .segmentation_io import sidecar_paths
 
     targets = [output] + ([Path(uncertainty_path)] if uncertainty_path else [])
     if fmt == "nii.gz":
@@ -1269,9 +1271,6 @@ def segment_file(
         )
     with stages("read"):
         if fmt in DICOM_OUTPUT_FORMATS:
-            from .dicom_series import read_dicom_series
-            from .io import check_hounsfield
-
             ct, ct_reference = read_dicom_series(ct_path, series_uid)
             validate_volume(ct, name=str(ct_path))
             check_hounsfield(ct, name=str(ct_path), strict=True)  # as read_volume(check_hu=True)
@@ -1288,7 +1287,6 @@ def segment_file(
             result,
         )
     report(progress, _PROGRESS["write"][0], "write", cancel)  # last chance to cancel: nothing written yet
-    from .segmentation_io import write_labelmap_nifti, write_seg_nrrd
 
     start = time.perf_counter()
     written: list[Path] = []
@@ -1296,18 +1294,11 @@ def segment_file(
         if fmt == "seg.nrrd":
             written.append(write_seg_nrrd(result.labels, result.segments, output, overwrite=overwrite))
         elif fmt in DICOM_OUTPUT_FORMATS:
-            from .dicom_common import Algorithm
-            from .segmentation_io import Segmentation
-
             segmentation = Segmentation(result.labels, result.segments)
             algorithm = Algorithm.from_parameters(result.parameters)
             if fmt == "rtstruct":
-                from .rtstruct import write_rtstruct
-
                 written.append(write_rtstruct(segmentation, ct_reference, output, algorithm=algorithm, overwrite=overwrite))
             else:
-                from .dicom_seg import write_dicom_seg
-
                 written.append(write_dicom_seg(segmentation, ct_reference, output, algorithm=algorithm, overwrite=overwrite))
         else:
             written.extend(write_labelmap_nifti(result.labels, result.segments, output, overwrite=overwrite).values())

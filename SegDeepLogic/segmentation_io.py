@@ -53,6 +53,7 @@ from ._compat import zip_strict
 from .atomic import atomic_outputs, atomic_path, write_all
 from .errors import GeometryMismatchError, ImageSizeError, SegDeepError, VolumeReadError
 from .filecheck import nrrd_layout, parse_nrrd_fields, read_text_header, scan_payload
+from .io import read_volume, verify_image_file, write_image
 from .terminology import TerminologyError, terminology_codes, terminology_entry
 from .volume import Volume
 
@@ -920,7 +921,6 @@ def write_labelmap_nifti(
     image.SetSpacing(labelmap.spacing)
     image.SetOrigin(labelmap.origin)
     image.SetDirection(tuple(labelmap.direction.ravel()))
-    from .io import verify_image_file, write_image
 
     with atomic_outputs(), contextlib.ExitStack() as stack:
         verify = {"labelmap": lambda tmp: verify_image_file(tmp, image)}
@@ -940,7 +940,6 @@ def read_labelmap_nifti(path: str | os.PathLike) -> Segmentation:
     Without a sidecar every non-zero value becomes a segment ``"Label <value>"`` with the
     default colour.
     """
-    from .io import read_volume  # local import: io is a sibling module with no dependency on us
 
     path = Path(path)
     volume = read_volume(path)

@@ -336,7 +336,7 @@ def test_huge_model_card_is_refused_before_it_is_read(tmp_path: Path, work: Path
     with open(model / "model.json", "r+b") as f:
         f.truncate(3 << 30)  # a 3 GiB sparse file: reading it whole would need 3 GiB
     r = run_capped(
-        f"from SegDeepLogic.model_package import load_model_card\ntry:\n    load_model_card({str(model)!r})\n"
+        f"from SegDeepLogic.model_card import load_model_card\ntry:\n    load_model_card({str(model)!r})\n"
         "except Exception as exc:\n    print(type(exc).__name__, exc)",
         cap_mib=2048,  # torch is imported (about 1.5 GiB of address space); the card alone would need 3 GiB
     )

@@ -31,7 +31,7 @@ import numpy as np
 
 from SegDeepLogic.grid import Grid, axis_maps, model_grid, reorient_grid
 from SegDeepLogic.io import read_volume
-from SegDeepLogic.model_package import load_model_card
+from SegDeepLogic.model_card import load_model_card
 from SegDeepLogic.plausibility import FEATURE_NAMES, FEATURE_TOLERANCE, image_features
 from SegDeepLogic.segment import _axial_axis, _ct_to_model_grid, segment_volume
 from SegDeepLogic.volume import Volume

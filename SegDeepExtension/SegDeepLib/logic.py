@@ -55,8 +55,11 @@ from vtk.util import numpy_support
 from SegDeepLogic._compat import zip_strict
 from SegDeepLogic.errors import CancelledError, MismatchError, SegDeepError
 from SegDeepLogic.model_card import load_model_card
+from SegDeepLogic.presets import PRESETS as PRESETS  # re-exported for SegDeep.py
 from SegDeepLogic.presets import is_bone_like
 from SegDeepLogic.resources import list_bundled_models
+from SegDeepLogic.resources import sample_ct_path as sample_ct_path  # re-exported for SegDeep.py
+from SegDeepLogic.verdicts import PLAUSIBILITY_COLORS as PLAUSIBILITY_COLORS  # re-exported for SegDeep.py
 from SegDeepLogic.verdicts import PLAUSIBILITY_HEADLINES, PLAUSIBILITY_LABELS
 
 from . import mrml

@@ -74,7 +74,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", help="folder of cases or a CSV manifest")
     p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (locked while the batch runs)")
-    p.add_argument("--model", default=None, help="model package folder or .zip (default: the first bundled in Resources/Models)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model package folder or .zip (default: the first bundled model, in Resources/Models or $SEGDEEP_MODELS_DIR)",
+    )
     for action in _segment_actions():
         p._add_action(action)
     p.add_argument("--uncertainty", action="store_true", help="also write each case's uncertainty map (uncertainty.nii.gz)")

@@ -11,6 +11,7 @@ from ..mesh import DEFAULT_SMOOTHING_FACTOR
 from ..mesh_cut import CutPlane
 from ..mesh_io import export_segments, safe_filename
 from ..print_prep import PrintOptions, parse_points
+from ..segmentation_io import SegmentationFileError
 from ._common import input_files, load_segmentation, number_in, progress_bar, validate_outputs, write_table
 
 
@@ -110,8 +111,6 @@ def run(args: argparse.Namespace) -> int:
         for wanted in args.segments:
             match = [s.name for s in seg.segments if s.name == wanted or (wanted.isdigit() and s.value == int(wanted))]
             if not match:
-                from ..segmentation_io import SegmentationFileError
-
                 raise SegmentationFileError(
                     f"{args.segmentation} has no segment {wanted!r}; its segments are: {', '.join(seg.names)}"
                 )

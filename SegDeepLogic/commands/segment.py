@@ -33,7 +33,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--series", default=None, metavar="UID", help="DICOM folder: the series to segment (segdeep dicom-info lists them)"
     )
-    p.add_argument("--model", default=None, help="model package folder or .zip (default: the first bundled in Resources/Models)")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="model package folder or .zip (default: the first bundled model, in Resources/Models or $SEGDEEP_MODELS_DIR)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)")
     p.add_argument(
         "--precision", default="auto", choices=["auto", "fp32", "fp16", "bf16"], help="auto: bf16/fp16 on GPUs, fp32 on CPU"

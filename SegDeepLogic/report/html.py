@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_outputs, atomic_path, write_all
+from ..mesh_3mf import PrintPart, write_3mf
 from ..mesh_io import write_mesh
 from .facts import ReportFacts
 
@@ -520,15 +521,11 @@ def write_report(
     three_mf: dict[Path, list] = {}
     for index, (target, mesh) in enumerate(facts.meshes):
         if target.suffix.lower() == ".3mf":  # one file, one named, coloured object per structure
-            from ..mesh_3mf import PrintPart
-
             name, color = facts.mesh_parts[index] if index < len(facts.mesh_parts) else (target.stem, None)
             three_mf.setdefault(target, []).append(PrintPart(name, mesh, color))
             continue
         writers.append((target, lambda tmp, mesh=mesh: write_mesh(mesh, tmp, overwrite=True)))
     for target, parts in three_mf.items():
-        from ..mesh_3mf import write_3mf
-
         writers.append((target, lambda tmp, parts=parts: write_3mf(parts, tmp, title="SegDeep report", overwrite=True)))
     targets = [t for t, _ in writers]
     if not overwrite:

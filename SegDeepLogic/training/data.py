@@ -28,10 +28,12 @@ import SimpleITK as sitk
 
 from .._compat import zip_strict
 from ..atomic import atomic_path
+from ..dicom_series import list_series
 from ..errors import SegDeepError
 from ..io import from_sitk, read_volume, to_sitk
 from ..progress import CancelToken, ProgressCallback, report
 from ..resample import resample_to_spacing
+from ..rtstruct import is_rtstruct, read_rtstruct
 from ..volume import Volume
 
 __all__ = [
@@ -102,7 +104,6 @@ def _dicom_rtstructs_cached(name: str, mtime_ns: int) -> list[tuple[Path, list[s
         for p in folder.iterdir()
     ):
         return []
-    from ..dicom_series import list_series
 
     try:
         series = list_series(folder)
@@ -130,7 +131,6 @@ def read_case_mask(case: CaseFiles, structure: str) -> Volume:
     A label file is read as it is; an RT Structure Set has the ROI named ``structure``
     (case-insensitive if unique) rasterised onto the CT series ``case.ct``.
     """
-    from ..rtstruct import is_rtstruct, read_rtstruct
 
     path = case.masks[structure]
     if is_rtstruct(path):

@@ -34,8 +34,12 @@ from ..atomic import atomic_path, write_text
 from ..devices import autocast, precision_name, resolve_device, resolve_precision
 from ..errors import SegDeepError
 from ..inferers import sliding_window_inference
+from ..model_card import ModelCard, load_model_card
+from ..model_package import load_model_package, save_model_package
+from ..networks import build_network
 from ..plausibility import reference_statistics
 from ..progress import CancelToken
+from ..segmentation_io import default_color
 from .augment import (
     augment_intensity,
     class_locations,
@@ -374,7 +378,6 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def _build(cfg: TrainConfig) -> torch.nn.Module:
-    from ..networks import build_network
 
     params = dict(cfg.architecture_params)
     params.setdefault("in_channels", 1)
@@ -643,7 +646,6 @@ def package_settings(package: str | os.PathLike) -> dict[str, Any]:
     >>> settings["patch_size_kji"], settings["orientation"]
     ((32, 32, 32), 'LPI')
     """
-    from ..model_package import load_model_card
 
     card = load_model_card(package)
     params = {k: v for k, v in card.architecture_params.items() if k not in ("in_channels", "out_channels")}
@@ -689,7 +691,6 @@ def initialise_from_package(network: torch.nn.Module, package: str | os.PathLike
         When the package's architecture differs from ``network``'s (the message names the
         first differing parameter and both shapes).
     """
-    from ..model_package import load_model_package
 
     source = load_model_package(package)
     old = source.network.state_dict()
@@ -732,8 +733,6 @@ def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_fil
     ``reference``: :func:`SegDeepLogic.plausibility.reference_statistics` of the training cases,
     stored as the card's ``reference_statistics`` for the out-of-distribution check.
     """
-    from ..model_package import ModelCard, save_model_package
-    from ..segmentation_io import default_color
 
     best = summary["best"]
     card = ModelCard(

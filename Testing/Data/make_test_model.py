@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from SegDeepLogic import Volume, read_volume
 from SegDeepLogic.inferers import sliding_window_inference
 from SegDeepLogic.io import from_sitk, to_sitk
-from SegDeepLogic.model_package import ModelCard, save_model_package
+from SegDeepLogic.model_card import ModelCard
+from SegDeepLogic.model_package import save_model_package
 from SegDeepLogic.networks import UNet3D
 from SegDeepLogic.resample import resample_to_spacing
 
