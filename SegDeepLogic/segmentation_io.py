@@ -15,6 +15,12 @@ Files
     parameters, reference-image extent offset) exactly as Slicer 5 writes them. The header is
     written by this module (ITK's NRRD writer cannot produce the ``kinds`` / ``:=`` layout
     byte for byte); reading parses it the same way, including Slicer's multi-layer (4D) files.
+    Not ``slicerio`` (the Slicer project's reader/writer, used by the tests to cross-check our
+    files): slicerio 1.4 cannot write a segment name outside ASCII, reads one with the non-ASCII
+    letters silently dropped, and refuses files real Slicer reads (an unparseable terminology
+    tag, a tag without ``:``, ``space: LPS``); it also inflates the data before any size check
+    and stamps the time into every header. ``Testing/test_segmentation_io.py`` shows each case
+    against real Slicer (slicer-core).
 
 ``.nii.gz`` label map (:func:`write_labelmap_nifti`, :func:`read_labelmap_nifti`)
     A uint8 (uint16 above 255 labels) NIfTI label map plus two sidecars next to it, named

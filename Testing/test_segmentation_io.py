@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,6 +165,61 @@ def test_header_helper_matches_the_file(tmp_path: Path, oblique_labelmap: tuple[
     labelmap, segments = oblique_labelmap
     path = write_seg_nrrd(labelmap, segments, tmp_path / "ct.seg.nrrd")
     assert seg_nrrd_header(labelmap, segments) == header_of(path) + "\n\n"
+
+
+# --- why not slicerio (the Slicer project's reader/writer) ----------------------------------------
+# These tests pin what slicerio 1.4 gets wrong that SegDeep needs, against real Slicer (slicer-core);
+# if a slicerio release fixes them, they fail and the choice in the module notes should be revisited.
+def test_slicerio_cannot_write_a_non_ascii_segment_name_that_we_write_and_slicer_reads(tmp_path: Path) -> None:
+    pytest.importorskip("slicer")
+    slicerio = pytest.importorskip("slicerio")
+    import slicer_scene
+
+    labelmap = Volume(np.array([[[0, 1, 2]]], np.uint8), (1.0, 1.0, 1.0))
+    with pytest.raises(UnicodeEncodeError):
+        slicerio.write_segmentation(
+            str(tmp_path / "slicerio.seg.nrrd"),
+            {"voxels": labelmap.array, "ijkToLPS": np.eye(4), "segments": [{"name": "Mandíbula", "labelValue": 1}]},
+        )
+    path = write_seg_nrrd(labelmap, [SegmentInfo("Mandíbula", 1), SegmentInfo("Teeth", 2)], tmp_path / "ours.seg.nrrd")
+    node = slicer_scene.read_seg_nrrd_with_slicer(path)
+    assert node.GetSegmentation().GetNthSegment(0).GetName() == "Mandíbula"
+    assert read_seg_nrrd(path).names == ("Mandíbula", "Teeth")
+    # slicerio reads the name Slicer reads as "Mandíbula" with the letter dropped
+    assert slicerio.read_segmentation(str(path))["segments"][0]["name"] != "Mandíbula"
+
+
+def test_files_slicer_reads_and_slicerio_refuses_are_read_by_our_reader(tmp_path: Path) -> None:
+    pytest.importorskip("slicer")
+    slicerio = pytest.importorskip("slicerio")
+    import slicer_scene
+
+    labelmap = Volume(np.array([[[0, 1, 2]]], np.uint8), (1.0, 1.0, 1.0))
+    raw = write_seg_nrrd(labelmap, [SegmentInfo("Bone", 1), SegmentInfo("Teeth", 2)], tmp_path / "ok.seg.nrrd").read_bytes()
+    tags = raw.index(b"Segment0_Tags:=")
+    end = raw.index(b"\n", tags)
+    variants = {
+        "unparseable terminology": raw[:tags] + b"Segment0_Tags:=TerminologyEntry:not an entry|" + raw[end:],
+        "tag without colon": raw[:tags] + b"Segment0_Tags:=reviewed|" + raw[end:],
+        "NRRD space abbreviation": raw.replace(b"space: left-posterior-superior", b"space: LPS"),
+    }
+    for name, data in variants.items():
+        path = tmp_path / f"{name.replace(' ', '_')}.seg.nrrd"
+        path.write_bytes(data)
+        with pytest.raises((IndexError, ValueError, OSError)):
+            slicerio.read_segmentation(str(path))
+        node = slicer_scene.read_seg_nrrd_with_slicer(path)
+        assert node.GetSegmentation().GetNumberOfSegments() == 2, name
+        back = read_seg_nrrd(path)
+        assert back.names == ("Bone", "Teeth") and back.segments[0].terminology is None, name
+        np.testing.assert_array_equal(back.labelmap.array, labelmap.array)
+
+
+def test_seg_nrrd_writes_are_byte_reproducible(tmp_path: Path, oblique_labelmap: tuple[Volume, list[SegmentInfo]]) -> None:
+    labelmap, segments = oblique_labelmap
+    first = write_seg_nrrd(labelmap, segments, tmp_path / "a.seg.nrrd").read_bytes()
+    time.sleep(1.05)  # a time stamp anywhere in the file (as pynrrd writes) would differ
+    assert write_seg_nrrd(labelmap, segments, tmp_path / "b.seg.nrrd").read_bytes() == first
 
 
 # --- overwriting, atomicity ---------------------------------------------------------------------
