@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import stat
-import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -31,6 +30,7 @@ import numpy as np
 from ._compat import zip_strict
 from .architectures import ARCHITECTURE_NAMES, network_size_divisor
 from .errors import ModelPackageError
+from .model_input import IntensityNormalization
 
 __all__ = [
     "CARD_FILE",
@@ -477,15 +477,7 @@ class ModelCard:
         >>> card.normalize_intensity(np.array([-2000, 0, 500, 3000])).tolist()
         [-1.0, 0.0, 0.5, 1.0]
         """
-        lo, hi = self.intensity["clip_hu"]
-        subtract, divide = self.intensity["subtract"], self.intensity["divide"]
-        torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported
-        if torch is not None and isinstance(hu, torch.Tensor):
-            return (hu.to(torch.float32).clamp(lo, hi) - subtract) / divide
-        out = np.clip(np.asarray(hu, dtype=np.float32), lo, hi)
-        out -= np.float32(subtract)
-        out /= np.float32(divide)
-        return out
+        return IntensityNormalization.from_card(self).apply(hu)
 
 
 _EXAMPLE_CARD: dict[str, Any] = {  # used by doctests

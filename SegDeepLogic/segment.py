@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -63,9 +62,10 @@ from .dicom_seg import write_dicom_seg
 from .dicom_series import read_dicom_series
 from .errors import MismatchError, SegDeepError
 from .filecheck import max_voxels
-from .grid import AxisMap, Grid, axis_maps, model_grid, orientation_code, reorient_grid
+from .grid import AxisMap, Grid, axis_maps, model_grid, orientation_code
 from .inferers import sliding_window_inference
 from .io import check_hounsfield, read_volume, to_sitk, validate_volume, write_volume
+from .model_input import AIR_HU, IntensityNormalization, antialias_sigma_mm, interpolation_weights, resample_to_model_grid
 from .model_package import load_model_package
 from .plausibility import check_plausibility, image_features, mismatch_message, structure_volumes_ml
 from .presets import is_bone_like
@@ -88,7 +88,6 @@ __all__ = [
     "segment_volume",
 ]
 
-AIR_HU = -1024.0
 
 _STAGES = (
     "read",
@@ -150,12 +149,7 @@ def _resample(
 # linear interpolations, done here with torch (vectorised, multithreaded) instead of ITK's
 # generic per-voxel resampler -- several times faster on a 512² CT, identical results.
 def interpolation_matrix(n: int, positions: np.ndarray, sigma_voxels: float = 0.0) -> torch.Tensor:
-    """Matrix ``W`` (n, len(positions)) such that ``signal @ W`` samples a 1D signal of length ``n``.
-
-    Linear interpolation at the fractional ``positions`` (clamped to the ends: the edge value
-    continues outside), after an optional Gaussian smoothing of ``sigma_voxels`` (truncated at
-    4 sigma, edge values repeated). Applying one such matrix per axis is trilinear resampling
-    (with anti-aliasing) between parallel grids; as a matrix product it runs at BLAS speed.
+    """:func:`SegDeepLogic.model_input.interpolation_weights` as a torch tensor (``signal @ W`` samples a signal).
 
     Examples
     --------
@@ -163,23 +157,7 @@ def interpolation_matrix(n: int, positions: np.ndarray, sigma_voxels: float = 0.
     >>> (torch.tensor([10.0, 20.0, 40.0]) @ w).tolist()
     [10.0, 15.0, 40.0, 40.0]
     """
-    pos = np.clip(np.asarray(positions, dtype=np.float64), 0.0, n - 1)
-    lower = np.minimum(np.floor(pos).astype(np.int64), n - 1)
-    upper = np.minimum(lower + 1, n - 1)
-    frac = pos - lower
-    columns = np.arange(pos.size)
-    w = np.zeros((n, pos.size), dtype=np.float64)
-    np.add.at(w, (lower, columns), 1.0 - frac)
-    np.add.at(w, (upper, columns), frac)
-    radius = int(math.ceil(4.0 * sigma_voxels)) if sigma_voxels > 0 else 0
-    if radius:
-        taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma_voxels) ** 2)
-        taps /= taps.sum()
-        smooth = np.zeros((n, n))  # smooth[q, p]: weight of input q in the smoothed value at p
-        for offset, tap in zip_strict(range(-radius, radius + 1), taps):
-            np.add.at(smooth, (np.clip(np.arange(n) + offset, 0, n - 1), np.arange(n)), tap)
-        w = smooth @ w
-    return torch.from_numpy(w.astype(np.float32))
+    return torch.from_numpy(interpolation_weights(n, positions, sigma_voxels))
 
 
 def _along(x: torch.Tensor, dim: int, w: torch.Tensor) -> torch.Tensor:
@@ -264,24 +242,6 @@ def _possible_winners(probs: torch.Tensor, thresholds: torch.Tensor | None) -> t
     else:
         possible = upper[1:] >= thresholds.reshape(-1, 1, 1, 1)
     return possible.any(dim=3).any(dim=2)
-
-
-def _ct_to_model_grid(ct: Volume, grid: Grid, maps: list[AxisMap], sigma_mm: Sequence[float], chunk: int = 16) -> np.ndarray:
-    """Resample (optionally smoothing first) the CT onto the model grid; float32 in model array order."""
-    matrices = {}
-    for t, (c, a, b) in enumerate(maps):
-        positions = a * np.arange(grid.size_ijk[t]) + b
-        matrices[c] = interpolation_matrix(ct.shape_ijk[c], positions, sigma_mm[c] / ct.spacing[c])
-    with torch.inference_mode():
-        # In-plane axes slab by slab (no full-size float copy of the CT), then along the slices.
-        slabs = []
-        for k0 in range(0, ct.array.shape[0], chunk):
-            x = torch.from_numpy(np.ascontiguousarray(ct.array[k0 : k0 + chunk], dtype=np.float32))
-            slabs.append(_along(_along(x, 2, matrices[0]), 1, matrices[1]))
-        out = _along(torch.cat(slabs, dim=0), 0, matrices[2])
-        # out's axes are the CT's [k, j, i] with model lengths; model array axis p is model axis 2 - p.
-        order = [2 - maps[2 - p][0] for p in range(3)]
-        return np.ascontiguousarray(out.permute(order).numpy())
 
 
 # --------------------------------------------------------------------------------------------
@@ -920,11 +880,7 @@ def segment_volume(
     if int(batch_size) < 1:
         raise SegDeepError(f"batch_size must be >= 1, got {batch_size}")
     flips = (tuple(tta_flips) if tta_flips is not None else ALL_FLIPS) if tta else ((),)
-    intensity = _field(card, "intensity") or {}
-    clip_lo, clip_hi = (float(v) for v in _field(intensity, "clip_hu", (-1024.0, 3071.0)))
-    subtract, divide = float(_field(intensity, "subtract", 0.0)), float(_field(intensity, "divide", 1.0))
-    if divide == 0:
-        raise SegDeepError("the model card's intensity 'divide' is 0")
+    normalization = IntensityNormalization.from_card(_field(card, "intensity") or {})
     orientation = str(_field(card, "orientation", "LPS"))
     spacing_model = [float(s) for s in _field(card, "spacing_ijk_mm")]
 
@@ -938,16 +894,10 @@ def segment_volume(
                 f"(CT extent at the card's spacing {spacing_model} mm), over the limit of {max_voxels()} voxels "
                 "(SEGDEEP_MAX_VOXELS); is the card's spacing_ijk_mm right?"
             )
-        _oriented, perm, _flips = reorient_grid(ct, orientation)
     with stages("resample"):
-        sigma_mm = [0.0, 0.0, 0.0]  # per CT axis: half the spacing increase (the training rule)
-        for t in range(3):
-            sigma_mm[perm[t]] = max(0.0, (grid.spacing[t] - ct.spacing[perm[t]]) / 2.0)
-        if not (antialias and max(sigma_mm) > 0.25 * min(ct.spacing)):
-            sigma_mm = [0.0, 0.0, 0.0]
-        maps_forward = axis_maps(Grid.of(ct), grid)
-        if maps_forward is not None:
-            array = _ct_to_model_grid(ct, grid, maps_forward, sigma_mm)
+        sigma_mm = antialias_sigma_mm(ct, grid, antialias=antialias)  # the rule training data is prepared with
+        if axis_maps(Grid.of(ct), grid) is not None:
+            array = resample_to_model_grid(ct, grid, sigma_mm)
         else:  # direction matrices too far from orthonormal for the separable path
             image = to_sitk(ct)
             if max(sigma_mm) > 0:
@@ -960,14 +910,12 @@ def segment_volume(
         # The out-of-distribution check's image features, measured where training measured them.
         features = image_features(array, grid.spacing[::-1], axial_axis=_axial_axis(orientation))
     with stages("normalise"):
-        np.clip(array, clip_lo, clip_hi, out=array)
-        array -= subtract
-        array /= divide
-        cval = (max(AIR_HU, clip_lo) - subtract) / divide
+        normalization.apply(array, out=array)
+        cval = normalization.fill_value
         if not (np.isfinite(cval) and np.isfinite(array.min()) and np.isfinite(array.max())):
             raise SegDeepError(
-                f"the model card's intensity normalisation (clip {clip_lo:g}..{clip_hi:g}, subtract {subtract:g}, "
-                f"divide {divide:g}) gives non-finite network input"
+                f"the model card's intensity normalisation (clip {normalization.clip_lo:g}..{normalization.clip_hi:g}, "
+                f"subtract {normalization.subtract:g}, divide {normalization.divide:g}) gives non-finite network input"
             )
 
     # The out-of-distribution check compares the entropy inside each structure with the
@@ -1131,7 +1079,11 @@ def segment_volume(
         "model_postprocessing": card_post or False,
         "refine": {"labels": refined_names, **options.as_dict()} if refine else False,
         "antialias": bool(antialias),
-        "intensity": {"clip_hu": [clip_lo, clip_hi], "subtract": subtract, "divide": divide},
+        "intensity": {
+            "clip_hu": [normalization.clip_lo, normalization.clip_hi],
+            "subtract": normalization.subtract,
+            "divide": normalization.divide,
+        },
         "uncertainty": {"band_mm": uncertainty_band_mm, "threshold": uncertainty_threshold} if uncertainty else False,
         "allow_mismatch": bool(allow_mismatch),
     }

@@ -144,12 +144,13 @@ def test_model_grid_covers_the_ct_extent_and_shares_its_centre() -> None:
 @pytest.mark.parametrize("code", ["LPI", "SAL"])
 def test_separable_resampling_equals_itk_linear_interpolation_both_ways(code: str) -> None:
     from SegDeepLogic.grid import Grid, axis_maps
-    from SegDeepLogic.segment import _BackResampler, _ct_to_model_grid, _resample
+    from SegDeepLogic.model_input import resample_to_model_grid
+    from SegDeepLogic.segment import _BackResampler, _resample
 
     rng = np.random.default_rng(3)
     ct = Volume(rng.normal(0, 100, (13, 17, 19)).astype(np.float32), (0.9, 1.3, 2.1), (5, -7, 11), rotation([3, 1, 2], 0.4))
     grid = model_grid(ct, code, (2.3, 1.7, 3.1))
-    forward = _ct_to_model_grid(ct, grid, axis_maps(Grid.of(ct), grid), [0.0, 0.0, 0.0], chunk=5)
+    forward = resample_to_model_grid(ct, grid, chunk=5)
     expected = sitk.GetArrayFromImage(_resample(to_sitk(ct), grid, extrapolate=True))
     np.testing.assert_allclose(forward, expected, atol=1e-3)
 

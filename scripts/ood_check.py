@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage as ndi
 
+from SegDeepLogic.grid import reorient_volume
 from SegDeepLogic.io import read_volume
 from SegDeepLogic.segment import segment_volume
-from SegDeepLogic.training.data import reorient
 from SegDeepLogic.training.figures import overlay_figure
 
 
@@ -50,7 +50,7 @@ def main() -> None:
         result = default
         if default.withheld:  # the network's prediction, for the pictures
             result = segment_volume(ct, args.model, uncertainty=True, allow_mismatch=True)
-        lpi = reorient(result.labels, "LPI").array
+        lpi = reorient_volume(result.labels, "LPI").array
         structures = {}
         for row in result.uncertainty_summary:
             mask = lpi == row["value"]

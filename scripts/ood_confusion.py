@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from SegDeepLogic.grid import Grid, axis_maps, model_grid, reorient_grid
 from SegDeepLogic.io import read_volume
 from SegDeepLogic.model_card import load_model_card
+from SegDeepLogic.model_input import prepare_ct
 from SegDeepLogic.plausibility import FEATURE_NAMES, FEATURE_TOLERANCE, image_features
-from SegDeepLogic.segment import _axial_axis, _ct_to_model_grid, segment_volume
+from SegDeepLogic.segment import _axial_axis, segment_volume
 from SegDeepLogic.volume import Volume
 
 
@@ -89,14 +89,7 @@ def inputs(data: Path, n_train: int) -> list[tuple[str, str, str, Volume]]:
 
 def model_grid_features(ct: Volume, card) -> dict[str, float] | None:  # noqa: ANN001
     """:func:`image_features` of ``ct`` on the model grid, as ``segment_volume`` measures them."""
-    grid = model_grid(ct, card.orientation, card.spacing_ijk_mm)
-    _oriented, perm, _flips = reorient_grid(ct, card.orientation)
-    sigma = [0.0, 0.0, 0.0]
-    for t in range(3):
-        sigma[perm[t]] = max(0.0, (grid.spacing[t] - ct.spacing[perm[t]]) / 2.0)
-    if not max(sigma) > 0.25 * min(ct.spacing):
-        sigma = [0.0, 0.0, 0.0]
-    array = _ct_to_model_grid(ct, grid, axis_maps(Grid.of(ct), grid), sigma)
+    grid, array = prepare_ct(ct, card.orientation, card.spacing_ijk_mm)
     return image_features(array, grid.spacing[::-1], axial_axis=_axial_axis(card.orientation))
 
 

@@ -6,9 +6,10 @@ the files instead. A structure whose file is missing is **unknown** in that case
 contoured), not background: :class:`PreparedCase` keeps a per-case availability vector that
 the partial-label loss uses.
 
-Preparation reorients each case to the model orientation, resamples it to the model spacing
-(CT linear, masks linear then >= 0.5), crops it to the body (plus a margin), and stores it as
-int16 HU and a uint8 label map. :func:`load_cases` caches the result to an ``.npz`` so a second
+Preparation puts each case on the model grid exactly as inference does
+(:func:`SegDeepLogic.model_input.prepare_ct`: the model orientation and spacing, centred on the CT,
+anti-aliased; masks linear then >= 0.5 on the same grid), crops it to the body (plus a margin), and
+stores it as int16 HU and a uint8 label map. :func:`load_cases` caches the result to an ``.npz`` so a second
 run starts in seconds.
 """
 
@@ -24,15 +25,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
-from .._compat import zip_strict
 from ..atomic import atomic_path
 from ..dicom_series import list_series
 from ..errors import SegDeepError
-from ..io import from_sitk, read_volume, to_sitk
+from ..grid import orientation_code
+from ..io import read_volume
+from ..model_input import prepare_ct, resample_to_model_grid
 from ..progress import CancelToken, ProgressCallback, report
-from ..resample import resample_to_spacing
 from ..rtstruct import is_rtstruct, read_rtstruct
 from ..volume import Volume
 
@@ -42,7 +42,6 @@ __all__ = [
     "find_cases",
     "load_cases",
     "prepare_case",
-    "reorient",
 ]
 
 CT_NAMES = ("ct.nii.gz", "ct.nii", "ct.nrrd", "ct.mha", "image.nii.gz")
@@ -207,13 +206,6 @@ def _cases_from_list(path: Path, structures: Sequence[str]) -> list[CaseFiles]:
     return out
 
 
-def reorient(volume: Volume, orientation: str | None) -> Volume:
-    """Permute/flip ``volume`` to a DICOM orientation code (SimpleITK ``DICOMOrient``), e.g. ``"LPI"``."""
-    if not orientation:
-        return volume
-    return from_sitk(sitk.DICOMOrient(to_sitk(volume), orientation))
-
-
 def prepare_case(
     case: CaseFiles,
     structures: Sequence[str],
@@ -227,38 +219,23 @@ def prepare_case(
 
     Where structures overlap, the later one in ``structures`` wins.
     """
-    ct = reorient(read_volume(case.ct), orientation)
+    ct = read_volume(case.ct)
     target = tuple(float(s) for s in spacing_ijk_mm)
-    same = np.allclose(ct.spacing, target, atol=1e-3)
-    ct_r = ct if same else resample_to_spacing(_antialias(ct, target), target, interpolation="linear", default_value=-1024)
-    image = np.clip(np.rint(ct_r.array), -1024, 3071).astype(np.int16)
+    grid, hu = prepare_ct(ct, orientation or orientation_code(ct.direction), target)
+    image = np.clip(np.rint(hu), -1024, 3071).astype(np.int16)
     labels = np.zeros(image.shape, np.uint8)
     available = np.zeros(len(structures) + 1, bool)
     available[0] = True
     for c, name in enumerate(structures, start=1):
         if name not in case.masks:
             continue
-        m = reorient(read_case_mask(case, name), orientation)
-        m = m.with_array((m.array > 0).astype(np.float32))
+        m = read_case_mask(case, name)
         if not m.same_grid(ct):
             raise TrainingDataError(f"case {case.case_id}: {case.masks[name].name} is not on the CT grid")
-        mr = m if same else resample_to_spacing(m, target, interpolation="linear")
-        labels[mr.array >= 0.5] = c
+        labels[resample_to_model_grid(m.with_array((m.array > 0).astype(np.float32)), grid) >= 0.5] = c
         available[c] = True
     box = _body_box(image, crop_hu, [int(np.ceil(margin_mm / s)) for s in target[::-1]])
     return PreparedCase(case.case_id, np.ascontiguousarray(image[box]), np.ascontiguousarray(labels[box]), available)
-
-
-def _antialias(ct: Volume, target: Sequence[float]) -> Volume:
-    """Gaussian smoothing before downsampling, the rule of :func:`SegDeepLogic.segment.segment_volume`."""
-    sigma = [max(0.0, (t - s) / 2.0) for t, s in zip_strict(target, ct.spacing)]
-    if max(sigma) <= 0.25 * min(ct.spacing):
-        return ct
-    image = sitk.Cast(to_sitk(ct), sitk.sitkFloat32)
-    for axis in range(3):
-        if sigma[axis] > 0:
-            image = sitk.RecursiveGaussian(image, sigma=sigma[axis], direction=axis)
-    return from_sitk(image)
 
 
 def _body_box(image: np.ndarray, hu: float, margin: Sequence[int]) -> tuple[slice, ...]:
@@ -274,7 +251,7 @@ def _body_box(image: np.ndarray, hu: float, margin: Sequence[int]) -> tuple[slic
 
 def _cache_key(cases: Sequence[CaseFiles], structures: Sequence[str], spacing: Sequence[float], orientation: str | None) -> str:
     h = hashlib.sha1()
-    h.update(json.dumps([list(structures), [float(s) for s in spacing], orientation, 2]).encode())
+    h.update(json.dumps([list(structures), [float(s) for s in spacing], orientation, 3]).encode())  # 3: the model grid
     for c in cases:
         for p in [c.ct, *sorted(c.masks.values())]:
             st = p.stat()

@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 
 from ..atomic import atomic_path
+from ..grid import reorient_volume
 from ..volume import Volume
-from .data import reorient
 
 __all__ = ["overlay_figure"]
 
@@ -60,10 +60,10 @@ def overlay_figure(
     def get(s: Any, key: str) -> Any:
         return s[key] if isinstance(s, dict) else getattr(s, key)
 
-    ct_o = reorient(ct, "LPI")
-    rows = [("prediction", reorient(labels, "LPI").array if labels is not None else None)]
+    ct_o = reorient_volume(ct, "LPI")
+    rows = [("prediction", reorient_volume(labels, "LPI").array if labels is not None else None)]
     if reference is not None:
-        rows.append(("reference", reorient(reference, "LPI").array))
+        rows.append(("reference", reorient_volume(reference, "LPI").array))
     img = ct_o.array.astype(np.float32)
     si, sj, sk = ct_o.spacing
     colors = {int(get(s, "value")): tuple(get(s, "color")) for s in segments}

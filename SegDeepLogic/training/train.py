@@ -35,6 +35,7 @@ from ..devices import autocast, precision_name, resolve_device, resolve_precisio
 from ..errors import SegDeepError
 from ..inferers import sliding_window_inference
 from ..model_card import ModelCard, load_model_card
+from ..model_input import IntensityNormalization
 from ..model_package import load_model_package, save_model_package
 from ..networks import build_network
 from ..plausibility import reference_statistics
@@ -191,9 +192,13 @@ class TrainConfig:
 # --------------------------------------------------------------------------------------------
 # Batches
 # --------------------------------------------------------------------------------------------
+def _normalization(cfg: TrainConfig) -> IntensityNormalization:
+    """The network input of the model being trained: the normalisation inference applies (its card's ``intensity``)."""
+    return IntensityNormalization(float(cfg.clip_hu[0]), float(cfg.clip_hu[1]), float(cfg.subtract), float(cfg.divide))
+
+
 def _normalise(x: np.ndarray, cfg: TrainConfig) -> np.ndarray:
-    lo, hi = cfg.clip_hu
-    return ((np.clip(x, lo, hi) - cfg.subtract) / cfg.divide).astype(np.float32)
+    return _normalization(cfg).apply(x)
 
 
 def _lateral_axis(orientation: str) -> int:
@@ -258,7 +263,7 @@ def predict_case(
     if dtype is None:
         dtype = resolve_precision(device, cfg.precision)
     x = torch.from_numpy(_normalise(case.image.astype(np.float32), cfg))[None, None]
-    cval = float(_normalise(np.array([-1024.0]), cfg)[0])
+    cval = _normalization(cfg).fill_value
     was_training = network.training
     network.eval()
 
