@@ -26,6 +26,7 @@ from typing import Any
 from ..atomic import atomic_outputs, atomic_path, write_all
 from ..mesh_3mf import PrintPart, write_3mf
 from ..mesh_io import write_mesh
+from ..verdicts import PLAUSIBILITY_COLORS
 from .facts import ReportFacts
 
 __all__ = ["CSP", "render_html", "write_report"]
@@ -45,10 +46,15 @@ figure{margin:8px 0 16px}figcaption{color:#5b6575;font-size:12.5px}pre{backgroun
 .swatch{display:inline-block;width:12px;height:12px;border:1px solid #555;margin-right:6px;vertical-align:-1px}
 .ood{border:1px solid;border-left-width:8px;border-radius:4px;padding:8px 14px;margin:12px 0}.ood p{margin:4px 0}
 .ood ul{margin:4px 0 4px 18px;padding:0}.ood-title{font-size:16px}.ood-small{padding:4px 10px;margin:6px 0;font-size:13px}
-.ood-mismatch{background:#fde7e9;border-color:#b00020;color:#5f0010}.ood-caution{background:#fff4d6;border-color:#e0a800;color:#4d3800}
-.ood-ok{background:#e6f4ea;border-color:#137333;color:#0d4f24}.ood-unchecked{background:#eef1f6;border-color:#8a94a6;color:#333a47}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-weight:700;border:1px solid}
 """
+_STYLE += (
+    "".join(  # the verdict banners: the colours of SegDeepLogic.verdicts, as the Slicer panel's
+        f".ood-{verdict}{{background:{background};border-color:{border};color:{text}}}"
+        for verdict, (background, border, text) in PLAUSIBILITY_COLORS.items()
+    )
+    + "\n"
+)
 
 _COMPARISON_ROWS = (
     ("dice", "Dice"),
