@@ -26,13 +26,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from SegDeepLogic import Volume, read_volume
+from SegDeepLogic import read_volume
+from SegDeepLogic.grid import reorient_volume
 from SegDeepLogic.inferers import sliding_window_inference
-from SegDeepLogic.io import from_sitk, to_sitk
 from SegDeepLogic.model_card import ModelCard
 from SegDeepLogic.model_package import save_model_package
 from SegDeepLogic.networks import UNet3D
@@ -63,11 +62,6 @@ LABELS = [
     {"name": "bone", "value": 1, "color": [0.945, 0.839, 0.569], "terminology": "SCT^272673000^Bone"},
     {"name": "soft_tissue", "value": 2, "color": [0.694, 0.478, 0.396], "terminology": "SCT^87784001^Soft tissue"},
 ]
-
-
-def reorient(volume: Volume, code: str) -> Volume:
-    """The same image with its axes permuted/flipped to the ITK orientation ``code``."""
-    return from_sitk(sitk.DICOMOrient(to_sitk(volume), code))
 
 
 def threshold_labels(hu: np.ndarray) -> np.ndarray:
@@ -139,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)  # reproducible sums, and polite on shared machines
     started = time.perf_counter()
 
-    ct = resample_to_spacing(reorient(read_volume(SAMPLE_CT), ORIENTATION), SPACING_MM, default_value=CLIP_HU[0])
+    ct = resample_to_spacing(reorient_volume(read_volume(SAMPLE_CT), ORIENTATION), SPACING_MM, default_value=CLIP_HU[0])
     hu = ct.array.astype(np.float32)
     x = (np.clip(hu, *CLIP_HU) - SUBTRACT) / DIVIDE
     y = threshold_labels(hu)
