@@ -41,9 +41,10 @@ import numpy as np
 
 from ._compat import zip_strict
 from .atomic import atomic_path, write_text
+from .compare import DEFAULT_ROI_MARGIN_MM, compare_with_threshold
 from .errors import SegDeepError
 from .io import read_volume
-from .metrics import compare_masks
+from .metrics import MaskComparison, compare_masks
 from .plausibility import quantiles as _quantiles
 from .plausibility import reference_statistics
 from .progress import CancelToken, ProgressCallback, report
@@ -107,7 +108,7 @@ def choose_threshold(
     structure: str = "mandible",
     *,
     candidates_hu: Sequence[float] = tuple(range(100, 801, 25)),
-    roi_mm: float = 10.0,
+    roi_mm: float = DEFAULT_ROI_MARGIN_MM,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> dict[str, Any]:
@@ -148,7 +149,12 @@ def choose_threshold(
 
 
 def _score(pred: np.ndarray, ref: np.ndarray, grid: Volume, case: str, structure: str, method: str) -> dict[str, Any]:
-    cmp = compare_masks(grid.with_array(pred), grid.with_array(ref))
+    return _row(compare_masks(grid.with_array(pred), grid.with_array(ref)), case, structure, method)
+
+
+def _row(cmp: MaskComparison, case: str, structure: str, method: str, *, swapped: bool = False) -> dict[str, Any]:
+    """One per-case row; ``swapped``: ``cmp`` has the reference as A and the prediction as B."""
+    pred_ml, ref_ml = (cmp.volume_b_ml, cmp.volume_a_ml) if swapped else (cmp.volume_a_ml, cmp.volume_b_ml)
     return {
         "case": case,
         "structure": structure,
@@ -156,8 +162,8 @@ def _score(pred: np.ndarray, ref: np.ndarray, grid: Volume, case: str, structure
         "dice": round(cmp.dice, 5),
         "hd95_mm": round(cmp.hd95_mm, 4) if math.isfinite(cmp.hd95_mm) else math.inf,
         "assd_mm": round(cmp.assd_mm, 4) if math.isfinite(cmp.assd_mm) else math.inf,
-        "volume_pred_ml": round(cmp.volume_a_ml, 3),
-        "volume_ref_ml": round(cmp.volume_b_ml, 3),
+        "volume_pred_ml": round(pred_ml, 3),
+        "volume_ref_ml": round(ref_ml, 3),
     }
 
 
@@ -167,7 +173,7 @@ def evaluate_model(
     *,
     threshold: dict[str, Any] | float | None = None,
     bone_structure: str = "mandible",
-    roi_mm: float = 10.0,
+    roi_mm: float = DEFAULT_ROI_MARGIN_MM,
     refine: bool = True,
     overlap: float = 0.5,
     cases: Sequence[str] | None = None,
@@ -249,11 +255,13 @@ def evaluate_model(
                 rows.append(_score(refined, ref, ct, case.case_id, name, "model+refine"))
             if t_hu is not None:
                 thr = ct.array >= t_hu
-                roi = roi_around(ref, ct.spacing_kji, roi_mm)
                 rows.append(_score(thr, ref, ct, case.case_id, name, "threshold"))
                 rows.append(_score(keep_largest_component(thr), ref, ct, case.case_id, name, "threshold+largest"))
-                rows.append(_score(thr & roi, ref, ct, case.case_id, name, "threshold-roi"))
-                rows.append(_score(keep_largest_component(thr & roi), ref, ct, case.case_id, name, "threshold-roi+largest"))
+                # the threshold inside the reference grown by roi_mm: the engine's one threshold comparison
+                # (reference as the structure; the metrics are symmetric, so the rows keep pred = threshold)
+                for method, largest in (("threshold-roi", False), ("threshold-roi+largest", True)):
+                    compared = compare_with_threshold(ct, ref_vol, lower_hu=t_hu, keep_largest=largest, roi_margin_mm=roi_mm)
+                    rows.append(_row(compared.comparison, case.case_id, name, method, swapped=True))
     report(progress, 1.0, "done", cancel)
     summary = summarise(rows)
     summary.update(

@@ -123,6 +123,8 @@ METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
     ("only_b_ml", "Threshold only", "mL"),
     ("lower_hu", "Threshold lower bound", "HU"),
     ("upper_hu", "Threshold upper bound", "HU"),
+    ("roi_margin_mm", "Region: the segment grown by", "mm"),
+    ("roi_volume_ml", "Region volume", "mL"),
 )
 """Rows of the comparison table: (key of ``MaskComparison.to_dict()`` or threshold bound, label, unit)."""
 
@@ -799,11 +801,14 @@ class SegDeepLogicBase:
         toleranceMm: float = 1.0,
         disagreement: bool = True,
         progress: ProgressCallback | None = None,
+        roiMarginMm: float | None = 10.0,
     ) -> Any:
         """Compare a segment with a Hounsfield threshold of the CT; returns a ``vtkMRMLTableNode``.
 
-        The segment is mask A (test), the threshold mask B (reference) of
-        :func:`SegDeepLogic.metrics.compare_masks`, both on the CT's voxel grid.
+        The engine's :func:`SegDeepLogic.compare.compare_with_threshold` (the report, ``segdeep
+        compare --threshold`` and the evaluation baselines call the same function): the segment
+        is mask A (test), the threshold mask B (reference), both on the CT's voxel grid, and the
+        threshold counts only inside the segment grown by ``roiMarginMm``.
 
         Parameters
         ----------
@@ -830,6 +835,9 @@ class SegDeepLogicBase:
             and the hidden ``threshold``), referenced from the table (role ``SegDeepDisagreement``).
         progress : callable, optional
             ``progress(fraction, stage)``.
+        roiMarginMm : float or None
+            The region around the segment (mm) in which the threshold is compared; default 10
+            (``SegDeepLogic.compare.DEFAULT_ROI_MARGIN_MM``). None: the whole CT.
 
         Returns
         -------
@@ -839,8 +847,8 @@ class SegDeepLogicBase:
             NaN. It replaces this module's earlier comparison of the same segment.
         """
         self.ensureDependencies()
-        from SegDeepLogic.metrics import compare_masks, disagreement_masks
-        from SegDeepLogic.threshold import threshold_segment
+        from SegDeepLogic.compare import compare_with_threshold
+        from SegDeepLogic.metrics import disagreement_masks
 
         self._check_volume(volumeNode)
         if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
@@ -865,8 +873,9 @@ class SegDeepLogicBase:
         network = mrml.segment_mask(segmentationNode, segment_id, volumeNode)
         if lowerHU is not None or upperHU is not None or method:
             preset = None
-        threshold = threshold_segment(
+        compared = compare_with_threshold(
             ct,
+            network,
             preset=preset,
             lower_hu=lowerHU,
             upper_hu=upperHU,
@@ -874,15 +883,14 @@ class SegDeepLogicBase:
             keep_largest=bool(keepLargest),
             min_island_mm3=float(minIslandMm3),
             fill_holes=bool(fillHoles),
-            progress=stage(0.05, 0.35),
+            roi_margin_mm=None if roiMarginMm is None else float(roiMarginMm),
+            tolerance_mm=float(toleranceMm),
+            progress=stage(0.05, 0.9),
         )
-        comparison = compare_masks(network, threshold.mask, tolerance_mm=float(toleranceMm), progress=stage(0.35, 0.9))
-        values = comparison.to_dict()
-        values["lower_hu"] = threshold.lower_hu if math.isfinite(threshold.lower_hu) else None
-        values["upper_hu"] = threshold.upper_hu if math.isfinite(threshold.upper_hu) else None
+        threshold_mask = compared.threshold_mask
+        values = compared.to_dict()
         values["segment"] = segmentName
-        values["threshold"] = threshold.parameters
-        only_network, only_threshold = disagreement_masks(network, threshold.mask) if disagreement else (None, None)
+        only_network, only_threshold = disagreement_masks(network, threshold_mask) if disagreement else (None, None)
         if progress is not None:
             progress(0.9, "creating the results")
 
@@ -900,7 +908,7 @@ class SegDeepLogicBase:
             self._fill_table(tableNode, [("Metric", "string"), ("Value", "double"), ("Unit", "string"), ("Key", "string")], rows)
             tableNode.SetAttribute(ROLE_ATTRIBUTE, ROLE_COMPARISON)
             tableNode.SetAttribute(SEGMENT_NAME_ATTRIBUTE, segmentName)
-            tableNode.SetAttribute("SegDeep.Threshold", json.dumps(threshold.parameters))
+            tableNode.SetAttribute("SegDeep.Threshold", json.dumps(compared.parameters))
             tableNode.SetNodeReferenceID(SOURCE_SEGMENTATION_REFERENCE, segmentationNode.GetID())
             tableNode.SetNodeReferenceID(SOURCE_VOLUME_REFERENCE, volumeNode.GetID())
 
@@ -923,7 +931,7 @@ class SegDeepLogicBase:
                     mrml.add_mask_segment(
                         disagreementNode, only_threshold.array, THRESHOLD_ONLY, THRESHOLD_ONLY_COLOR, volumeNode
                     ),
-                    mrml.add_mask_segment(disagreementNode, threshold.mask.array, THRESHOLD_SEGMENT, THRESHOLD_COLOR, volumeNode),
+                    mrml.add_mask_segment(disagreementNode, threshold_mask.array, THRESHOLD_SEGMENT, THRESHOLD_COLOR, volumeNode),
                 ]
                 disagreementNode.SetAttribute(ROLE_ATTRIBUTE, ROLE_DISAGREEMENT)
                 disagreementNode.SetAttribute(SEGMENT_NAME_ATTRIBUTE, segmentName)

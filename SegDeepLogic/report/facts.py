@@ -37,6 +37,7 @@ from scipy import ndimage as ndi
 
 from .. import __version__
 from .._compat import zip_strict
+from ..compare import DEFAULT_ROI_MARGIN_MM, compare_with_threshold
 from ..errors import SegDeepError
 from ..io import read_volume
 from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
@@ -46,7 +47,7 @@ from ..metrics import DEFINITIONS, ROLES, compare_masks
 from ..plausibility import mismatch_message
 from ..progress import CancelToken, ProgressCallback, report
 from ..segmentation_io import Segmentation, SegmentInfo, read_labelmap_nifti, read_seg_nrrd
-from ..threshold import PRESETS, grow_mask, threshold_segment
+from ..threshold import PRESETS, threshold_segment
 from ..volume import Volume
 from . import figures
 
@@ -347,7 +348,7 @@ def build_report(
     uncertainty: Volume | str | os.PathLike | None = None,
     threshold: str | tuple[float | None, float | None] | None = "bone",
     threshold_structures: Sequence[str] | None = None,
-    threshold_margin_mm: float = 10.0,
+    threshold_margin_mm: float = DEFAULT_ROI_MARGIN_MM,
     tolerance_mm: float = 1.0,
     export_dir: str | os.PathLike | None = None,
     export_format: str = "stl",
@@ -596,18 +597,21 @@ def build_report(
         thr_mask = roi = None
         if thr_applies:
             t = time.perf_counter()
-            roi = grow_mask(mask.array, threshold_margin_mm, spacing_mm=ct.spacing_kji)
-            thr = threshold_segment(ct_crop, **threshold_kwargs)
-            thr_mask = mask.with_array(thr.mask.array & roi)
-            stage_time["threshold"] += time.perf_counter() - t
-            t = time.perf_counter()
+            compared = compare_with_threshold(
+                ct_crop, mask, **threshold_kwargs, roi_margin_mm=threshold_margin_mm, tolerance_mm=tolerance_mm
+            )
+            thr_mask = compared.threshold_mask
+            roi = compared.roi.array  # type: ignore[union-attr]
+            stage_time["compare_threshold"] += time.perf_counter() - t
+            cmp = compared.comparison.to_dict()
+            cmp.pop("definitions", None)
+            cmp.pop("roles", None)
             row["threshold_comparison"] = {
                 "applies": True,
                 "region": f"structure grown by {threshold_margin_mm:g} mm",
-                "roi_volume_ml": float(np.count_nonzero(roi)) * voxel_ml,
-                **_compare(mask, thr_mask, tolerance_mm),
+                "roi_volume_ml": compared.roi_volume_ml,
+                **cmp,
             }
-            stage_time["compare_threshold"] += time.perf_counter() - t
         else:
             row["threshold_comparison"] = {"applies": False}
         ref_mask = None
