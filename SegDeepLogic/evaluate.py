@@ -33,7 +33,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ from .compare import DEFAULT_ROI_MARGIN_MM, compare_with_threshold
 from .errors import SegDeepError
 from .io import read_volume
 from .metrics import MaskComparison, compare_masks
+from .options import SegmentOptions, options_from
 from .plausibility import quantiles as _quantiles
 from .plausibility import reference_statistics
 from .progress import CancelToken, ProgressCallback, report
@@ -177,7 +178,7 @@ def evaluate_model(
     refine: bool = True,
     overlap: float = 0.5,
     cases: Sequence[str] | None = None,
-    segment_options: dict[str, Any] | None = None,
+    segment_options: SegmentOptions | Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> EvaluationResult:
@@ -202,10 +203,11 @@ def evaluate_model(
         Sliding-window overlap of the inference.
     cases : sequence of str, optional
         Only these case ids.
-    segment_options : dict, optional
-        More keyword arguments of :func:`~SegDeepLogic.segment.segment_volume`. ``allow_mismatch``
-        defaults to True here: the network is scored on every case, whatever the out-of-distribution
-        verdict (which the summary records per case).
+    segment_options : SegmentOptions or dict, optional
+        The options of :func:`~SegDeepLogic.segment.segment_volume` (``overlap`` and
+        ``uncertainty=True`` are set here). ``allow_mismatch`` is True unless a dict sets it: the
+        network is scored on every case, whatever the out-of-distribution verdict (which the
+        summary records per case).
 
     Returns
     -------
@@ -215,7 +217,7 @@ def evaluate_model(
 
     package = load_model(model)
     card = package.card
-    labels = [(str(_get(d, "name")), int(_get(d, "value"))) for d in _get(card, "labels")]
+    labels = [(s.name, s.value) for s in card.segments]
     names = [n for n, _ in labels]
     found = [c for c in find_cases(data, names) if c.masks and (cases is None or c.case_id in cases)]
     if not found:
@@ -225,7 +227,13 @@ def evaluate_model(
     verdicts: dict[str, dict[str, Any]] = {}
     entropy: dict[str, list[float]] = {n: [] for n in names}
     # Score what the network predicts, even where the out-of-distribution check would withhold it.
-    options = {"allow_mismatch": True, **(segment_options or {})}
+    if isinstance(segment_options, Mapping):
+        segment_options = {"allow_mismatch": True, **segment_options}
+    elif segment_options is not None:
+        segment_options = segment_options.replace(allow_mismatch=True)
+    options = options_from(segment_options if segment_options is not None else {"allow_mismatch": True}).replace(
+        overlap=overlap, uncertainty=True
+    )
     for n, case in enumerate(found):
         report(progress, n / len(found), f"{case.case_id}", cancel)
         ct = read_volume(case.ct)
@@ -233,7 +241,7 @@ def evaluate_model(
         def sub(fraction: float, stage: str, n: int = n, case_id: str = case.case_id) -> None:
             report(progress, (n + 0.8 * fraction) / len(found), f"{case_id}: {stage}", cancel)
 
-        result = segment_volume(ct, package, overlap=overlap, uncertainty=True, progress=sub, cancel=cancel, **options)
+        result = segment_volume(ct, package, options, progress=sub, cancel=cancel)
         pred = result.labels.array
         check = result.plausibility or {}
         verdicts[case.case_id] = {"verdict": check.get("verdict"), "findings": [f["message"] for f in check.get("findings", [])]}
@@ -266,16 +274,14 @@ def evaluate_model(
     summary = summarise(rows)
     summary.update(
         {
-            "model": {"name": _get(card, "name"), "version": _get(card, "version"), "path": str(getattr(package, "path", model))},
+            "model": {"name": card.name, "version": card.version, "path": str(getattr(package, "path", model))},
             "data": [str(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)],
             "cases": len(found),
             "threshold": threshold if isinstance(threshold, dict) else ({"threshold_hu": t_hu} if t_hu is not None else None),
             "roi_mm": roi_mm,
             "overlap": overlap,
-            "segment_options": {k: v for k, v in options.items() if isinstance(v, (bool, int, float, str, None))},
-            "postprocessing": ((_get(card, "extra") or {}).get("postprocessing") or False)
-            if options.get("model_postprocessing", True)
-            else False,
+            "segment_options": options.to_dict(),
+            "postprocessing": ((card.extra or {}).get("postprocessing") or False) if options.model_postprocessing else False,
             "metrics": "Dice, HD95 (95th percentile symmetric surface distance, mm) and ASSD (mm) on the CT's own grid, "
             "as MONAI computes them; an empty prediction of a contoured structure has infinite HD95/ASSD.",
             "plausibility": {
@@ -303,15 +309,11 @@ def training_reference(
     from .training.data import load_cases
 
     card = load_model(model).card
-    names = [str(_get(d, "name")) for d in _get(card, "labels")]
-    spacing = [float(s) for s in _get(card, "spacing_ijk_mm")]
-    cases = load_cases(find_cases(data, names), names, spacing, _get(card, "orientation"), cache_dir=cache_dir)
+    names = card.label_names
+    spacing = [float(s) for s in card.spacing_ijk_mm]
+    cases = load_cases(find_cases(data, names), names, spacing, card.orientation, cache_dir=cache_dir)
     sources = [data] if isinstance(data, (str, os.PathLike)) else data
     return reference_statistics(cases, names, spacing[::-1], source=", ".join(str(d) for d in sources))
-
-
-def _get(obj: Any, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key)
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:

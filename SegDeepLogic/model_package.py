@@ -70,6 +70,8 @@ if TYPE_CHECKING:  # torch is imported where it is needed: listing the bundled p
     import torch
     from torch import nn
 
+    from .segmentation_io import SegmentInfo
+
 __all__ = [
     "CARD_FILE",
     "FORMAT_VERSION",
@@ -507,6 +509,16 @@ class ModelCard:
     @property
     def label_colors(self) -> list[tuple[float, float, float]]:
         return [tuple(label["color"]) for label in self.labels]  # type: ignore[misc]
+
+    @property
+    def segments(self) -> list[SegmentInfo]:
+        """The labels as typed segments: name, value, colour and terminology of each structure."""
+        from .segmentation_io import SegmentInfo  # it imports SimpleITK; the Slicer panel lists models without it
+
+        return [
+            SegmentInfo(str(label["name"]), int(label["value"]), tuple(label["color"]), label.get("terminology"))
+            for label in self.labels
+        ]
 
     @property
     def size_divisor(self) -> tuple[int, int, int]:

@@ -466,6 +466,17 @@ class SegDeepLogicBase:
         model_path = self.resolveModel(model)
         device = self._check_device(device)
         from SegDeepLogic.io import write_volume
+        from SegDeepLogic.options import SegmentOptions
+
+        # the run's options, built once here and read back by the worker (SegmentOptions.from_dict)
+        segment_options = SegmentOptions(
+            device=device,
+            tta=bool(tta),
+            refine=bool(refine),
+            uncertainty=bool(uncertainty),
+            num_threads=None if numThreads is None else int(numThreads),
+            allow_mismatch=bool(allowMismatch),
+        )
 
         ct = mrml.volume_from_node(volumeNode)
         removeStaleWorkFolders(self.temporaryDirectory())
@@ -477,12 +488,7 @@ class SegDeepLogicBase:
                 "input": str(workdir / "input.nrrd"),
                 "output_dir": str(workdir),
                 "model": str(model_path),
-                "device": device,
-                "tta": bool(tta),
-                "refine": bool(refine),
-                "uncertainty": bool(uncertainty),
-                "num_threads": None if numThreads is None else int(numThreads),
-                "allow_mismatch": bool(allowMismatch),
+                "options": segment_options.to_dict(),
                 "parent_pid": os.getpid(),  # the worker removes this folder if Slicer dies
             }
             from SegDeepLogic.atomic import write_text
@@ -645,9 +651,7 @@ class SegDeepLogicBase:
             )
             segmentationNode.SetAttribute("SegDeep.ModelPath", job.options["model"])
             segmentationNode.SetAttribute("SegDeep.Device", str(result.get("device", "")))
-            segmentationNode.SetAttribute(
-                "SegDeep.Options", json.dumps({k: job.options[k] for k in ("device", "tta", "refine", "uncertainty")})
-            )
+            segmentationNode.SetAttribute("SegDeep.Options", json.dumps(job.options["options"]))
             segmentationNode.SetAttribute(PLAUSIBILITY_ATTRIBUTE, json.dumps(plausibility, default=str))
             segmentationNode.SetAttribute(PLAUSIBILITY_VERDICT_ATTRIBUTE, plausibility["verdict"])
             segmentationNode.SetNodeReferenceID(SOURCE_VOLUME_REFERENCE, volumeNode.GetID())

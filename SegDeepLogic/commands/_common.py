@@ -12,12 +12,15 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from ..atomic import check_outputs, write_text
 from ..errors import OutputError
+from ..options import SegmentOptions
 from ..progress import CancelToken, ProgressCallback
+from ..refine import RefineOptions
 from ..segmentation_io import (
     Segmentation,
     SegmentationFileError,
@@ -259,3 +262,29 @@ def save_segmentation(labelmap: Volume, segments: list[SegmentInfo], path: str |
     if name.endswith((".nii.gz", ".nii")):
         return list(write_labelmap_nifti(labelmap, segments, path, overwrite=overwrite).values())
     raise SegmentationFileError(f"cannot write {path.name}: use a .seg.nrrd (3D Slicer) or .nii.gz (label map) file name")
+
+
+# --- segmentation options ----------------------------------------------------------------------
+def segment_options_from_args(args: argparse.Namespace, **fixed: Any) -> SegmentOptions:
+    """The :class:`~SegDeepLogic.options.SegmentOptions` of the network flags ``segdeep segment`` and
+    ``segdeep batch`` share (``--device``, ``--precision``, ``--overlap``, ``--batch-size``,
+    ``--threads``, ``--tta``, ``--threshold``, ``--keep-largest``, ``--min-island-mm3``,
+    ``--refine*``), with ``fixed`` options on top."""
+    refine_options = None
+    if args.refine_hu != RefineOptions.lower_hu or args.refine_grow_mm is not None:
+        refine_options = RefineOptions(lower_hu=args.refine_hu, grow_mm=args.refine_grow_mm or RefineOptions.grow_mm)
+    return SegmentOptions(
+        device=args.device,
+        precision=args.precision,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        num_threads=args.threads,
+        tta=args.tta,
+        thresholds=args.threshold,
+        keep_largest=args.keep_largest,
+        min_island_mm3=args.min_island_mm3,
+        refine=args.refine,
+        refine_labels=args.refine_labels,
+        refine_options=refine_options,
+        **fixed,
+    )

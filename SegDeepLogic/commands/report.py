@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..mesh import DEFAULT_SMOOTHING_FACTOR
 from ._common import input_files, number_in, progress_bar, validate_outputs
@@ -99,6 +98,7 @@ def _pairs(items: list[str] | None) -> dict[str, str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..options import SegmentOptions
     from ..report import build_report, write_report
 
     html_path = Path(args.output)
@@ -118,9 +118,9 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         folders=("--export-dir",),
     )
-    options: dict[str, Any] = {"allow_mismatch": bool(args.allow_mismatch)}
-    if args.threads:
-        options["num_threads"] = args.threads
+    options = SegmentOptions(
+        device=args.device, tta=args.tta, refine=args.refine, allow_mismatch=bool(args.allow_mismatch), num_threads=args.threads
+    )
     with progress_bar("report", enabled=not args.no_progress) as progress:
         facts = build_report(
             args.ct,
@@ -139,10 +139,7 @@ def run(args: argparse.Namespace) -> int:
             space=args.space,
             smoothing=args.smoothing,
             decimation=args.decimation,
-            device=args.device,
-            tta=args.tta,
-            refine=args.refine,
-            segment_options=options,
+            options=options,
             title=args.title,
             progress=progress,
         )

@@ -44,6 +44,7 @@ from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
 from ..mesh_io import MESH_FORMATS, safe_filename
 from ..mesh_report import mesh_report, surface_deviation_mm
 from ..metrics import DEFINITIONS, ROLES, compare_masks
+from ..options import SegmentOptions, options_from
 from ..plausibility import mismatch_message
 from ..progress import CancelToken, ProgressCallback, report
 from ..segmentation_io import Segmentation, SegmentInfo, read_labelmap_nifti, read_seg_nrrd
@@ -355,10 +356,7 @@ def build_report(
     space: str = "LPS",
     smoothing: float = DEFAULT_SMOOTHING_FACTOR,
     decimation: float = 0.0,
-    device: str = "auto",
-    tta: bool = False,
-    refine: bool = False,
-    segment_options: Mapping[str, Any] | None = None,
+    options: SegmentOptions | Mapping[str, Any] | None = None,
     title: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
@@ -402,10 +400,10 @@ def build_report(
         Coordinate system of the mesh files.
     smoothing, decimation : float
         Mesh smoothing factor (0..1) and fraction of triangles removed.
-    device, tta, refine : optional
-        Network settings (see :func:`~SegDeepLogic.segment.segment_volume`).
-    segment_options : mapping, optional
-        Further keyword arguments of :func:`~SegDeepLogic.segment.segment_volume`.
+    options : SegmentOptions or dict, optional
+        How the network runs when no ``segmentation`` is given (device, TTA, refinement, ...;
+        :class:`~SegDeepLogic.options.SegmentOptions`, default its defaults). A given
+        ``SegmentationResult`` brings its own, which the report records.
     title : str, optional
         Report title (default from the CT file name).
     progress, cancel : optional
@@ -442,16 +440,13 @@ def build_report(
         from ..segment import load_model, segment_volume  # torch only when the network runs
 
         package = load_model(model)
-        options = dict(segment_options or {})
-        options.setdefault("uncertainty", True)
+        run_options = options_from(options)
 
         def network_progress(fraction: float, stage: str) -> None:
             report(progress, 0.02 + 0.5 * fraction, f"network: {stage}", cancel)
 
         t = time.perf_counter()
-        result = segment_volume(
-            ct, package, device=device, tta=tta, refine=refine, progress=network_progress, cancel=cancel, **options
-        )
+        result = segment_volume(ct, package, run_options, progress=network_progress, cancel=cancel)
         timings["segmentation_total"] = time.perf_counter() - t
         network_timings = {k: float(v) for k, v in result.timings_s.items()}
         seg = Segmentation(result.labels, result.segments)
@@ -744,9 +739,7 @@ def build_report(
                 "export_dir": str(Path(export_dir).resolve()) if export_dir is not None else None,
                 "units": "mm",
             },
-            "network": {"device": device, "tta": bool(tta), "refine": bool(refine), **dict(segment_options or {})}
-            if segmentation is None
-            else None,
+            "network": result.options.to_dict() if result is not None and result.options is not None else None,
             "ct_window_hu": list(figures.CT_WINDOW_HU),
         },
         "structures": structures,
