@@ -25,12 +25,11 @@ from ..segmentation_io import (
     Segmentation,
     SegmentationFileError,
     SegmentInfo,
-    read_labelmap_nifti,
-    read_seg_nrrd,
     sidecar_paths,
     write_labelmap_nifti,
     write_seg_nrrd,
 )
+from ..segmentation_read import read_segmentation
 from ..volume import Volume
 
 
@@ -210,24 +209,9 @@ SEGMENTATION_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha")
 def load_segmentation(
     path: str | Path, *, ct: str | Path | None = None, names: list[str] | None = None, repair: bool = False
 ) -> Segmentation:
-    """Read a Slicer ``.seg.nrrd``, a label map (NIfTI/NRRD/MHA, with or without sidecar) or a DICOM RTSTRUCT.
-
-    A single-label file without a sidecar (such as ``mandible.nii.gz``) gets a segment named
-    after the file. An RT Structure Set is rasterised onto its CT series (``ct``: the series
-    folder; default the referenced series next to the file); ``names`` picks ROIs by name.
-    """
-    from ..rtstruct import is_rtstruct, rtstruct_segmentation
-
-    if is_rtstruct(path):
-        return rtstruct_segmentation(path, ct, names=names, repair=repair)
-    path = Path(path)
-    if path.name.lower().endswith(".seg.nrrd"):
-        return read_seg_nrrd(path)
-    seg = read_labelmap_nifti(path)
-    if len(seg.segments) == 1 and seg.segments[0].name.startswith("Label ") and not sidecar_paths(path)["json"].exists():
-        stem = path.name.split(".")[0]
-        seg = Segmentation(seg.labelmap, [SegmentInfo(stem, seg.segments[0].value, seg.segments[0].color)])
-    return seg
+    """:func:`~SegDeepLogic.segmentation_read.read_segmentation` (any supported file); ``ct`` is the
+    CT's DICOM series folder an RTSTRUCT is rasterised onto (and a DICOM SEG placed on)."""
+    return read_segmentation(path, ct_series=ct, names=names, repair=repair)
 
 
 def load_mask(path: str | Path, label: str | None, *, ct: str | Path | None = None, repair: bool = False) -> tuple[str, Volume]:

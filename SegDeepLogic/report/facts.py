@@ -41,13 +41,14 @@ from ..compare import DEFAULT_ROI_MARGIN_MM, compare_with_threshold
 from ..errors import SegDeepError
 from ..io import read_volume
 from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
-from ..mesh_io import MESH_FORMATS, safe_filename
-from ..mesh_report import mesh_report, surface_deviation_mm
+from ..mesh_io import MESH_FORMATS, build_print_mesh, safe_filename
+from ..mesh_report import surface_deviation_mm
 from ..metrics import DEFINITIONS, ROLES, compare_masks
 from ..options import SegmentOptions, options_from
 from ..plausibility import mismatch_message
 from ..progress import CancelToken, ProgressCallback, report
-from ..segmentation_io import Segmentation, SegmentInfo, read_labelmap_nifti, read_seg_nrrd
+from ..segmentation_io import Segmentation
+from ..segmentation_read import read_segmentation
 from ..threshold import PRESETS, threshold_segment
 from ..volume import Volume
 from . import figures
@@ -313,22 +314,10 @@ def _load_segmentation(
     A DICOM RT Structure Set is rasterised onto its CT series: ``ct_folder`` when the CT was
     given as a DICOM folder, else the series it references next to the RTSTRUCT file.
     """
-    from ..rtstruct import is_rtstruct, rtstruct_segmentation
-
     source = None
-    if isinstance(seg, (str, os.PathLike)) and is_rtstruct(seg):
+    if isinstance(seg, (str, os.PathLike)):
         source = _file_facts(seg)
-        seg = rtstruct_segmentation(seg, ct_folder)
-    elif isinstance(seg, (str, os.PathLike)):
-        path = Path(seg)
-        source = _file_facts(path)
-        if path.name.lower().endswith(".seg.nrrd"):
-            seg = read_seg_nrrd(path, reference=ct)
-        else:
-            seg = read_labelmap_nifti(path)
-            if len(seg.segments) == 1 and seg.segments[0].name.startswith("Label "):
-                s = seg.segments[0]
-                seg = Segmentation(seg.labelmap, [SegmentInfo(path.name.split(".")[0], s.value, s.color)])
+        seg = read_segmentation(seg, reference=ct, ct_series=ct_folder)
     elif hasattr(seg, "labels") and hasattr(seg, "segments"):  # a SegmentationResult
         seg = Segmentation(seg.labels, seg.segments)
     if not isinstance(seg, Segmentation):
@@ -616,16 +605,12 @@ def build_report(
             row["reference_comparison"] = _compare(mask, ref_mask, tolerance_mm)
             stage_time["compare_reference"] += time.perf_counter() - t
 
-        # mesh, exactly as export_segments builds it
+        # the print mesh and its report: the one build_print_mesh that export_segments uses too
         t = time.perf_counter()
-        mesh, raw = mask_to_mesh(
-            mask, space=space, smoothing_factor=smoothing, decimation=decimation, return_raw=True, cancel=cancel
+        part = build_print_mesh(
+            mask, s.name, label_value=s.value, space=space, smoothing_factor=smoothing, decimation=decimation, cancel=cancel
         )  # type: ignore[arg-type]
-        deviation = surface_deviation_mm(mesh, raw)
-        mesh = mesh.with_scalars(deviation_mm=deviation.astype(np.float32))
-        mreport = mesh_report(
-            mesh, mask=mask, deviation_mm=deviation, name=s.name, smoothing_factor=smoothing, decimation=decimation
-        )
+        mesh, mreport = part.mesh, part.report
         row["mesh"] = mreport.to_dict()
         if export_dir is not None:
             stem = safe_filename(s.name)
