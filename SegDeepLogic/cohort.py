@@ -565,7 +565,7 @@ def _case_work(
 ) -> None:
     """The work of :func:`process_case`, filling ``record``; raises on a failure of the case."""
     from .errors import MismatchError
-    from .report import build_report, write_report
+    from .report import ReportOptions, build_report, write_report
     from .segment import segment_file
 
     if not Path(case.ct).exists():
@@ -608,15 +608,18 @@ def _case_work(
         record["timings_s"]["network"] = float(result.timings_s.get("network", 0.0))
     if settings.report and result is not None:
         t = time.perf_counter()
-        facts = build_report(
-            case.ct,
-            segmentation=result,
-            reference=case.reference,
-            reference_labels=settings.reference_labels,
+        report_options = ReportOptions(
             threshold=settings.compare_threshold,
             export_dir=case_dir / MESH_DIR if settings.meshes and record["status"] == "done" else None,
             export_format=settings.mesh_format,
             title=f"SegDeep report: {case.case_id}",
+        )
+        facts = build_report(
+            case.ct,
+            result,
+            report_options,
+            reference=case.reference,
+            reference_labels=settings.reference_labels,
             cancel=cancel,
         )
         write_report(facts, case_dir / REPORT_HTML, case_dir / REPORT_JSON, overwrite=True)

@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..compare import DEFAULT_ROI_MARGIN_MM
 from ..mesh import DEFAULT_SMOOTHING_FACTOR
 from ._common import input_files, number_in, progress_bar, validate_outputs
 
@@ -45,7 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="structures compared with the threshold (default: bone-like names such as bone, mandible, skull)",
     )
     p.add_argument(
-        "--threshold-margin-mm", type=number_in(0), default=10.0, help="threshold region: the structure grown by this (mm)"
+        "--threshold-margin-mm",
+        type=number_in(0),
+        default=DEFAULT_ROI_MARGIN_MM,
+        help=f"threshold region: the structure grown by this (mm; default {DEFAULT_ROI_MARGIN_MM:g}, as segdeep compare "
+        "--threshold and the Slicer panel)",
     )
     p.add_argument(
         "--tolerance-mm", type=number_in(0, low_open=True), default=1.0, help="surface Dice tolerance in mm (default 1)"
@@ -99,7 +104,7 @@ def _pairs(items: list[str] | None) -> dict[str, str] | None:
 
 def run(args: argparse.Namespace) -> int:
     from ..options import SegmentOptions
-    from ..report import build_report, write_report
+    from ..report import ReportOptions, build_report, write_report
 
     html_path = Path(args.output)
     json_path = Path(args.json) if args.json else html_path.with_suffix(".json")
@@ -124,23 +129,25 @@ def run(args: argparse.Namespace) -> int:
     with progress_bar("report", enabled=not args.no_progress) as progress:
         facts = build_report(
             args.ct,
-            series_uid=args.series,
+            args.segmentation,
+            ReportOptions(
+                threshold=args.threshold,
+                threshold_structures=args.threshold_structures,
+                threshold_margin_mm=args.threshold_margin_mm,
+                tolerance_mm=args.tolerance_mm,
+                export_dir=args.export_dir,
+                export_format=args.export_format,
+                space=args.space,
+                smoothing=args.smoothing,
+                decimation=args.decimation,
+                title=args.title,
+            ),
             model=args.model,
-            segmentation=args.segmentation,
+            segment_options=options,
+            series_uid=args.series,
             uncertainty=args.uncertainty,
             reference=args.reference,
             reference_labels=_pairs(args.reference_label),
-            threshold=args.threshold,
-            threshold_structures=args.threshold_structures,
-            threshold_margin_mm=args.threshold_margin_mm,
-            tolerance_mm=args.tolerance_mm,
-            export_dir=args.export_dir,
-            export_format=args.export_format,
-            space=args.space,
-            smoothing=args.smoothing,
-            decimation=args.decimation,
-            options=options,
-            title=args.title,
             progress=progress,
         )
     write_report(facts, html_path, json_path, overwrite=args.overwrite)

@@ -12,11 +12,13 @@ same facts, atomically and together (:mod:`.html`).
 
 from .facts import BONE_KEYWORDS, ReportError, ReportFacts, build_report, is_bone_like, parse_threshold
 from .html import render_html, write_report
+from .options import ReportOptions
 
 __all__ = [
     "BONE_KEYWORDS",
     "ReportError",
     "ReportFacts",
+    "ReportOptions",
     "build_report",
     "is_bone_like",
     "parse_threshold",

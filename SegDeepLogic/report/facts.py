@@ -37,11 +37,10 @@ from scipy import ndimage as ndi
 
 from .. import __version__
 from .._compat import zip_strict
-from ..compare import DEFAULT_ROI_MARGIN_MM, compare_with_threshold
-from ..errors import SegDeepError
+from ..compare import compare_with_threshold
 from ..io import read_volume
-from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
-from ..mesh_io import MESH_FORMATS, build_print_mesh, safe_filename
+from ..mesh import Mesh, mask_to_mesh
+from ..mesh_io import build_print_mesh, safe_filename
 from ..mesh_report import surface_deviation_mm
 from ..metrics import DEFINITIONS, ROLES, compare_masks
 from ..options import SegmentOptions, options_from
@@ -52,6 +51,7 @@ from ..segmentation_read import read_segmentation
 from ..threshold import PRESETS, threshold_segment
 from ..volume import Volume
 from . import figures
+from .options import ReportError, ReportOptions
 
 __all__ = [
     "BONE_KEYWORDS",
@@ -94,10 +94,6 @@ PLAUSIBILITY_DEFINITION = (
     "output; caution: something is outside the training range (listed); ok: nothing is; unchecked: nothing to "
     "compare with."
 )
-
-
-class ReportError(SegDeepError, ValueError):
-    """Invalid report inputs (unknown structure, incompatible segmentation, bad threshold)."""
 
 
 @dataclasses.dataclass
@@ -329,28 +325,21 @@ def _load_segmentation(
 # --- the report --------------------------------------------------------------------------------
 def build_report(
     ct: Volume | str | os.PathLike,
-    *,
-    series_uid: str | None = None,
-    model: Any = None,
     segmentation: Any = None,
+    options: ReportOptions | None = None,
+    *,
+    model: Any = None,
+    segment_options: SegmentOptions | Mapping[str, Any] | None = None,
+    series_uid: str | None = None,
     reference: Any = None,
     reference_labels: Mapping[str, str] | None = None,
     uncertainty: Volume | str | os.PathLike | None = None,
-    threshold: str | tuple[float | None, float | None] | None = "bone",
-    threshold_structures: Sequence[str] | None = None,
-    threshold_margin_mm: float = DEFAULT_ROI_MARGIN_MM,
-    tolerance_mm: float = 1.0,
-    export_dir: str | os.PathLike | None = None,
-    export_format: str = "stl",
-    space: str = "LPS",
-    smoothing: float = DEFAULT_SMOOTHING_FACTOR,
-    decimation: float = 0.0,
-    options: SegmentOptions | Mapping[str, Any] | None = None,
-    title: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    **changes: Any,
 ) -> ReportFacts:
-    """Segment (or take a segmentation of) a CT and collect every fact of its report.
+    """Collect every fact of a CT's report from a segmentation result (running the network first
+    when none is given).
 
     Parameters
     ----------
@@ -359,11 +348,18 @@ def build_report(
     series_uid : str, optional
         With a DICOM folder: the series to read (default the largest). An RTSTRUCT
         ``reference``/``segmentation`` is rasterised onto that folder's series.
+    segmentation : SegmentationResult, Segmentation or path, optional
+        The result the report is about (a ``SegmentationResult`` also brings its uncertainty,
+        device, timings, parameters, options and out-of-distribution check). None: run the
+        network (``model``, ``segment_options``) first.
+    options : ReportOptions, optional
+        What the report compares and exports (:class:`~SegDeepLogic.report.options.ReportOptions`:
+        threshold, structures, region margin, tolerance, mesh export); default its defaults.
     model : ModelPackage, path or None
         Model package for the network (None: the first bundled one). Ignored with ``segmentation``.
-    segmentation : Segmentation, SegmentationResult or path, optional
-        Use this result instead of running the network (a ``SegmentationResult`` also brings
-        its uncertainty, device, timings, parameters and out-of-distribution check).
+    segment_options : SegmentOptions or dict, optional
+        How the network runs when no ``segmentation`` is given (device, TTA, refinement, ...;
+        :class:`~SegDeepLogic.options.SegmentOptions`, default its defaults).
     reference : Segmentation or path, optional
         A reference segmentation (e.g. clinical contours) on the CT's grid.
     reference_labels : mapping of str to str, optional
@@ -373,28 +369,10 @@ def build_report(
     uncertainty : Volume or path, optional
         Uncertainty map (entropy 0..1, e.g. from ``segdeep segment --uncertainty``) to show with
         a given ``segmentation``.
-    threshold : str or (lower, upper)
-        Threshold preset name or ``"LOWER:UPPER"`` HU (see :func:`parse_threshold`); default bone.
-    threshold_structures : sequence of str, optional
-        Structures compared with the threshold (default: the bone-like ones, :data:`BONE_KEYWORDS`).
-    threshold_margin_mm : float
-        The threshold mask is restricted to the structure grown by this distance (mm).
-    tolerance_mm : float
-        Surface Dice tolerance (mm).
-    export_dir : path, optional
-        Folder where :func:`write_report` writes the meshes (with the report, all or nothing).
-    export_format : {"stl", "obj", "ply", "3mf"}
-        Mesh file format.
-    space : {"LPS", "RAS"}
-        Coordinate system of the mesh files.
-    smoothing, decimation : float
-        Mesh smoothing factor (0..1) and fraction of triangles removed.
-    options : SegmentOptions or dict, optional
-        How the network runs when no ``segmentation`` is given (device, TTA, refinement, ...;
-        :class:`~SegDeepLogic.options.SegmentOptions`, default its defaults). A given
-        ``SegmentationResult`` brings its own, which the report records.
-    title : str, optional
-        Report title (default from the CT file name).
+    **changes
+        Single report options by name (``threshold=``, ``threshold_structures=``,
+        ``threshold_margin_mm=``, ``tolerance_mm=``, ``export_dir=``, ``export_format=``,
+        ``space=``, ``smoothing=``, ``decimation=``, ``title=``) on top of ``options``.
     progress, cancel : optional
         Progress callback and cancellation token.
 
@@ -405,13 +383,15 @@ def build_report(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
-    if export_format not in MESH_FORMATS:
-        raise ReportError(f"export_format must be one of {MESH_FORMATS}, got {export_format!r}")
-    if space not in ("LPS", "RAS"):
-        raise ReportError(f"space must be LPS or RAS, got {space!r}")
-    if threshold_margin_mm < 0:
-        raise ReportError(f"threshold_margin_mm must be >= 0, got {threshold_margin_mm}")
-    threshold_kwargs = parse_threshold(threshold)
+    opts = (options or ReportOptions()).replace(**changes) if changes else (options or ReportOptions())
+    threshold_kwargs = parse_threshold(opts.threshold)
+    threshold_structures, threshold_margin_mm, tolerance_mm = (
+        opts.threshold_structures,
+        opts.threshold_margin_mm,
+        opts.tolerance_mm,
+    )
+    export_dir, export_format, space = opts.export_dir, opts.export_format, opts.space
+    smoothing, decimation, title = opts.smoothing, opts.decimation, opts.title
 
     # -- inputs -----------------------------------------------------------------------------
     report(progress, 0.0, "reading the CT", cancel)
@@ -429,7 +409,7 @@ def build_report(
         from ..segment import load_model, segment_volume  # torch only when the network runs
 
         package = load_model(model)
-        run_options = options_from(options)
+        run_options = options_from(segment_options)
 
         def network_progress(fraction: float, stage: str) -> None:
             report(progress, 0.02 + 0.5 * fraction, f"network: {stage}", cancel)
