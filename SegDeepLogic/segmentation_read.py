@@ -11,7 +11,8 @@ report and the README use. It calls the format's own reader:
 * a DICOM RT Structure Set -- :func:`~SegDeepLogic.rtstruct.rtstruct_segmentation`, rasterised onto
   its CT series (``ct_series``, default the referenced series next to the file);
 * a DICOM Segmentation (SEG) -- :func:`~SegDeepLogic.dicom_seg.read_dicom_seg`, on the CT series
-  given as ``ct_series`` (a SEG is placed by the CT images it references).
+  given as ``ct_series`` (a SEG is placed by the CT images it references); its segment labels and
+  masks are read, colours and terminology are not (the segments get default colours).
 
 With ``reference`` the label map comes back on the reference's grid: exactly (the same voxels in
 another axis order, or a Slicer crop pasted back) where the grids allow it, otherwise by
