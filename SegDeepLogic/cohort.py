@@ -588,7 +588,7 @@ def _case_work(
             case.ct,
             seg_path,
             model,
-            options,
+            options=options,
             output_format=settings.output_format,
             uncertainty_path=case_dir / UNCERTAINTY_FILE if settings.uncertainty else None,
             overwrite=True,

@@ -30,6 +30,7 @@ import slicer_scene  # noqa: E402
 from SegDeepLogic import Volume, read_volume, write_volume  # noqa: E402
 from SegDeepLogic.errors import CancelledError, MismatchError, SegDeepError  # noqa: E402
 from SegDeepLogic.metrics import compare_masks, disagreement_masks  # noqa: E402
+from SegDeepLogic.options import SegmentOptions  # noqa: E402
 from SegDeepLogic.threshold import grow_mask, keep_largest_component, threshold_segment  # noqa: E402
 
 slicer_scene.add_module_path()
@@ -465,6 +466,10 @@ def test_bundled_model_end_to_end_on_a_crop(headless, logic, ct_node):
         image = segment.GetRepresentation(mrml.BINARY_LABELMAP)
         np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(_image_to_world(image)), matrix, atol=1e-9)
     assert logic.lastSegmentation["parameters"]["model"]["name"] == info.name
+    # the run's options: built once by the logic, written to the job file, read back by the worker and recorded
+    built = SegmentOptions(num_threads=THREADS, uncertainty=False)
+    assert json.loads(seg.GetAttribute("SegDeep.Options")) == built.to_dict()
+    assert SegmentOptions.from_dict(logic.lastSegmentation["options"]) == built, "what the worker ran"
     # the bundled model's card has reference statistics: the crop is really checked against them
     check = logic.plausibility(seg)
     card = json.loads((Path(BUNDLED_MODEL) / "model.json").read_text()) if Path(BUNDLED_MODEL).is_dir() else {}
