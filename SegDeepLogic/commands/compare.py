@@ -1,4 +1,4 @@
-"""``segdeep compare``: overlap and surface-distance metrics between two segmentations."""
+"""``segdeep compare``: overlap and surface-distance metrics between two segmentations, or a segmentation and a HU threshold."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "compare",
         help="compare two segmentations (Dice, Jaccard, HD, HD95, ASSD, surface Dice, volumes)",
         description="Compare segmentation A (test, e.g. the network) with B (reference, e.g. threshold or a manual "
-        "contour) on the same voxel grid. Distances in mm honour anisotropic spacing; definitions match MONAI "
-        "(see SegDeepLogic.metrics).",
+        "contour) on the same voxel grid, or with a Hounsfield threshold of the CT (--threshold, --ct) inside A grown "
+        "by --roi-margin-mm: SegDeepLogic.compare.compare_with_threshold, as the report and the Slicer panel. "
+        "Distances in mm honour anisotropic spacing; definitions match MONAI (see SegDeepLogic.metrics).",
     )
     p.add_argument("a", help="segmentation A (.seg.nrrd, label map or DICOM RTSTRUCT); the test / prediction")
     p.add_argument(
