@@ -128,3 +128,39 @@ def test_cli_report_evaluation_and_panel_give_the_same_numbers(case: dict, tmp_p
     assert panel["hd95_mm"] == pytest.approx(expected.hd95_mm, rel=1e-6)
     assert panel["assd_mm"] == pytest.approx(expected.assd_mm, rel=1e-6)
     assert panel["volume_b_ml"] == pytest.approx(expected.volume_b_ml, rel=1e-9)
+
+
+def test_every_front_end_defaults_to_the_same_region_margin() -> None:
+    """The panel's spin box and parameter node, the logic, the CLI, the report and the evaluation."""
+    import ast
+    import inspect
+    import re
+    import xml.etree.ElementTree as ET
+
+    from SegDeepLogic.cli import build_parser
+    from SegDeepLogic.report import ReportOptions
+
+    ui = ET.parse(ROOT / "Resources" / "UI" / "SegDeep.ui").getroot()
+    spin = next(w for w in ui.iter("widget") if w.get("name") == "roiMarginSpinBox")
+    values = {p.get("name"): p for p in spin.findall("property")}
+    assert float(values["value"].findtext("double")) == DEFAULT_ROI_MARGIN_MM
+    assert values["SlicerParameterName"].findtext("string") == "roiMarginMm"
+    module = (ROOT / "SegDeepExtension" / "SegDeep.py").read_text(encoding="utf-8")
+    assert float(re.search(r"\n    roiMarginMm: [^=]+= ([0-9.]+)", module).group(1)) == DEFAULT_ROI_MARGIN_MM
+    assert "roiMarginMm=p.roiMarginMm" in module, "the panel passes its margin to the logic"
+    logic = ast.parse((ROOT / "SegDeepExtension" / "SegDeepLib" / "logic.py").read_text(encoding="utf-8"))
+    method = next(n for n in ast.walk(logic) if isinstance(n, ast.FunctionDef) and n.name == "compareWithThreshold")
+    defaults = dict(zip([a.arg for a in method.args.args][-len(method.args.defaults) :], method.args.defaults))  # noqa: B905
+    assert ast.literal_eval(defaults["roiMarginMm"]) == DEFAULT_ROI_MARGIN_MM
+
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+
+    def default(command: str, dest: str) -> object:
+        return next(a.default for a in commands[command]._actions if a.dest == dest)
+
+    assert default("report", "threshold_margin_mm") == DEFAULT_ROI_MARGIN_MM
+    assert default("evaluate", "roi_mm") == DEFAULT_ROI_MARGIN_MM
+    assert default("compare", "roi_margin_mm") is None  # resolved to DEFAULT_ROI_MARGIN_MM with --threshold
+    assert ReportOptions().threshold_margin_mm == DEFAULT_ROI_MARGIN_MM
+    assert inspect.signature(evaluate_model).parameters["roi_mm"].default == DEFAULT_ROI_MARGIN_MM
+    assert inspect.signature(compare_with_threshold).parameters["roi_margin_mm"].default == DEFAULT_ROI_MARGIN_MM
