@@ -561,12 +561,25 @@ def build_report(
         thr_mask = roi = None
         if thr_applies:
             t = time.perf_counter()
+            started: dict[str, float] = {}  # when compare_with_threshold moved from thresholding to comparing
+
+            def mark(_fraction: float, stage: str, started: dict[str, float] = started) -> None:
+                started.setdefault(stage, time.perf_counter())
+
             compared = compare_with_threshold(
-                ct_crop, mask, **threshold_kwargs, roi_margin_mm=threshold_margin_mm, tolerance_mm=tolerance_mm
+                ct_crop,
+                mask,
+                **threshold_kwargs,
+                roi_margin_mm=threshold_margin_mm,
+                tolerance_mm=tolerance_mm,
+                progress=mark,
+                cancel=cancel,
             )
             thr_mask = compared.threshold_mask
             roi = compared.roi.array  # type: ignore[union-attr]
-            stage_time["compare_threshold"] += time.perf_counter() - t
+            end = time.perf_counter()
+            stage_time["threshold"] += started.get("compare", end) - t
+            stage_time["compare_threshold"] += end - started.get("compare", end)
             cmp = compared.comparison.to_dict()
             cmp.pop("definitions", None)
             cmp.pop("roles", None)
