@@ -612,14 +612,14 @@ class SegDeepLogicBase:
         labels = read_volume(job.workdir / files.get("labels", "labels.nrrd"))
         self._check_same_grid(labels, job.grid, "the label map")
         uncertainty = None
-        if job.options.get("uncertainty") and files.get("uncertainty"):
+        if job.options["options"]["uncertainty"] and files.get("uncertainty"):
             uncertainty = read_volume(job.workdir / files["uncertainty"])
             self._check_same_grid(uncertainty, job.grid, "the uncertainty map")
         segments = result.get("segments") or []
         if not segments:
             raise SegDeepError("the segmentation result lists no segments")
         plausibility = self._normalise_plausibility(result.get("plausibility"))
-        if plausibility["verdict"] == "mismatch" and not job.options.get("allow_mismatch"):
+        if plausibility["verdict"] == "mismatch" and not job.options["options"]["allow_mismatch"]:
             # The engine withheld the labels: add nothing (an empty node would look like "nothing there").
             result["plausibility"] = plausibility
             result["segmentationNodeID"] = None
