@@ -163,7 +163,8 @@ class SegDeepParameterNode:
     ``device`` (auto, cuda, cpu, mps), ``tta``, ``refine``, ``uncertainty``, ``allowMismatch``
     (keep a result the out-of-distribution check calls a mismatch; default off).
     Compare: ``segmentation``, ``segmentName``, ``thresholdPreset`` (``preset:<name>``,
-    ``method:<name>`` or ``custom``), ``lowerHU``/``upperHU``, clean-up options, ``toleranceMm``,
+    ``method:<name>`` or ``custom``), ``lowerHU``/``upperHU``, clean-up options, ``toleranceMm``, ``roiMarginMm``
+    (the threshold is compared inside the segment grown by this margin),
     ``comparisonTable``. Export: ``exportSegmentation``, ``exportFormat``, ``smoothing``,
     ``decimation``, ``coordinateSystem``, ``merge``, ``outputFolder``, ``printReportTable``; print
     preparation: ``hollowWallMm`` (0: solid), ``drainHoles``, ``drainDiameterMm``, ``kerfMm``,
@@ -188,6 +189,7 @@ class SegDeepParameterNode:
     minIslandMm3: Annotated[float, WithinRange(0.0, 1.0e7)] = 0.0
     fillHoles: bool = False
     toleranceMm: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
+    roiMarginMm: Annotated[float, WithinRange(0.0, 200.0)] = 10.0  # SegDeepLogic.compare.DEFAULT_ROI_MARGIN_MM
     comparisonTable: vtkMRMLTableNode
     exportSegmentation: vtkMRMLSegmentationNode
     exportFormat: Annotated[str, Choice(["STL", "OBJ", "PLY", "3MF"])] = "STL"
@@ -700,6 +702,7 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 minIslandMm3=p.minIslandMm3,
                 fillHoles=p.fillHoles,
                 toleranceMm=p.toleranceMm,
+                roiMarginMm=p.roiMarginMm,
                 progress=self._progress,
                 **options,
             )

@@ -54,6 +54,7 @@ from typing import Any
 from . import __version__
 from .atomic import atomic_outputs, atomic_path, check_outputs, write_bytes, write_text
 from .errors import CancelledError, MismatchError, SegDeepError
+from .options import SegmentOptions, options_from
 from .progress import CancelToken, ProgressCallback
 
 CASES_DIR = "cases"
@@ -393,9 +394,9 @@ class BatchSettings:
     allow_mismatch : bool
         Keep the result of a CT the out-of-distribution check calls a mismatch (default: the
         case fails with that message and nothing but its report is written).
-    segment_options : dict
-        Keyword arguments of :func:`~SegDeepLogic.segment.segment_file` (device, precision,
-        overlap, tta, refine, thresholds, keep_largest, ...).
+    segment_options : SegmentOptions
+        The options of :func:`~SegDeepLogic.segment.segment_file` (device, precision, overlap,
+        tta, refine, thresholds, keep_largest, ...); a dict is turned into one.
     """
 
     output_format: str = "seg.nrrd"
@@ -406,41 +407,29 @@ class BatchSettings:
     compare_threshold: str = "bone"
     reference_labels: dict[str, str] | None = None
     allow_mismatch: bool = False
-    segment_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    segment_options: SegmentOptions = dataclasses.field(default_factory=SegmentOptions)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.segment_options, SegmentOptions):
+            self.segment_options = options_from(self.segment_options)
 
     def for_case(self, case: Case) -> BatchSettings:
         """These settings with the case's own options applied."""
         opts = dict(case.options)
-        seg = dict(self.segment_options)
-        for key in ("tta", "refine", "keep_largest", "min_island_mm3", "overlap"):
-            if key in opts:
-                seg[key] = opts.pop(key)
-        return dataclasses.replace(self, segment_options=seg, **opts)
+        seg = {key: opts.pop(key) for key in ("tta", "refine", "keep_largest", "min_island_mm3", "overlap") if key in opts}
+        return dataclasses.replace(self, segment_options=self.segment_options.replace(**seg), **opts)
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that change a case's outputs (the device, threads and batch size do not)."""
-        seg = {k: v for k, v in {**_segment_defaults(), **self.segment_options}.items() if k not in _NOT_IDENTITY}
-        data = dataclasses.asdict(self)
+        seg = {k: v for k, v in self.segment_options.to_dict().items() if k not in _NOT_IDENTITY}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "segment_options"}
+        data = {k: _jsonable(v) for k, v in data.items()}
         data["segment_options"] = {k: _jsonable(v) for k, v in sorted(seg.items())}
         return data
 
 
 # Settings that do not change a case's outputs (where and how fast it runs) or that the batch sets itself.
 _NOT_IDENTITY = ("device", "num_threads", "batch_size", "precision", "progress", "cancel", "uncertainty", "allow_mismatch")
-
-
-def _segment_defaults() -> dict[str, Any]:
-    """The defaults of :func:`~SegDeepLogic.segment.segment_volume`, so that a setting left out and
-    the same setting given explicitly hash alike."""
-    import inspect
-
-    from .segment import segment_volume
-
-    return {
-        name: p.default
-        for name, p in inspect.signature(segment_volume).parameters.items()
-        if p.default is not inspect.Parameter.empty and not name.startswith("_")
-    }
 
 
 def _jsonable(value: Any) -> Any:
@@ -574,7 +563,7 @@ def _case_work(
     cancel: CancelToken | None,
 ) -> None:
     """The work of :func:`process_case`, filling ``record``; raises on a failure of the case."""
-    from .report import build_report, write_report
+    from .report import ReportOptions, build_report, write_report
     from .segment import segment_file
 
     if not Path(case.ct).exists():
@@ -587,21 +576,21 @@ def _case_work(
             f"{Path(case.ct).name}: give the case as a DICOM series folder, or use --format seg.nrrd or nii.gz"
         )
     seg_path = case_dir / SEGMENTATION_FILES[settings.output_format]
-    options = dict(settings.segment_options)
     # The report shows the uncertainty map; it does not change the labels, and costs time without a use.
-    options["uncertainty"] = bool(settings.uncertainty or settings.report)
+    options = settings.segment_options.replace(
+        uncertainty=bool(settings.uncertainty or settings.report), allow_mismatch=settings.allow_mismatch
+    )
     result = None
     try:
         result, written = segment_file(
             case.ct,
             seg_path,
             model,
+            options=options,
             output_format=settings.output_format,
             uncertainty_path=case_dir / UNCERTAINTY_FILE if settings.uncertainty else None,
             overwrite=True,
-            allow_mismatch=settings.allow_mismatch,
             cancel=cancel,
-            **options,
         )
         record["outputs"] += [p.name for p in written]
         record["status"] = "done"
@@ -617,15 +606,18 @@ def _case_work(
         record["timings_s"]["network"] = float(result.timings_s.get("network", 0.0))
     if settings.report and result is not None:
         t = time.perf_counter()
-        facts = build_report(
-            case.ct,
-            segmentation=result,
-            reference=case.reference,
-            reference_labels=settings.reference_labels,
+        report_options = ReportOptions(
             threshold=settings.compare_threshold,
             export_dir=case_dir / MESH_DIR if settings.meshes and record["status"] == "done" else None,
             export_format=settings.mesh_format,
             title=f"SegDeep report: {case.case_id}",
+        )
+        facts = build_report(
+            case.ct,
+            result,
+            report_options,
+            reference=case.reference,
+            reference_labels=settings.reference_labels,
             cancel=cancel,
         )
         write_report(facts, case_dir / REPORT_HTML, case_dir / REPORT_JSON, overwrite=True)
@@ -859,11 +851,11 @@ def _init_pool_worker(parent_pid: int, model_path: str, devices: Any, num_thread
 
 
 def _pool_case(case: Case, settings: BatchSettings, case_dir: str) -> dict[str, Any]:
-    opts = dict(settings.segment_options)
+    opts = settings.segment_options
     if _WORKER.get("device"):
-        opts["device"] = _WORKER["device"]
-    if _WORKER.get("num_threads") and not opts.get("num_threads"):
-        opts["num_threads"] = _WORKER["num_threads"]
+        opts = opts.replace(device=_WORKER["device"])
+    if _WORKER.get("num_threads") and not opts.num_threads:
+        opts = opts.replace(num_threads=_WORKER["num_threads"])
     return process_case(case, dataclasses.replace(settings, segment_options=opts), _WORKER["model"], case_dir)
 
 
@@ -1134,7 +1126,7 @@ def _run_batch(
             if ray is not None:
                 stopped = _run_ray(todo, outdir, model_path, model_sha, settings, ray, ray_cpus_per_task, commit, cancel)
             else:
-                n_workers = workers or default_workers(str(settings.segment_options.get("device", "auto")))
+                n_workers = workers or default_workers(settings.segment_options.device)
                 if n_workers <= 1:
                     stopped = _run_inline(todo, outdir, model_path, settings, commit, cancel)
                 else:
@@ -1185,7 +1177,7 @@ def _run_pool(
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")
-    device = str(settings.segment_options.get("device", "auto"))
+    device = settings.segment_options.device
     devices = None
     threads = None
     gpus = default_workers(device) if device in ("auto", "cuda") else 0
@@ -1262,15 +1254,15 @@ def _run_ray(
             ray.init(address=address, log_to_driver=False)
         started = True
     try:
-        device = str(settings.segment_options.get("device", "auto"))
+        device = settings.segment_options.device
         gpus = ray.cluster_resources().get("GPU", 0) if device in ("auto", "cuda") or device.startswith("cuda") else 0
-        opts = dict(settings.segment_options)
-        if not opts.get("num_threads"):
-            opts["num_threads"] = max(1, int(cpus_per_task))  # the CPUs the task declared
+        opts = settings.segment_options
+        if not opts.num_threads:
+            opts = opts.replace(num_threads=max(1, int(cpus_per_task)))  # the CPUs the task declared
         if gpus:
-            opts["device"] = "cuda"  # Ray gives each task one GPU (CUDA_VISIBLE_DEVICES)
+            opts = opts.replace(device="cuda")  # Ray gives each task one GPU (CUDA_VISIBLE_DEVICES)
         elif device == "auto":
-            opts["device"] = "cpu"
+            opts = opts.replace(device="cpu")
         base = dataclasses.replace(settings, segment_options=opts)
         task = ray.remote(_ray_case).options(
             name="segdeep_case", num_cpus=cpus_per_task, num_gpus=1 if gpus else 0, max_retries=3, retry_exceptions=False

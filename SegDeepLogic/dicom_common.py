@@ -108,8 +108,8 @@ class Algorithm:
 
     @classmethod
     def from_card(cls, card: Any) -> Algorithm:
-        get = card.get if isinstance(card, Mapping) else lambda k, d=None: getattr(card, k, d)
-        return cls(str(get("name")), str(get("version", "") or ""), str(get("weights_sha256", "") or ""))
+        """From a :class:`~SegDeepLogic.model_package.ModelCard`."""
+        return cls(str(card.name), str(card.version or ""), str(card.weights_sha256 or ""))
 
     @property
     def description(self) -> str:

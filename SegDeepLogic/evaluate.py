@@ -33,7 +33,7 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +41,11 @@ import numpy as np
 
 from ._compat import zip_strict
 from .atomic import atomic_path, write_text
+from .compare import DEFAULT_ROI_MARGIN_MM, compare_with_threshold
 from .errors import SegDeepError
 from .io import read_volume
-from .metrics import compare_masks
+from .metrics import MaskComparison, compare_masks
+from .options import SegmentOptions, options_from
 from .plausibility import quantiles as _quantiles
 from .plausibility import reference_statistics
 from .progress import CancelToken, ProgressCallback, report
@@ -107,7 +109,7 @@ def choose_threshold(
     structure: str = "mandible",
     *,
     candidates_hu: Sequence[float] = tuple(range(100, 801, 25)),
-    roi_mm: float = 10.0,
+    roi_mm: float = DEFAULT_ROI_MARGIN_MM,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> dict[str, Any]:
@@ -148,7 +150,12 @@ def choose_threshold(
 
 
 def _score(pred: np.ndarray, ref: np.ndarray, grid: Volume, case: str, structure: str, method: str) -> dict[str, Any]:
-    cmp = compare_masks(grid.with_array(pred), grid.with_array(ref))
+    return _row(compare_masks(grid.with_array(pred), grid.with_array(ref)), case, structure, method)
+
+
+def _row(cmp: MaskComparison, case: str, structure: str, method: str, *, swapped: bool = False) -> dict[str, Any]:
+    """One per-case row; ``swapped``: ``cmp`` has the reference as A and the prediction as B."""
+    pred_ml, ref_ml = (cmp.volume_b_ml, cmp.volume_a_ml) if swapped else (cmp.volume_a_ml, cmp.volume_b_ml)
     return {
         "case": case,
         "structure": structure,
@@ -156,8 +163,8 @@ def _score(pred: np.ndarray, ref: np.ndarray, grid: Volume, case: str, structure
         "dice": round(cmp.dice, 5),
         "hd95_mm": round(cmp.hd95_mm, 4) if math.isfinite(cmp.hd95_mm) else math.inf,
         "assd_mm": round(cmp.assd_mm, 4) if math.isfinite(cmp.assd_mm) else math.inf,
-        "volume_pred_ml": round(cmp.volume_a_ml, 3),
-        "volume_ref_ml": round(cmp.volume_b_ml, 3),
+        "volume_pred_ml": round(pred_ml, 3),
+        "volume_ref_ml": round(ref_ml, 3),
     }
 
 
@@ -167,11 +174,11 @@ def evaluate_model(
     *,
     threshold: dict[str, Any] | float | None = None,
     bone_structure: str = "mandible",
-    roi_mm: float = 10.0,
+    roi_mm: float = DEFAULT_ROI_MARGIN_MM,
     refine: bool = True,
     overlap: float = 0.5,
     cases: Sequence[str] | None = None,
-    segment_options: dict[str, Any] | None = None,
+    segment_options: SegmentOptions | Mapping[str, Any] | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
 ) -> EvaluationResult:
@@ -196,10 +203,11 @@ def evaluate_model(
         Sliding-window overlap of the inference.
     cases : sequence of str, optional
         Only these case ids.
-    segment_options : dict, optional
-        More keyword arguments of :func:`~SegDeepLogic.segment.segment_volume`. ``allow_mismatch``
-        defaults to True here: the network is scored on every case, whatever the out-of-distribution
-        verdict (which the summary records per case).
+    segment_options : SegmentOptions or dict, optional
+        The options of :func:`~SegDeepLogic.segment.segment_volume` (``overlap`` and
+        ``uncertainty=True`` are set here). ``allow_mismatch`` is True unless a dict sets it: the
+        network is scored on every case, whatever the out-of-distribution verdict (which the
+        summary records per case).
 
     Returns
     -------
@@ -209,7 +217,7 @@ def evaluate_model(
 
     package = load_model(model)
     card = package.card
-    labels = [(str(_get(d, "name")), int(_get(d, "value"))) for d in _get(card, "labels")]
+    labels = [(s.name, s.value) for s in card.segments]
     names = [n for n, _ in labels]
     found = [c for c in find_cases(data, names) if c.masks and (cases is None or c.case_id in cases)]
     if not found:
@@ -219,7 +227,13 @@ def evaluate_model(
     verdicts: dict[str, dict[str, Any]] = {}
     entropy: dict[str, list[float]] = {n: [] for n in names}
     # Score what the network predicts, even where the out-of-distribution check would withhold it.
-    options = {"allow_mismatch": True, **(segment_options or {})}
+    if isinstance(segment_options, Mapping):
+        segment_options = {"allow_mismatch": True, **segment_options}
+    elif segment_options is not None:
+        segment_options = segment_options.replace(allow_mismatch=True)
+    options = options_from(segment_options if segment_options is not None else {"allow_mismatch": True}).replace(
+        overlap=overlap, uncertainty=True
+    )
     for n, case in enumerate(found):
         report(progress, n / len(found), f"{case.case_id}", cancel)
         ct = read_volume(case.ct)
@@ -227,7 +241,7 @@ def evaluate_model(
         def sub(fraction: float, stage: str, n: int = n, case_id: str = case.case_id) -> None:
             report(progress, (n + 0.8 * fraction) / len(found), f"{case_id}: {stage}", cancel)
 
-        result = segment_volume(ct, package, overlap=overlap, uncertainty=True, progress=sub, cancel=cancel, **options)
+        result = segment_volume(ct, package, options, progress=sub, cancel=cancel)
         pred = result.labels.array
         check = result.plausibility or {}
         verdicts[case.case_id] = {"verdict": check.get("verdict"), "findings": [f["message"] for f in check.get("findings", [])]}
@@ -249,25 +263,25 @@ def evaluate_model(
                 rows.append(_score(refined, ref, ct, case.case_id, name, "model+refine"))
             if t_hu is not None:
                 thr = ct.array >= t_hu
-                roi = roi_around(ref, ct.spacing_kji, roi_mm)
                 rows.append(_score(thr, ref, ct, case.case_id, name, "threshold"))
                 rows.append(_score(keep_largest_component(thr), ref, ct, case.case_id, name, "threshold+largest"))
-                rows.append(_score(thr & roi, ref, ct, case.case_id, name, "threshold-roi"))
-                rows.append(_score(keep_largest_component(thr & roi), ref, ct, case.case_id, name, "threshold-roi+largest"))
+                # the threshold inside the reference grown by roi_mm: the engine's one threshold comparison
+                # (reference as the structure; the metrics are symmetric, so the rows keep pred = threshold)
+                for method, largest in (("threshold-roi", False), ("threshold-roi+largest", True)):
+                    compared = compare_with_threshold(ct, ref_vol, lower_hu=t_hu, keep_largest=largest, roi_margin_mm=roi_mm)
+                    rows.append(_row(compared.comparison, case.case_id, name, method, swapped=True))
     report(progress, 1.0, "done", cancel)
     summary = summarise(rows)
     summary.update(
         {
-            "model": {"name": _get(card, "name"), "version": _get(card, "version"), "path": str(getattr(package, "path", model))},
+            "model": {"name": card.name, "version": card.version, "path": str(getattr(package, "path", model))},
             "data": [str(d) for d in ([data] if isinstance(data, (str, os.PathLike)) else data)],
             "cases": len(found),
             "threshold": threshold if isinstance(threshold, dict) else ({"threshold_hu": t_hu} if t_hu is not None else None),
             "roi_mm": roi_mm,
             "overlap": overlap,
-            "segment_options": {k: v for k, v in options.items() if isinstance(v, (bool, int, float, str, None))},
-            "postprocessing": ((_get(card, "extra") or {}).get("postprocessing") or False)
-            if options.get("model_postprocessing", True)
-            else False,
+            "segment_options": options.to_dict(),
+            "postprocessing": ((card.extra or {}).get("postprocessing") or False) if options.model_postprocessing else False,
             "metrics": "Dice, HD95 (95th percentile symmetric surface distance, mm) and ASSD (mm) on the CT's own grid, "
             "as MONAI computes them; an empty prediction of a contoured structure has infinite HD95/ASSD.",
             "plausibility": {
@@ -295,15 +309,11 @@ def training_reference(
     from .training.data import load_cases
 
     card = load_model(model).card
-    names = [str(_get(d, "name")) for d in _get(card, "labels")]
-    spacing = [float(s) for s in _get(card, "spacing_ijk_mm")]
-    cases = load_cases(find_cases(data, names), names, spacing, _get(card, "orientation"), cache_dir=cache_dir)
+    names = card.label_names
+    spacing = [float(s) for s in card.spacing_ijk_mm]
+    cases = load_cases(find_cases(data, names), names, spacing, card.orientation, cache_dir=cache_dir)
     sources = [data] if isinstance(data, (str, os.PathLike)) else data
     return reference_statistics(cases, names, spacing[::-1], source=", ".join(str(d) for d in sources))
-
-
-def _get(obj: Any, key: str) -> Any:
-    return obj.get(key) if isinstance(obj, dict) else getattr(obj, key)
 
 
 def _stats(values: Sequence[float]) -> dict[str, Any]:

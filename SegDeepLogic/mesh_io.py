@@ -13,6 +13,7 @@ print-readiness report of every segment.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import unicodedata
@@ -34,7 +35,16 @@ from .progress import CancelToken, ProgressCallback, report
 from .segmentation_io import Segmentation
 from .volume import Volume
 
-__all__ = ["MESH_FORMATS", "export_segments", "read_mesh", "safe_filename", "write_mesh"]
+__all__ = [
+    "MESH_FORMATS",
+    "PrintMesh",
+    "build_print_mesh",
+    "build_print_meshes",
+    "export_segments",
+    "read_mesh",
+    "safe_filename",
+    "write_mesh",
+]
 
 MESH_FORMATS = ("stl", "obj", "ply", "3mf")
 MeshFormat = Literal["stl", "obj", "ply", "3mf"]
@@ -497,6 +507,151 @@ def _segment_masks(segments: SegmentsLike, names: Mapping[int, str] | Sequence[s
     return [(name, value, segments.with_array(array == value)) for value, name in sorted(label_names.items())]
 
 
+@dataclasses.dataclass(frozen=True)
+class PrintMesh:
+    """One printable part: its closed surface and its print-readiness report (nothing written yet).
+
+    Attributes
+    ----------
+    name : str
+        The part's name (the segment's, or a cut piece's / shell's).
+    segment : str
+        The segment it was made from.
+    label_value : int
+        The segment's label value (0 when not from a label map).
+    mesh : Mesh
+        The surface, in mm in the requested space, with the ``deviation_mm`` vertex scalar when measured.
+    report : MeshReport
+        Watertightness, volume, shells, deviation from the voxel surface, ...
+    """
+
+    name: str
+    segment: str
+    label_value: int
+    mesh: Mesh
+    report: MeshReport
+
+
+def build_print_mesh(
+    mask: Volume,
+    name: str,
+    *,
+    label_value: int = 0,
+    space: Space = "LPS",
+    smoothing_factor: float = DEFAULT_SMOOTHING_FACTOR,
+    decimation: float = 0.0,
+    measure_deviation: bool = True,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> PrintMesh:
+    """The printable surface of one mask and its print report: the one place both are made.
+
+    :func:`export_segments` (``segdeep export``, the Slicer module) and the report
+    (:func:`SegDeepLogic.report.build_report`) build every plain (not hollowed or cut) part with
+    this; writing the files is separate (:func:`export_segments`, :func:`write_mesh`).
+
+    Parameters
+    ----------
+    mask : Volume
+        The segment (non-zero = inside).
+    name : str
+        Its name (in the report).
+    label_value : int
+        Its label value, recorded with the part.
+    space, smoothing_factor, decimation
+        As :func:`~SegDeepLogic.mesh.mask_to_mesh`.
+    measure_deviation : bool
+        Measure how far smoothing and decimation moved the surface (the ``deviation_mm`` scalar
+        and the report's deviation statistics).
+    progress, cancel : optional
+        ``progress(fraction, stage)`` and a cancel token.
+
+    Examples
+    --------
+    >>> from SegDeepLogic import Volume
+    >>> m = np.zeros((12, 12, 12), bool); m[3:9, 3:9, 3:9] = True
+    >>> part = build_print_mesh(Volume(m, (1.0, 1.0, 1.0)), "cube")
+    >>> part.report.watertight, part.report.shell_count, "deviation_mm" in part.mesh.scalars
+    (True, 1, True)
+    """
+    mesh, raw = mask_to_mesh(
+        mask,
+        space=space,
+        smoothing_factor=smoothing_factor,
+        decimation=decimation,
+        return_raw=True,
+        progress=None if progress is None else (lambda f, s: progress(0.8 * f, s)),
+        cancel=cancel,
+    )
+    report(progress, 0.8, "checking", cancel)
+    deviation = surface_deviation_mm(mesh, raw) if measure_deviation else None
+    if deviation is not None:
+        mesh = mesh.with_scalars(deviation_mm=deviation.astype(np.float32))
+    result = mesh_report(
+        mesh, mask=mask, deviation_mm=deviation, name=name, smoothing_factor=smoothing_factor, decimation=decimation
+    )
+    return PrintMesh(name, name, int(label_value), mesh, result)
+
+
+def build_print_meshes(
+    items: Sequence[tuple[str, int, Volume]],
+    *,
+    print_options: PrintOptions | Mapping[str, PrintOptions] | None = None,
+    space: Space = "LPS",
+    smoothing_factor: float = DEFAULT_SMOOTHING_FACTOR,
+    decimation: float = 0.0,
+    measure_deviation: bool = True,
+    progress: ProgressCallback | None = None,
+    cancel: CancelToken | None = None,
+) -> list[PrintMesh]:
+    """:func:`build_print_mesh` for every ``(name, label value, mask)``, with the print preparation
+    (hollowing, cuts, shells: :func:`~SegDeepLogic.print_prep.prepare_segment`) where
+    ``print_options`` asks for it; empty masks are skipped with a warning. Nothing is written."""
+    per_segment = print_options if isinstance(print_options, Mapping) else None
+    default_options = PrintOptions() if per_segment is not None else (print_options or PrintOptions())
+    built: list[PrintMesh] = []
+    n = len(items)
+    for index, (name, value, mask) in enumerate(items):
+        base, share = index / max(n, 1), 1.0 / max(n, 1)
+        report(progress, base, f"segment {name!r}", cancel)
+        if not np.any(mask.array):
+            warnings.warn(f"segment {name!r} is empty; no mesh written for it", stacklevel=3)
+            continue
+
+        def step(fraction: float, stage: str, base: float = base, share: float = share, name: str = name) -> None:
+            report(progress, base + share * fraction, f"{name}: {stage}", cancel)
+
+        options = per_segment.get(name, default_options) if per_segment is not None else default_options
+        if options.active:
+            for part in prepare_segment(
+                name,
+                mask,
+                options,
+                space=space,
+                smoothing_factor=smoothing_factor,
+                decimation=decimation,
+                measure_deviation=measure_deviation,
+                progress=step,
+                cancel=cancel,
+            ):
+                built.append(PrintMesh(part.name, name, value, part.mesh, part.report))
+            continue
+        built.append(
+            build_print_mesh(
+                mask,
+                name,
+                label_value=value,
+                space=space,
+                smoothing_factor=smoothing_factor,
+                decimation=decimation,
+                measure_deviation=measure_deviation,
+                progress=step,
+                cancel=cancel,
+            )
+        )
+    return built
+
+
 def export_segments(
     segments: SegmentsLike,
     folder: str | os.PathLike,
@@ -606,62 +761,23 @@ def export_segments(
             if target.exists():
                 raise FileExistsError(f"refusing to overwrite existing file: {target} (pass overwrite=True)")
 
-    built: list[tuple[str, str, int, Mesh, MeshReport]] = []  # part name, segment, label, mesh, report
-    n = len(items)
-    for index, (name, value, mask) in enumerate(items):
-        base, share = 0.9 * index / n, 0.9 / n
-        report(progress, base, f"segment {name!r}", cancel)
-        if not np.any(mask.array):
-            warnings.warn(f"segment {name!r} is empty; no mesh written for it", stacklevel=2)
-            continue
-
-        def step(fraction: float, stage: str, base: float = base, share: float = share, name: str = name) -> None:
-            report(progress, base + share * fraction, f"{name}: {stage}", cancel)
-
-        options = per_segment.get(name, default_options) if per_segment is not None else default_options
-        if options.active:
-            for part in prepare_segment(
-                name,
-                mask,
-                options,
-                space=space,
-                smoothing_factor=smoothing_factor,
-                decimation=decimation,
-                measure_deviation=measure_deviation,
-                progress=step,
-                cancel=cancel,
-            ):
-                built.append((part.name, name, value, part.mesh, part.report))
-            continue
-        mesh, raw = mask_to_mesh(
-            mask,
-            space=space,
-            smoothing_factor=smoothing_factor,
-            decimation=decimation,
-            return_raw=True,
-            progress=lambda f, s, step=step: step(0.8 * f, s),
-            cancel=cancel,
-        )
-        report(progress, base + 0.8 * share, f"{name}: checking", cancel)
-        deviation = surface_deviation_mm(mesh, raw) if measure_deviation else None
-        if deviation is not None:
-            mesh = mesh.with_scalars(deviation_mm=deviation.astype(np.float32))
-        result = mesh_report(
-            mesh,
-            mask=mask,
-            deviation_mm=deviation,
-            name=name,
-            smoothing_factor=smoothing_factor,
-            decimation=decimation,
-        )
-        built.append((name, name, value, mesh, result))
+    built = build_print_meshes(
+        items,
+        print_options=print_options,
+        space=space,
+        smoothing_factor=smoothing_factor,
+        decimation=decimation,
+        measure_deviation=measure_deviation,
+        progress=lambda f, stage: report(progress, 0.9 * f, stage, cancel),
+        cancel=cancel,
+    )
     if not built:
         raise MeshError("every segment is empty; there is no surface to export")
 
     if single:
         targets = [single_target] * len(built)
     else:
-        targets = [folder / f"{n}.{format}" for n in _unique_names([safe_filename(b[0]) for b in built])]
+        targets = [folder / f"{n}.{format}" for n in _unique_names([safe_filename(b.name) for b in built])]
     if not overwrite:
         for target in dict.fromkeys(targets):
             if target.exists():
@@ -671,20 +787,22 @@ def export_segments(
         if format == "3mf":
             parts = [
                 PrintPart(
-                    part_name,
-                    mesh,
-                    segment_colors.get(segment),
-                    {"segment": segment, "label_value": str(value), "coordinate_system": space, "units": "mm"},
+                    b.name,
+                    b.mesh,
+                    segment_colors.get(b.segment),
+                    {"segment": b.segment, "label_value": str(b.label_value), "coordinate_system": space, "units": "mm"},
                 )
-                for part_name, segment, value, mesh, _ in built
+                for b in built
             ]
             tmp = stack.enter_context(atomic_path(single_target, overwrite=overwrite))
             write_3mf(parts, tmp, title=merged_name, overwrite=True)
         elif merge:
-            merged = merge_meshes([m.with_scalars(label=np.full(m.n_vertices, v, dtype=np.int32)) for _, _, v, m, _ in built])
+            merged = merge_meshes(
+                [b.mesh.with_scalars(label=np.full(b.mesh.n_vertices, b.label_value, dtype=np.int32)) for b in built]
+            )
             _write_file(merged, stack.enter_context(atomic_path(single_target, overwrite=overwrite)), format)
         else:
             for k, target in enumerate(targets):
-                _write_file(built[k][3], stack.enter_context(atomic_path(target, overwrite=overwrite)), format)
+                _write_file(built[k].mesh, stack.enter_context(atomic_path(target, overwrite=overwrite)), format)
     report(progress, 1.0, "done", cancel)
-    return [(targets[k], built[k][4]) for k in range(len(built))]
+    return [(targets[k], built[k].report) for k in range(len(built))]

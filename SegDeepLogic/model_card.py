@@ -23,7 +23,7 @@ import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from ._compat import zip_strict
 from .architectures import ARCHITECTURE_NAMES, network_size_divisor
 from .errors import ModelPackageError
 from .model_input import IntensityNormalization
+
+if TYPE_CHECKING:
+    from .segmentation_io import SegmentInfo
 
 __all__ = [
     "CARD_FILE",
@@ -459,6 +462,16 @@ class ModelCard:
     @property
     def label_colors(self) -> list[tuple[float, float, float]]:
         return [tuple(label["color"]) for label in self.labels]  # type: ignore[misc]
+
+    @property
+    def segments(self) -> list[SegmentInfo]:
+        """The labels as typed segments: name, value, colour and terminology of each structure."""
+        from .segmentation_io import SegmentInfo  # it imports SimpleITK; the Slicer panel lists models without it
+
+        return [
+            SegmentInfo(str(label["name"]), int(label["value"]), tuple(label["color"]), label.get("terminology"))
+            for label in self.labels
+        ]
 
     @property
     def size_divisor(self) -> tuple[int, int, int]:

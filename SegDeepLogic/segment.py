@@ -65,8 +65,10 @@ from .filecheck import max_voxels
 from .grid import AxisMap, Grid, axis_maps, model_grid, orientation_code
 from .inferers import sliding_window_inference
 from .io import check_hounsfield, read_volume, to_sitk, validate_volume, write_volume
+from .model_card import ModelCard
 from .model_input import AIR_HU, IntensityNormalization, antialias_sigma_mm, interpolation_weights, resample_to_model_grid
 from .model_package import load_model_package
+from .options import SegmentOptions, options_from
 from .plausibility import check_plausibility, image_features, mismatch_message, structure_volumes_ml
 from .presets import is_bone_like
 from .progress import CancelToken, ProgressCallback, report
@@ -80,6 +82,7 @@ from .volume import Volume
 
 __all__ = [
     "ModelNotFoundError",
+    "SegmentOptions",
     "SegmentationResult",
     "default_batch_size",
     "default_model_path",
@@ -275,31 +278,12 @@ def load_model(model: Any = None) -> Any:
         return load_model_package(model)
     if not (hasattr(model, "card") and hasattr(model, "network")):
         raise SegDeepError(f"model must be a model package (with .card and .network) or a path, got {type(model).__name__}")
-    return model
-
-
-def _field(obj: Any, name: str, default: Any = None) -> Any:
-    if isinstance(obj, Mapping):
-        return obj.get(name, default)
-    return getattr(obj, name, default)
-
-
-def _segments_of(card: Any) -> list[Any]:
-
-    segments = []
-    for label in _field(card, "labels") or []:
-        color = _field(label, "color")
-        segments.append(
-            SegmentInfo(
-                str(_field(label, "name")),
-                int(_field(label, "value")),
-                tuple(color) if color is not None else None,
-                _field(label, "terminology"),
-            )
+    if not isinstance(model.card, ModelCard):
+        raise SegDeepError(
+            f"the model package's card must be a ModelCard, got {type(model.card).__name__} "
+            "(ModelCard.from_dict reads a parsed model.json)"
         )
-    if not segments:
-        raise SegDeepError("the model card lists no labels")
-    return segments
+    return model
 
 
 def _size_divisor(network: torch.nn.Module) -> tuple[int, int, int] | None:
@@ -348,6 +332,8 @@ class SegmentationResult:
         :func:`SegDeepLogic.plausibility.check_plausibility`: does the CT, and the result, look
         like the model's training data? ``verdict`` is "ok", "caution", "mismatch" (wrong
         anatomy: do not use the output) or "unchecked" (the card has no reference statistics).
+    options : SegmentOptions or None
+        The options of the run (:class:`~SegDeepLogic.options.SegmentOptions`), as given.
     withheld : list of dict
         Empty unless the verdict was "mismatch" and ``allow_mismatch`` was False: then every
         structure the network predicted, ``{"name", "volume_ml"}``, whose labels (and
@@ -368,6 +354,7 @@ class SegmentationResult:
     parameters: dict[str, Any]
     plausibility: dict[str, Any] | None = None
     withheld: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    options: SegmentOptions | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready report (no voxel data)."""
@@ -394,6 +381,7 @@ class SegmentationResult:
             "uncertainty": self.uncertainty_summary,
             "plausibility": self.plausibility,
             "withheld": list(self.withheld),
+            "options": self.options.to_dict() if self.options is not None else None,
         }
 
 
@@ -743,32 +731,20 @@ def _clean_labels(
 def segment_volume(
     ct: Volume,
     model: Any = None,
+    options: SegmentOptions | Mapping[str, Any] | None = None,
     *,
-    device: str | torch.device = "auto",
-    precision: str = "auto",
-    overlap: float = 0.5,
-    batch_size: int | None = None,
-    tta: bool = False,
-    tta_flips: Sequence[tuple[int, ...]] | None = None,
-    thresholds: float | Mapping[str | int, float] | None = None,
-    keep_largest: bool | Mapping[str | int, bool] = False,
-    min_island_mm3: float | Mapping[str | int, float] = 0.0,
-    model_postprocessing: bool = True,
-    refine: bool = False,
-    refine_labels: Sequence[str | int] | None = None,
-    refine_options: RefineOptions | None = None,
-    antialias: bool = True,
-    uncertainty: bool = True,
-    uncertainty_band_mm: float = 2.0,
-    uncertainty_threshold: float = 0.5,
-    return_probabilities: bool = False,
-    allow_mismatch: bool = False,
-    num_threads: int | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     _timings: dict[str, float] | None = None,
+    **changes: Any,
 ) -> SegmentationResult:
     """Segment a CT with a U-Net model package; the label map is on the CT's exact grid.
+
+    A short pipeline of named stages: :func:`_plan` (what the card and the options ask for),
+    :func:`_prepare_input` (reorient, resample and normalise onto the model's grid),
+    :func:`_run_network` (sliding window, TTA), :func:`_back_to_ct_grid` (decision and labels on the
+    CT's grid), :func:`_clean_up_and_refine`, :func:`_check_and_summarise` (uncertainty summary,
+    out-of-distribution check, withholding) and :func:`_record` (the parameters).
 
     Parameters
     ----------
@@ -777,60 +753,18 @@ def segment_volume(
     model : ModelPackage, path or None
         A loaded package (``.card``, ``.network``), a package path, or None for the first
         package bundled in ``Resources/Models``.
-    device : str
-        ``"auto"`` (CUDA, then MPS, then CPU) or ``"cpu"``, ``"cuda"``, ``"cuda:N"``, ``"mps"``.
-    precision : {"auto", "fp32", "fp16", "bf16"}
-        ``"auto"``: bf16/fp16 autocast on GPUs, fp32 on the CPU.
-    overlap : float in [0, 1)
-        Sliding-window overlap (0.5: every voxel is seen by up to 8 windows).
-    batch_size : int, optional
-        Windows per network call (default :func:`default_batch_size`). Halved automatically
-        on out-of-memory.
-    tta : bool
-        Mirroring test-time augmentation: average the softmax over ``tta_flips`` (default all
-        8 combinations of flipping the three axes; 8x slower) and report their variance.
-        ``tta_flips`` lists tuples of window tensor dims to flip, 2, 3, 4 = D, H, W (``()``
-        is the unflipped prediction), e.g. ``[(), (4,)]`` for left-right mirroring only.
-    thresholds : float or mapping, optional
-        None: argmax over the classes. Otherwise a probability threshold for every label (a
-        float) or per label name/value (a mapping; unlisted labels use 0.5): a voxel gets the
-        most probable label whose probability reaches its threshold, background otherwise.
-    keep_largest, min_island_mm3 : bool/float or mapping
-        Per-label clean-up after the decision: keep the largest connected component, remove
-        components below this volume (mm³). A mapping sets them per label name/value.
-    model_postprocessing : bool
-        Apply the clean-up the model card prescribes (``extra["postprocessing"]["min_island_mm3"]``,
-        per label; chosen on validation data); the larger of it and ``min_island_mm3`` is used.
-    refine : bool
-        Refine bone labels at the CT's resolution with a HU threshold (:func:`refine_mask`).
-    refine_labels : sequence of str or int, optional
-        Labels to refine (default: those named after a bone, see :data:`SegDeepLogic.presets.BONE_KEYWORDS`).
-    refine_options : RefineOptions, optional
-        HU range, growth distance (mm) and clean-up of the refinement. Default: bone >= 226 HU,
-        grown by the model's largest voxel size (at least 3 mm), holes filled, largest piece.
-        Voxels the refinement removes become background; it never takes another label's voxels.
-    antialias : bool
-        Smooth the CT with a Gaussian (sigma = half the spacing increase, per axis) before
-        downsampling it to a coarser model spacing.
-    uncertainty : bool
-        Compute the uncertainty map and the per-structure summary.
-    uncertainty_band_mm, uncertainty_threshold : float
-        Boundary band half-width and the entropy counted as uncertain in the summary.
-    return_probabilities : bool
-        Also return each structure's probability map on the CT's grid (uint8, p·255).
-    allow_mismatch : bool
-        Keep the labels when the out-of-distribution check says "mismatch" (the CT is not the
-        anatomy the model was trained on). Default False: the label map comes back all
-        background, no probabilities, and ``result.withheld`` lists what the network had
-        predicted -- structures of the wrong anatomy must not appear as if they were real.
-    num_threads : int, optional
-        CPU threads for the network (default: PyTorch's, one per core). Fewer can be faster
-        on a machine busy with other work.
+    options : SegmentOptions or dict, optional
+        Every setting of the run (:class:`~SegDeepLogic.options.SegmentOptions`: device,
+        precision, overlap, batch size, TTA, thresholds, clean-up, refinement, uncertainty,
+        ``allow_mismatch``, threads); default the defaults. Recorded in ``result.options``.
     progress : callable, optional
         ``progress(fraction, stage)``.
     cancel : CancelToken, optional
         Checked between sliding windows and stages; raises
         :class:`~SegDeepLogic.errors.CancelledError`.
+    **changes
+        Single options by name (e.g. ``tta=True``), applied on top of ``options`` -- the
+        keyword arguments this function always took. See :class:`SegmentOptions` for each.
 
     Returns
     -------
@@ -849,42 +783,115 @@ def segment_volume(
     --------
     >>> from SegDeepLogic import read_volume
     >>> ct = read_volume("Resources/SampleData/openkbp_pt_236/ct.nii.gz")  # doctest: +SKIP
-    >>> result = segment_volume(ct, "Testing/Data/test_model", tta=True)  # doctest: +SKIP
-    >>> result.labels.same_grid(ct), result.fallbacks  # doctest: +SKIP
-    (True, [])
+    >>> result = segment_volume(ct, "Testing/Data/test_model", SegmentOptions(tta=True))  # doctest: +SKIP
+    >>> result.labels.same_grid(ct), result.fallbacks, result.options.tta  # doctest: +SKIP
+    (True, [], True)
     """
+    opts = options_from(options, **changes)
     timings: dict[str, float] = _timings if _timings is not None else {}
     stages = _Stages(progress, cancel, timings)
     validate_volume(ct, name="the CT")
-    if not 0.0 <= float(overlap) < 1.0:
-        raise SegDeepError(f"overlap must be in [0, 1), got {overlap}")
     package = load_model(model)
-    card, network = package.card, package.network
-    segments = _segments_of(card)
-    n_classes = 1 + len(segments)
+    plan = _plan(package.card, package.network, opts)
+    prepared = _prepare_input(ct, plan, opts, stages)
+    channels, final, fallbacks, threads = _run_network(package.network, prepared, plan, opts, stages, cancel)
+    labels, entropy_map, variance_map, probability_maps, decision = _back_to_ct_grid(channels, prepared, ct, plan, opts, stages)
+    del channels
+    cleaned = _clean_up_and_refine(labels, ct, plan, opts, stages)
+    checked = _check_and_summarise(ct, labels, entropy_map, variance_map, probability_maps, prepared, plan, opts, stages)
+    parameters = _record(ct, plan, prepared, opts, final, threads, decision, cleaned)
+    for stage in _STAGES[1:-1]:
+        timings.setdefault(stage, 0.0)
+    return SegmentationResult(
+        labels=checked.labels,
+        segments=plan.segments,
+        probabilities=checked.probabilities,
+        uncertainty=checked.uncertainty,
+        tta_variance=checked.tta_variance,
+        uncertainty_summary=checked.summary,
+        device=str(final.device),
+        precision=precision_name(final.dtype),
+        fallbacks=list(fallbacks),
+        timings_s=timings,
+        parameters=parameters,
+        plausibility=checked.plausibility,
+        withheld=checked.withheld,
+        options=opts,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """What the card and the options ask of one run (validated before any work)."""
+
+    card: ModelCard
+    segments: list[SegmentInfo]
+    n_classes: int
+    lut: np.ndarray
+    patch: tuple[int, int, int]
+    device: torch.device
+    dtype: torch.dtype
+    batch_size: int
+    flips: tuple[tuple[int, ...], ...]
+    normalization: IntensityNormalization
+    orientation: str
+    spacing_model: list[float]
+    reference: dict[str, Any]
+    need_entropy: bool
+
+
+def _plan(card: ModelCard, network: torch.nn.Module, opts: SegmentOptions) -> _Plan:
+    """Stage 0: check the card against the network and resolve device, precision, batch size, flips."""
+    segments = card.segments
+    if not segments:
+        raise SegDeepError("the model card lists no labels")
     max_value = max(s.value for s in segments)
     lut = np.array([0] + [s.value for s in segments], dtype=np.uint8 if max_value <= 255 else np.uint16)
-
-    if _field(card, "patch_size_kji") is None or _field(card, "spacing_ijk_mm") is None:
-        raise SegDeepError("the model card lacks patch_size_kji or spacing_ijk_mm")
-    patch = tuple(int(p) for p in _field(card, "patch_size_kji"))
+    patch = tuple(int(p) for p in card.patch_size_kji)
     divisor = _size_divisor(network)
     if len(patch) != 3 or min(patch) < 1 or (divisor and any(p % d for p, d in zip_strict(patch, divisor))):
         raise SegDeepError(
             f"the model's patch size {patch} (D, H, W) must be 3 sizes divisible by {divisor} (the network's downsampling)"
         )
-    torch_device = resolve_device(device)
-    dtype = resolve_precision(torch_device, precision)
-    if batch_size is None:
-        batch_size = default_batch_size(patch, torch_device)
-    if int(batch_size) < 1:
-        raise SegDeepError(f"batch_size must be >= 1, got {batch_size}")
-    flips = (tuple(tta_flips) if tta_flips is not None else ALL_FLIPS) if tta else ((),)
-    normalization = IntensityNormalization.from_card(_field(card, "intensity") or {})
-    orientation = str(_field(card, "orientation", "LPS"))
-    spacing_model = [float(s) for s in _field(card, "spacing_ijk_mm")]
+    torch_device = resolve_device(opts.device)
+    dtype = resolve_precision(torch_device, opts.precision)
+    batch_size = opts.batch_size if opts.batch_size is not None else default_batch_size(patch, torch_device)
+    flips = (opts.tta_flips if opts.tta_flips is not None else ALL_FLIPS) if opts.tta else ((),)
+    normalization = IntensityNormalization.from_card(card.intensity or {})
+    # The out-of-distribution check compares the entropy inside each structure with the
+    # validation run's: computed whenever the card has that reference, returned only if asked.
+    reference = dict(card.reference_statistics or {})
+    return _Plan(
+        card=card,
+        segments=segments,
+        n_classes=1 + len(segments),
+        lut=lut,
+        patch=patch,  # type: ignore[arg-type]
+        device=torch_device,
+        dtype=dtype,
+        batch_size=int(batch_size),
+        flips=tuple(flips),
+        normalization=normalization,
+        orientation=str(card.orientation),
+        spacing_model=[float(s) for s in card.spacing_ijk_mm],
+        reference=reference,
+        need_entropy=bool(opts.uncertainty or reference.get("validation_entropy")),
+    )
 
-    # -- reorient + resample: one interpolation from the CT onto the model's grid ---------------
+
+@dataclasses.dataclass
+class _ModelInput:
+    """The CT on the model's grid, normalised, with the image features of the OOD check."""
+
+    array: np.ndarray | None
+    grid: Grid
+    features: dict[str, Any]
+    cval: float
+
+
+def _prepare_input(ct: Volume, plan: _Plan, opts: SegmentOptions, stages: _Stages) -> _ModelInput:
+    """Stages reorient, resample, normalise: one interpolation from the CT onto the model's grid."""
+    orientation, spacing_model = plan.orientation, plan.spacing_model
     with stages("reorient"):
         grid = model_grid(ct, orientation, spacing_model)
         n_model = int(np.prod(grid.size_ijk, dtype=np.int64))
@@ -895,7 +902,7 @@ def segment_volume(
                 "(SEGDEEP_MAX_VOXELS); is the card's spacing_ijk_mm right?"
             )
     with stages("resample"):
-        sigma_mm = antialias_sigma_mm(ct, grid, antialias=antialias)  # the rule training data is prepared with
+        sigma_mm = antialias_sigma_mm(ct, grid, antialias=opts.antialias)  # the rule training data is prepared with
         if axis_maps(Grid.of(ct), grid) is not None:
             array = resample_to_model_grid(ct, grid, sigma_mm)
         else:  # direction matrices too far from orthonormal for the separable path
@@ -910,41 +917,49 @@ def segment_volume(
         # The out-of-distribution check's image features, measured where training measured them.
         features = image_features(array, grid.spacing[::-1], axial_axis=_axial_axis(orientation))
     with stages("normalise"):
-        normalization.apply(array, out=array)
-        cval = normalization.fill_value
+        norm = plan.normalization
+        norm.apply(array, out=array)
+        cval = norm.fill_value
         if not (np.isfinite(cval) and np.isfinite(array.min()) and np.isfinite(array.max())):
             raise SegDeepError(
-                f"the model card's intensity normalisation (clip {normalization.clip_lo:g}..{normalization.clip_hi:g}, "
-                f"subtract {normalization.subtract:g}, divide {normalization.divide:g}) gives non-finite network input"
+                f"the model card's intensity normalisation (clip {norm.clip_lo:g}..{norm.clip_hi:g}, "
+                f"subtract {norm.subtract:g}, divide {norm.divide:g}) gives non-finite network input"
             )
+    return _ModelInput(array, grid, features, float(cval))
 
-    # The out-of-distribution check compares the entropy inside each structure with the
-    # validation run's: computed whenever the card has that reference, returned only if asked.
-    reference = _field(card, "reference_statistics") or {}
-    need_entropy = bool(uncertainty or reference.get("validation_entropy"))
 
-    # -- network -----------------------------------------------------------------------------
+def _run_network(
+    network: torch.nn.Module,
+    prepared: _ModelInput,
+    plan: _Plan,
+    opts: SegmentOptions,
+    stages: _Stages,
+    cancel: CancelToken | None,
+) -> tuple[list[Any], RunConfig, list[str], int]:
+    """Stage network: the sliding window (and TTA) on the model's grid; the class probabilities, the
+    entropy and the TTA variance as channels. Frees the input array."""
     threads = torch.get_num_threads()
-    if num_threads is not None:
-        torch.set_num_threads(max(1, int(num_threads)))
+    if opts.num_threads is not None:
+        torch.set_num_threads(max(1, int(opts.num_threads)))
+    n_classes = plan.n_classes
     with stages("network"), _restore_threads(threads):
         network.eval()
-        config = RunConfig(torch_device, torch_device, int(batch_size), dtype)
-        extra_channels = 1 if len(flips) > 1 else 0
+        config = RunConfig(plan.device, plan.device, plan.batch_size, plan.dtype)
+        extra_channels = 1 if len(plan.flips) > 1 else 0
         maps, final, fallbacks = _predict(
             network,
-            array,
-            patch=patch,  # type: ignore[arg-type]
-            overlap=float(overlap),
-            flips=flips,
+            prepared.array,
+            patch=plan.patch,
+            overlap=opts.overlap,
+            flips=plan.flips,
             config=config,
-            cval=cval,
+            cval=prepared.cval,
             progress=stages.callback("network"),
             cancel=cancel,
             channels=n_classes + extra_channels,
-            lateral=lateral_swap(orientation, [str(_field(seg, "name")) for seg in segments]),
+            lateral=lateral_swap(plan.orientation, [s.name for s in plan.segments]),
         )
-        del array
+        prepared.array = None
         n_bad = int((~torch.isfinite(torch.as_tensor(maps))).sum())
         if n_bad:
             raise SegDeepError(
@@ -954,18 +969,25 @@ def segment_volume(
         if maps.shape[0] != n_classes + extra_channels:
             raise SegDeepError(
                 f"the network returned {maps.shape[0] - extra_channels} channels but the card lists "
-                f"{len(segments)} labels (+ background)"
+                f"{len(plan.segments)} labels (+ background)"
             )
         channels = list(maps[:n_classes])
-        if need_entropy:
+        if plan.need_entropy:
             channels.append(normalized_entropy(maps[:n_classes], axis=0))
-            if uncertainty and extra_channels:
+            if opts.uncertainty and extra_channels:
                 channels.append(maps[n_classes])
         del maps
+    return channels, final, list(fallbacks), threads
 
-    # -- back to the CT's grid ---------------------------------------------------------------------
+
+def _back_to_ct_grid(
+    channels: list[Any], prepared: _ModelInput, ct: Volume, plan: _Plan, opts: SegmentOptions, stages: _Stages
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray | None, str | dict[str, float]]:
+    """Stage resample-back: the decision (argmax or thresholds) and the maps on the CT's grid."""
+    segments = plan.segments
     threshold_array = None
     decision: str | dict[str, float] = "argmax"
+    thresholds = opts.per_label("thresholds")
     if thresholds is not None:
         per = _per_label(thresholds, segments, 0.5, "thresholds")
         decision = {s.name: float(per[s.value]) for s in segments}
@@ -975,43 +997,84 @@ def segment_volume(
     with stages("resample-back"):
         labels, extras, probability_maps = _to_input_grid(
             channels,
-            grid,
+            prepared.grid,
             ct,
-            n_classes=n_classes,
-            lut=lut,
+            n_classes=plan.n_classes,
+            lut=plan.lut,
             thresholds=threshold_array,
-            want_probabilities=return_probabilities,
+            want_probabilities=opts.return_probabilities,
             report_fraction=lambda f: stages.report("resample-back", f),
         )
-        del channels
-    entropy_map = extras[0] if need_entropy else None
-    variance_map = extras[1] if uncertainty and extra_channels else None
+        channels.clear()
+    has_variance = opts.uncertainty and len(plan.flips) > 1
+    entropy_map = extras[0] if plan.need_entropy else None
+    variance_map = extras[1] if has_variance else None
+    return labels, entropy_map, variance_map, probability_maps, decision
 
-    # -- clean-up and refinement ------------------------------------------------------------------
-    largest = _per_label(keep_largest, segments, False, "keep_largest")
-    islands = _per_label(min_island_mm3, segments, 0.0, "min_island_mm3")
+
+@dataclasses.dataclass(frozen=True)
+class _Cleaned:
+    largest: dict[int, bool]
+    islands: dict[int, float]
+    card_post: dict[str, Any]
+    refine_options: RefineOptions
+    refined_names: list[str]
+
+
+def _clean_up_and_refine(labels: np.ndarray, ct: Volume, plan: _Plan, opts: SegmentOptions, stages: _Stages) -> _Cleaned:
+    """Stages postprocess and refine, in place on ``labels``."""
+    segments = plan.segments
+    largest = _per_label(opts.per_label("keep_largest"), segments, False, "keep_largest")
+    islands = _per_label(opts.per_label("min_island_mm3"), segments, 0.0, "min_island_mm3")
     # The model's own clean-up (card extra.postprocessing, chosen on validation data) is part of
     # the model, as nnU-Net's post-processing is; the caller's settings can only add to it.
-    card_post = ((_field(card, "extra") or {}).get("postprocessing") or {}) if model_postprocessing else {}
+    card_post = ((plan.card.extra or {}).get("postprocessing") or {}) if opts.model_postprocessing else {}
     card_islands = _per_label(card_post.get("min_island_mm3", 0.0), segments, 0.0, "the card's min_island_mm3")
     islands = {v: max(float(islands[v]), float(card_islands[v])) for v in islands}
     with stages("postprocess"):
         _clean_labels(labels, segments, largest, islands, ct.voxel_volume_mm3)
     refined_names: list[str] = []
     # The network's boundary is off by up to about one model voxel: grow at least that far.
-    options = refine_options or RefineOptions(grow_mm=max(RefineOptions.grow_mm, *spacing_model))
-    if refine:
+    refine_options = opts.refine_options or RefineOptions(grow_mm=max(RefineOptions.grow_mm, *plan.spacing_model))
+    if opts.refine:
         with stages("refine"):
-            for s in _select_labels(refine_labels, segments):
+            for s in _select_labels(opts.refine_labels, segments):
                 mask = labels == s.value
                 if not mask.any():
                     continue
                 allowed = (labels == 0) | mask
-                refined = refine_mask(ct, ct.with_array(mask), options, allowed=allowed).array
+                refined = refine_mask(ct, ct.with_array(mask), refine_options, allowed=allowed).array
                 labels[mask & ~refined] = 0
                 labels[refined] = s.value
                 refined_names.append(s.name)
+    return _Cleaned(largest, islands, card_post, refine_options, refined_names)
 
+
+@dataclasses.dataclass(frozen=True)
+class _Checked:
+    labels: Volume
+    probabilities: dict[str, Volume] | None
+    uncertainty: Volume | None
+    tta_variance: Volume | None
+    summary: list[dict[str, Any]]
+    plausibility: dict[str, Any]
+    withheld: list[dict[str, Any]]
+
+
+def _check_and_summarise(
+    ct: Volume,
+    labels: np.ndarray,
+    entropy_map: np.ndarray | None,
+    variance_map: np.ndarray | None,
+    probability_maps: np.ndarray | None,
+    prepared: _ModelInput,
+    plan: _Plan,
+    opts: SegmentOptions,
+    stages: _Stages,
+) -> _Checked:
+    """Stage uncertainty, then the out-of-distribution check: a "mismatch" withholds the labels
+    unless ``allow_mismatch``."""
+    segments = plan.segments
     label_volume = ct.with_array(labels)
     uncertainty_volume = ct.with_array(entropy_map) if entropy_map is not None else None
     variance_volume = ct.with_array(variance_map) if variance_map is not None else None
@@ -1022,8 +1085,8 @@ def segment_volume(
                 label_volume,
                 uncertainty_volume,
                 segments,
-                band_mm=uncertainty_band_mm,
-                threshold=uncertainty_threshold,
+                band_mm=opts.uncertainty_band_mm,
+                threshold=opts.uncertainty_threshold,
                 variance=variance_volume,
             )
     if summary:
@@ -1034,76 +1097,75 @@ def segment_volume(
         volumes_ml = {s.name: values[s.value - 1] for s in segments}
         entropy = None
     plausibility = check_plausibility(
-        features,
+        prepared.features,
         volumes_ml,
-        reference.get("training"),
+        plan.reference.get("training"),
         mean_entropy_inside=entropy,
-        entropy_reference=reference.get("validation_entropy"),
+        entropy_reference=plan.reference.get("validation_entropy"),
     )
     withheld: list[dict[str, Any]] = []
-    if plausibility.get("verdict") == "mismatch" and not allow_mismatch:
+    if plausibility.get("verdict") == "mismatch" and not opts.allow_mismatch:
         withheld = [
             {"name": s.name, "volume_ml": round(float(volumes_ml[s.name]), 3)} for s in segments if volumes_ml[s.name] > 0
         ]
         label_volume = label_volume.with_array(np.zeros_like(label_volume.array))
         probability_maps = None
-    if not uncertainty:  # computed for the out-of-distribution check only
+    if not opts.uncertainty:  # computed for the out-of-distribution check only
         uncertainty_volume, summary = None, []
     probabilities = None
     if probability_maps is not None:
         probabilities = {s.name: ct.with_array(probability_maps[c]) for c, s in enumerate(segments)}
+    return _Checked(label_volume, probabilities, uncertainty_volume, variance_volume, summary, plausibility, withheld)
 
-    parameters = {
+
+def _record(
+    ct: Volume,
+    plan: _Plan,
+    prepared: _ModelInput,
+    opts: SegmentOptions,
+    final: RunConfig,
+    threads: int,
+    decision: str | dict[str, float],
+    cleaned: _Cleaned,
+) -> dict[str, Any]:
+    """The parameters of the run, as recorded in the result (and the sidecars and reports)."""
+    card, segments = plan.card, plan.segments
+    return {
         "model": {
-            "name": _field(card, "name"),
-            "version": _field(card, "version"),
-            "architecture": _field(card, "architecture"),
-            "weights_sha256": _field(card, "weights_sha256", ""),
+            "name": card.name,
+            "version": card.version,
+            "architecture": card.architecture,
+            "weights_sha256": card.weights_sha256 or "",
         },
-        "model_orientation": orientation,
-        "model_spacing_ijk_mm": spacing_model,
-        "model_grid": grid.as_dict(),
+        "model_orientation": plan.orientation,
+        "model_spacing_ijk_mm": plan.spacing_model,
+        "model_grid": prepared.grid.as_dict(),
         "input_orientation": orientation_code(ct.direction),
-        "patch_size_kji": list(patch),
-        "overlap": float(overlap),
+        "patch_size_kji": list(plan.patch),
+        "overlap": float(opts.overlap),
         "blending": "gaussian (sigma_scale 0.125) of the class probabilities",
         "batch_size": final.batch_size,
-        "requested_batch_size": int(batch_size),
-        "num_threads": int(num_threads) if num_threads else threads,
+        "requested_batch_size": plan.batch_size,
+        "num_threads": int(opts.num_threads) if opts.num_threads else threads,
         "stitch_device": str(final.stitch_device),
-        "tta": bool(tta),
-        "tta_flips_dhw": [list(a - 2 for a in f) for f in flips] if tta else [],
+        "tta": bool(opts.tta),
+        "tta_flips_dhw": [list(a - 2 for a in f) for f in plan.flips] if opts.tta else [],
         "decision": decision,
-        "keep_largest": {s.name: bool(largest[s.value]) for s in segments},
-        "min_island_mm3": {s.name: float(islands[s.value]) for s in segments},
-        "model_postprocessing": card_post or False,
-        "refine": {"labels": refined_names, **options.as_dict()} if refine else False,
-        "antialias": bool(antialias),
+        "keep_largest": {s.name: bool(cleaned.largest[s.value]) for s in segments},
+        "min_island_mm3": {s.name: float(cleaned.islands[s.value]) for s in segments},
+        "model_postprocessing": cleaned.card_post or False,
+        "refine": {"labels": cleaned.refined_names, **cleaned.refine_options.as_dict()} if opts.refine else False,
+        "antialias": bool(opts.antialias),
         "intensity": {
-            "clip_hu": [normalization.clip_lo, normalization.clip_hi],
-            "subtract": normalization.subtract,
-            "divide": normalization.divide,
+            "clip_hu": [plan.normalization.clip_lo, plan.normalization.clip_hi],
+            "subtract": plan.normalization.subtract,
+            "divide": plan.normalization.divide,
         },
-        "uncertainty": {"band_mm": uncertainty_band_mm, "threshold": uncertainty_threshold} if uncertainty else False,
-        "allow_mismatch": bool(allow_mismatch),
+        "uncertainty": {"band_mm": opts.uncertainty_band_mm, "threshold": opts.uncertainty_threshold}
+        if opts.uncertainty
+        else False,
+        "allow_mismatch": bool(opts.allow_mismatch),
     }
-    for stage in _STAGES[1:-1]:
-        timings.setdefault(stage, 0.0)
-    return SegmentationResult(
-        labels=label_volume,
-        segments=segments,
-        probabilities=probabilities,
-        uncertainty=uncertainty_volume,
-        tta_variance=variance_volume,
-        uncertainty_summary=summary,
-        device=str(final.device),
-        precision=precision_name(final.dtype),
-        fallbacks=list(fallbacks),
-        timings_s=timings,
-        parameters=parameters,
-        plausibility=plausibility,
-        withheld=withheld,
-    )
 
 
 def _axial_axis(orientation: str) -> int:
@@ -1146,15 +1208,15 @@ def segment_file(
     ct_path: str | os.PathLike,
     output: str | os.PathLike,
     model: Any = None,
+    options: SegmentOptions | Mapping[str, Any] | None = None,
     *,
     output_format: str | None = None,
     uncertainty_path: str | os.PathLike | None = None,
     overwrite: bool = False,
-    allow_mismatch: bool = False,
     series_uid: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
-    **options: Any,
+    **changes: Any,
 ) -> tuple[SegmentationResult, list[Path]]:
     """Read a CT, segment it (:func:`segment_volume`) and write the label map.
 
@@ -1176,15 +1238,16 @@ def segment_file(
         Also write the uncertainty map (float32, .nii.gz/.nrrd/.mha) here.
     overwrite : bool
         Replace existing files (default: refuse before doing any work).
-    allow_mismatch : bool
-        Write the result even when the out-of-distribution check says "mismatch" (the CT is not
-        the anatomy the model knows). False (default, as on the command line): raise
-        :class:`MismatchError` naming the reasons and the withheld structures, and write
-        nothing, so a batch never stores output the check calls meaningless.
+    options : SegmentOptions or dict, optional
+        The options of :func:`segment_volume`. With ``allow_mismatch`` the result is written even
+        when the out-of-distribution check says "mismatch" (the CT is not the anatomy the model
+        knows); without it (the default, as on the command line) :class:`MismatchError` names the
+        reasons and the withheld structures and nothing is written, so a batch never stores
+        output the check calls meaningless.
     series_uid : str, optional
         With a DICOM folder: the Series Instance UID to segment (default: the largest series).
-    **options
-        Passed to :func:`segment_volume`.
+    **changes
+        Single options by name (e.g. ``refine=True``, ``allow_mismatch=True``) on top of ``options``.
 
     Returns
     -------
@@ -1200,6 +1263,7 @@ def segment_file(
     >>> [p.name for p in paths], result.timings_s["network"] > 0  # doctest: +SKIP
     (['ct.seg.nrrd'], True)
     """
+    opts = options_from(options, **changes)
     output = Path(output)
     fmt = _output_format(output, output_format)
 
@@ -1212,7 +1276,7 @@ def segment_file(
             raise FileExistsError(f"refusing to overwrite existing file(s): {', '.join(existing)} (use overwrite)")
     # Before any work: no output may be the CT or another output, a folder or a special file.
     check_outputs({f"output {n}": t for n, t in enumerate(targets)}, inputs={"CT": Path(ct_path)}, overwrite=overwrite)
-    if uncertainty_path is not None and not options.get("uncertainty", True):
+    if uncertainty_path is not None and not opts.uncertainty:
         raise SegDeepError("an uncertainty file was requested with uncertainty=False")
     timings: dict[str, float] = {}
     stages = _Stages(progress, cancel, timings)
@@ -1228,11 +1292,9 @@ def segment_file(
             check_hounsfield(ct, name=str(ct_path), strict=True)  # as read_volume(check_hu=True)
         else:
             ct = read_volume(ct_path, check_hu=True, series_uid=series_uid)
-    result = segment_volume(
-        ct, model, allow_mismatch=allow_mismatch, progress=progress, cancel=cancel, _timings=timings, **options
-    )
+    result = segment_volume(ct, model, opts, progress=progress, cancel=cancel, _timings=timings)
     del ct
-    if (result.plausibility or {}).get("verdict") == "mismatch" and not allow_mismatch:
+    if (result.plausibility or {}).get("verdict") == "mismatch" and not opts.allow_mismatch:
         raise MismatchError(
             f"nothing written: {mismatch_message(result.plausibility, result.withheld, Path(ct_path).name)} "
             "Pass --allow-mismatch (allow_mismatch=True) to write the segmentation anyway.",

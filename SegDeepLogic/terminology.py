@@ -29,6 +29,7 @@ __all__ = [
     "CATEGORY_CONTEXT",
     "TerminologyError",
     "is_full_entry",
+    "slicer_terminology_entry",
     "terminology_codes",
     "terminology_entry",
 ]
@@ -128,6 +129,27 @@ def terminology_entry(code: str | None, name: str = "") -> str | None:
     return "~".join(
         [CATEGORY_CONTEXT, category, f"{scheme}^{value}^{meaning}", modifier, ANATOMIC_CONTEXT, EMPTY_CODE, EMPTY_CODE]
     )
+
+
+def slicer_terminology_entry(code: str | None, name: str = "") -> str | None:
+    """The ``TerminologyEntry`` tag a 3D Slicer segment gets for a model card's terminology.
+
+    The one conversion the Slicer module uses (``SegDeepLib.mrml``): :func:`terminology_entry`,
+    except that a terminology it cannot interpret gives None -- the segment is still created,
+    without a terminology, rather than the whole result being refused in the panel. (The file
+    writers are strict: :class:`~SegDeepLogic.segmentation_io.SegmentInfo` raises instead.)
+
+    Examples
+    --------
+    >>> slicer_terminology_entry("SCT^91609006^Mandible") == terminology_entry("SCT^91609006^Mandible")
+    True
+    >>> slicer_terminology_entry("nonsense") is None and slicer_terminology_entry(None) is None
+    True
+    """
+    try:
+        return terminology_entry(code, name)
+    except TerminologyError:
+        return None
 
 
 def terminology_codes(entry: str | None) -> dict[str, tuple[str, str, str] | None]:

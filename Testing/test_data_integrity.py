@@ -822,24 +822,25 @@ def test_out_of_bounds_card_values_are_refused_before_work(work: Path, tmp_path:
 def test_nan_network_output_is_an_error_not_an_empty_result() -> None:
     import torch
 
+    from SegDeepLogic.model_package import ModelCard
     from SegDeepLogic.segment import segment_volume
 
     class NaNNet(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return torch.full((x.shape[0], 3, *x.shape[2:]), float("nan"))
 
-    card = {
-        "name": "nan",
-        "version": "0",
-        "architecture": "test",
-        "architecture_params": {},
-        "in_channels": 1,
-        "labels": [{"name": "bone", "value": 1}, {"name": "soft", "value": 2}],
-        "spacing_ijk_mm": [2.0, 2.0, 2.0],
-        "orientation": "LPS",
-        "intensity": {"clip_hu": [-1024, 3071], "subtract": 0.0, "divide": 1000.0},
-        "patch_size_kji": [16, 16, 16],
-    }
+    card = ModelCard(
+        name="nan",
+        version="0",
+        architecture="unet3d",
+        architecture_params={},
+        labels=[{"name": "bone", "value": 1, "color": [1, 1, 1]}, {"name": "soft", "value": 2, "color": [1, 0, 0]}],
+        spacing_ijk_mm=[2.0, 2.0, 2.0],
+        orientation="LPS",
+        intensity={"clip_hu": [-1024, 3071], "subtract": 0.0, "divide": 1000.0},
+        patch_size_kji=[16, 16, 16],
+        license="CC0-1.0",
+    )
     ct = Volume(small_ct(), (1.0, 1.0, 1.5))
     with pytest.raises(SegDeepError, match="non-finite values"):
         segment_volume(ct, types.SimpleNamespace(card=card, network=NaNNet()), uncertainty=False)

@@ -18,4 +18,6 @@ def test_readme_python_example_runs_and_compares_inside_the_roi(tmp_path: Path, 
     namespace: dict = {}
     exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
     assert (tmp_path / "bone.seg.nrrd").exists()
-    assert namespace["result"].dice > 0.75  # bone threshold near the mandible agrees with the contour
+    comparison = namespace["result"].comparison
+    assert comparison.dice > 0.75  # bone threshold near the mandible agrees with the contour
+    assert namespace["result"].roi_margin_mm == 10.0 and comparison.tolerance_mm == 2.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import types
 from pathlib import Path
@@ -17,6 +18,7 @@ from SegDeepLogic.devices import DeviceError, InferenceOutOfMemoryError
 from SegDeepLogic.errors import CancelledError
 from SegDeepLogic.grid import model_grid, orientation_code, reorient_volume
 from SegDeepLogic.io import from_sitk, to_sitk
+from SegDeepLogic.model_package import ModelCard
 from SegDeepLogic.progress import CancelToken
 from SegDeepLogic.refine import RefineOptions, refine_mask
 from SegDeepLogic.resample import resample_to_grid
@@ -61,21 +63,21 @@ class ThresholdNet(torch.nn.Module):
 
 
 def package(network: torch.nn.Module, *, spacing=(2.0, 2.0, 2.0), orientation="LPI", patch=(16, 16, 16)):
-    card = {
-        "name": "threshold stand-in",
-        "version": "0",
-        "architecture": "test",
-        "architecture_params": {},
-        "in_channels": 1,
-        "labels": [
+    card = ModelCard(
+        name="threshold stand-in",
+        version="0",
+        architecture="unet3d",  # the card's architecture; the stand-in network is what runs
+        architecture_params={},
+        labels=[
             {"name": "bone", "value": 1, "color": [0.9, 0.8, 0.6]},
             {"name": "soft_tissue", "value": 7, "color": [0.7, 0.4, 0.4], "terminology": "SCT^87784001^Soft tissue"},
         ],
-        "spacing_ijk_mm": list(spacing),
-        "orientation": orientation,
-        "intensity": {"clip_hu": [-1024, 3071], "subtract": 0.0, "divide": 1000.0},
-        "patch_size_kji": list(patch),
-    }
+        spacing_ijk_mm=list(spacing),
+        orientation=orientation,
+        intensity={"clip_hu": [-1024, 3071], "subtract": 0.0, "divide": 1000.0},
+        patch_size_kji=list(patch),
+        license="CC0-1.0",
+    )
     return types.SimpleNamespace(card=card, network=network)
 
 
@@ -302,7 +304,7 @@ def test_the_cards_own_island_clean_up_is_applied_unless_switched_off() -> None:
     ct = sphere_ct((46, 26, 26), (1.0, 1.0, 1.0), np.eye(3), extra_blob=blob)
     net = ThresholdNet()
     model = package(net)
-    model.card["extra"] = {"postprocessing": {"min_island_mm3": {"bone": 500.0}}}
+    model.card = dataclasses.replace(model.card, extra={"postprocessing": {"min_island_mm3": {"bone": 500.0}}})
     raw = segment_volume(ct, package(net), uncertainty=False).labels.array
     by_card = segment_volume(ct, model, uncertainty=False)
     by_caller = segment_volume(ct, package(net), uncertainty=False, min_island_mm3={"bone": 500.0}).labels.array

@@ -30,7 +30,8 @@ import slicer_scene  # noqa: E402
 from SegDeepLogic import Volume, read_volume, write_volume  # noqa: E402
 from SegDeepLogic.errors import CancelledError, MismatchError, SegDeepError  # noqa: E402
 from SegDeepLogic.metrics import compare_masks, disagreement_masks  # noqa: E402
-from SegDeepLogic.threshold import threshold_segment  # noqa: E402
+from SegDeepLogic.options import SegmentOptions  # noqa: E402
+from SegDeepLogic.threshold import grow_mask, keep_largest_component, threshold_segment  # noqa: E402
 
 slicer_scene.add_module_path()
 
@@ -314,10 +315,14 @@ def test_comparison_table_holds_the_engine_values(scenario, ct_node, reference_c
         if key in rows:
             value = expected[key]
             assert (math.isnan(rows[key]) and value is None) or rows[key] == value, key
+    # the threshold counts inside the segment grown by the default 10 mm (the report's and the CLI's region)
+    region = grow_mask(reference_ct.with_array(scenario["network_mask"]), 10.0).array
     independent = compare_masks(
-        reference_ct.with_array(scenario["network_mask"]), threshold_segment(reference_ct, preset="bone").mask
+        reference_ct.with_array(scenario["network_mask"]),
+        reference_ct.with_array(threshold_segment(reference_ct, preset="bone").mask.array & region),
     )
     assert rows["dice"] == independent.dice and rows["hd95_mm"] == independent.hd95_mm
+    assert rows["roi_margin_mm"] == 10.0 and rows["volume_b_ml"] == independent.volume_b_ml
     units = {
         table.GetTable().GetValueByName(r, "Key").ToString(): table.GetTable().GetValueByName(r, "Unit").ToString()
         for r in range(table.GetNumberOfRows())
@@ -333,7 +338,8 @@ def test_disagreement_segments(scenario, ct_node, reference_ct):
     assert node.GetAttribute(liblogic.ROLE_ATTRIBUTE) == liblogic.ROLE_DISAGREEMENT
     assert mrml.segment_names(node) == [liblogic.NETWORK_ONLY, liblogic.THRESHOLD_ONLY, liblogic.THRESHOLD_SEGMENT]
     ct = reference_ct
-    threshold = threshold_segment(ct, preset="bone").mask
+    region = grow_mask(ct.with_array(scenario["network_mask"]), 10.0).array
+    threshold = ct.with_array(threshold_segment(ct, preset="bone").mask.array & region)
     only_network, only_threshold = disagreement_masks(ct.with_array(scenario["network_mask"]), threshold)
     np.testing.assert_array_equal(segment_array(node, liblogic.NETWORK_ONLY, ct_node), only_network.array)
     np.testing.assert_array_equal(segment_array(node, liblogic.THRESHOLD_ONLY, ct_node), only_threshold.array)
@@ -415,9 +421,18 @@ def test_compare_options_and_errors(scenario, logic, ct_node, headless, referenc
     assert rows["lower_hu"] == 300 and math.isnan(rows["upper_hu"]), "explicit bounds win over the default preset"
     assert table.GetNodeReference(liblogic.DISAGREEMENT_REFERENCE) is None
     ct = reference_ct
-    threshold = threshold_segment(ct, lower_hu=300, keep_largest=True).mask
-    expected = compare_masks(ct.with_array(segment_array(seg, other, ct_node)), threshold)
+    segment = ct.with_array(segment_array(seg, other, ct_node))
+    # clean-up after the restriction to the region: the largest threshold component inside it
+    threshold = keep_largest_component(
+        ct.with_array(threshold_segment(ct, lower_hu=300).mask.array & grow_mask(segment, 10.0).array)
+    )
+    expected = compare_masks(segment, threshold)
     assert rows["dice"] == expected.dice and rows["hd95_mm"] == expected.hd95_mm
+    whole = selftest.table_values(
+        logic.compareWithThreshold(seg, ct_node, segmentName=other, lowerHU=300, roiMarginMm=None, disagreement=False)
+    )
+    assert whole["dice"] == compare_masks(segment, threshold_segment(ct, lower_hu=300).mask).dice, "no region: the whole CT"
+    assert math.isnan(whole["roi_margin_mm"])
     otsu = selftest.table_values(logic.compareWithThreshold(seg, ct_node, segmentName=other, method="otsu", disagreement=False))
     assert -1024 < otsu["lower_hu"] < 3071
     with pytest.raises(ValueError, match="no segment named 'femur'"):
@@ -451,6 +466,10 @@ def test_bundled_model_end_to_end_on_a_crop(headless, logic, ct_node):
         image = segment.GetRepresentation(mrml.BINARY_LABELMAP)
         np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(_image_to_world(image)), matrix, atol=1e-9)
     assert logic.lastSegmentation["parameters"]["model"]["name"] == info.name
+    # the run's options: built once by the logic, written to the job file, read back by the worker and recorded
+    built = SegmentOptions(num_threads=THREADS, uncertainty=False)
+    assert json.loads(seg.GetAttribute("SegDeep.Options")) == built.to_dict()
+    assert SegmentOptions.from_dict(logic.lastSegmentation["options"]) == built, "what the worker ran"
     # the bundled model's card has reference statistics: the crop is really checked against them
     check = logic.plausibility(seg)
     card = json.loads((Path(BUNDLED_MODEL) / "model.json").read_text()) if Path(BUNDLED_MODEL).is_dir() else {}

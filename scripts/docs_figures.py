@@ -79,14 +79,14 @@ def case(eval_dir: str, model: str, data_dir: str, out: str = "docs/img/validati
     ct = read_volume(Path(data_dir) / chosen / "ct.nii.gz")
     result = segment_volume(ct, package, uncertainty=False)
     reference = np.zeros(ct.array.shape, np.uint8)
-    for label in package.card.labels:
-        path = Path(data_dir) / chosen / f"{label['name']}.nii.gz"
+    for segment in package.card.segments:
+        path = Path(data_dir) / chosen / f"{segment.name}.nii.gz"
         if path.exists():
-            reference[read_volume(path).array > 0] = label["value"]
+            reference[read_volume(path).array > 0] = segment.value
     overlay_figure(
         ct,
         result.labels,
-        package.card.labels,
+        package.card.segments,
         out,
         reference=ct.with_array(reference),
         title=f"validation case {chosen} (median mean Dice {full[chosen]:.2f}): prediction (top) vs clinical contours (bottom)",

@@ -28,6 +28,7 @@ from scipy import ndimage as ndi
 from SegDeepLogic.grid import reorient_volume
 from SegDeepLogic.io import read_volume
 from SegDeepLogic.segment import segment_volume
+from SegDeepLogic.segmentation_io import SegmentInfo
 from SegDeepLogic.training.figures import overlay_figure
 
 
@@ -102,7 +103,7 @@ def main() -> None:
             overlay_figure(
                 ct,
                 only,
-                [{"name": f"{args.focus} (model)", "value": 1, "color": (1.0, 0.1, 0.1)}],
+                [SegmentInfo(f"{args.focus} (model)", 1, (1.0, 0.1, 0.1))],
                 out_dir / "img" / f"ood_{name}_{args.focus}.png",
                 axial_fractions=(0.1, 0.5, 0.9),
                 title=f"{Path(path).name}: where the model puts '{args.focus}' (red)" + (f"\n({shown})" if shown else ""),

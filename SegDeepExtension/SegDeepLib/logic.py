@@ -114,6 +114,8 @@ METRIC_ROWS: tuple[tuple[str, str, str], ...] = (
     ("only_b_ml", "Threshold only", "mL"),
     ("lower_hu", "Threshold lower bound", "HU"),
     ("upper_hu", "Threshold upper bound", "HU"),
+    ("roi_margin_mm", "Region: the segment grown by", "mm"),
+    ("roi_volume_ml", "Region volume", "mL"),
 )
 """Rows of the comparison table: (key of ``MaskComparison.to_dict()`` or threshold bound, label, unit)."""
 
@@ -442,6 +444,17 @@ class SegDeepLogicBase:
         model_path = self.resolveModel(model)
         device = self._check_device(device)
         from SegDeepLogic.io import write_volume
+        from SegDeepLogic.options import SegmentOptions
+
+        # the run's options, built once here and read back by the worker (SegmentOptions.from_dict)
+        segment_options = SegmentOptions(
+            device=device,
+            tta=bool(tta),
+            refine=bool(refine),
+            uncertainty=bool(uncertainty),
+            num_threads=None if numThreads is None else int(numThreads),
+            allow_mismatch=bool(allowMismatch),
+        )
 
         ct = mrml.volume_from_node(volumeNode)
         removeStaleWorkFolders(self.temporaryDirectory())
@@ -453,12 +466,7 @@ class SegDeepLogicBase:
                 "input": str(workdir / "input.nrrd"),
                 "output_dir": str(workdir),
                 "model": str(model_path),
-                "device": device,
-                "tta": bool(tta),
-                "refine": bool(refine),
-                "uncertainty": bool(uncertainty),
-                "num_threads": None if numThreads is None else int(numThreads),
-                "allow_mismatch": bool(allowMismatch),
+                "options": segment_options.to_dict(),
                 "parent_pid": os.getpid(),  # the worker removes this folder if Slicer dies
             }
             from SegDeepLogic.atomic import write_text
@@ -582,14 +590,14 @@ class SegDeepLogicBase:
         labels = read_volume(job.workdir / files.get("labels", "labels.nrrd"))
         self._check_same_grid(labels, job.grid, "the label map")
         uncertainty = None
-        if job.options.get("uncertainty") and files.get("uncertainty"):
+        if job.options["options"]["uncertainty"] and files.get("uncertainty"):
             uncertainty = read_volume(job.workdir / files["uncertainty"])
             self._check_same_grid(uncertainty, job.grid, "the uncertainty map")
         segments = result.get("segments") or []
         if not segments:
             raise SegDeepError("the segmentation result lists no segments")
         plausibility = self._normalise_plausibility(result.get("plausibility"))
-        if plausibility["verdict"] == "mismatch" and not job.options.get("allow_mismatch"):
+        if plausibility["verdict"] == "mismatch" and not job.options["options"]["allow_mismatch"]:
             # The engine withheld the labels: add nothing (an empty node would look like "nothing there").
             result["plausibility"] = plausibility
             result["segmentationNodeID"] = None
@@ -621,9 +629,7 @@ class SegDeepLogicBase:
             )
             segmentationNode.SetAttribute("SegDeep.ModelPath", job.options["model"])
             segmentationNode.SetAttribute("SegDeep.Device", str(result.get("device", "")))
-            segmentationNode.SetAttribute(
-                "SegDeep.Options", json.dumps({k: job.options[k] for k in ("device", "tta", "refine", "uncertainty")})
-            )
+            segmentationNode.SetAttribute("SegDeep.Options", json.dumps(job.options["options"]))
             segmentationNode.SetAttribute(PLAUSIBILITY_ATTRIBUTE, json.dumps(plausibility, default=str))
             segmentationNode.SetAttribute(PLAUSIBILITY_VERDICT_ATTRIBUTE, plausibility["verdict"])
             segmentationNode.SetNodeReferenceID(SOURCE_VOLUME_REFERENCE, volumeNode.GetID())
@@ -777,11 +783,14 @@ class SegDeepLogicBase:
         toleranceMm: float = 1.0,
         disagreement: bool = True,
         progress: ProgressCallback | None = None,
+        roiMarginMm: float | None = 10.0,
     ) -> Any:
         """Compare a segment with a Hounsfield threshold of the CT; returns a ``vtkMRMLTableNode``.
 
-        The segment is mask A (test), the threshold mask B (reference) of
-        :func:`SegDeepLogic.metrics.compare_masks`, both on the CT's voxel grid.
+        The engine's :func:`SegDeepLogic.compare.compare_with_threshold` (the report, ``segdeep
+        compare --threshold`` and the evaluation baselines call the same function): the segment
+        is mask A (test), the threshold mask B (reference), both on the CT's voxel grid, and the
+        threshold counts only inside the segment grown by ``roiMarginMm``.
 
         Parameters
         ----------
@@ -808,6 +817,9 @@ class SegDeepLogicBase:
             and the hidden ``threshold``), referenced from the table (role ``SegDeepDisagreement``).
         progress : callable, optional
             ``progress(fraction, stage)``.
+        roiMarginMm : float or None
+            The region around the segment (mm) in which the threshold is compared; default 10
+            (``SegDeepLogic.compare.DEFAULT_ROI_MARGIN_MM``). None: the whole CT.
 
         Returns
         -------
@@ -817,8 +829,8 @@ class SegDeepLogicBase:
             NaN. It replaces this module's earlier comparison of the same segment.
         """
         self.ensureDependencies()
-        from SegDeepLogic.metrics import compare_masks, disagreement_masks
-        from SegDeepLogic.threshold import threshold_segment
+        from SegDeepLogic.compare import compare_with_threshold
+        from SegDeepLogic.metrics import disagreement_masks
 
         self._check_volume(volumeNode)
         if segmentationNode is None or not segmentationNode.IsA("vtkMRMLSegmentationNode"):
@@ -843,8 +855,9 @@ class SegDeepLogicBase:
         network = mrml.segment_mask(segmentationNode, segment_id, volumeNode)
         if lowerHU is not None or upperHU is not None or method:
             preset = None
-        threshold = threshold_segment(
+        compared = compare_with_threshold(
             ct,
+            network,
             preset=preset,
             lower_hu=lowerHU,
             upper_hu=upperHU,
@@ -852,15 +865,14 @@ class SegDeepLogicBase:
             keep_largest=bool(keepLargest),
             min_island_mm3=float(minIslandMm3),
             fill_holes=bool(fillHoles),
-            progress=stage(0.05, 0.35),
+            roi_margin_mm=None if roiMarginMm is None else float(roiMarginMm),
+            tolerance_mm=float(toleranceMm),
+            progress=stage(0.05, 0.9),
         )
-        comparison = compare_masks(network, threshold.mask, tolerance_mm=float(toleranceMm), progress=stage(0.35, 0.9))
-        values = comparison.to_dict()
-        values["lower_hu"] = threshold.lower_hu if math.isfinite(threshold.lower_hu) else None
-        values["upper_hu"] = threshold.upper_hu if math.isfinite(threshold.upper_hu) else None
+        threshold_mask = compared.threshold_mask
+        values = compared.to_dict()
         values["segment"] = segmentName
-        values["threshold"] = threshold.parameters
-        only_network, only_threshold = disagreement_masks(network, threshold.mask) if disagreement else (None, None)
+        only_network, only_threshold = disagreement_masks(network, threshold_mask) if disagreement else (None, None)
         if progress is not None:
             progress(0.9, "creating the results")
 
@@ -878,7 +890,7 @@ class SegDeepLogicBase:
             self._fill_table(tableNode, [("Metric", "string"), ("Value", "double"), ("Unit", "string"), ("Key", "string")], rows)
             tableNode.SetAttribute(ROLE_ATTRIBUTE, ROLE_COMPARISON)
             tableNode.SetAttribute(SEGMENT_NAME_ATTRIBUTE, segmentName)
-            tableNode.SetAttribute("SegDeep.Threshold", json.dumps(threshold.parameters))
+            tableNode.SetAttribute("SegDeep.Threshold", json.dumps(compared.parameters))
             tableNode.SetNodeReferenceID(SOURCE_SEGMENTATION_REFERENCE, segmentationNode.GetID())
             tableNode.SetNodeReferenceID(SOURCE_VOLUME_REFERENCE, volumeNode.GetID())
 
@@ -901,7 +913,7 @@ class SegDeepLogicBase:
                     mrml.add_mask_segment(
                         disagreementNode, only_threshold.array, THRESHOLD_ONLY, THRESHOLD_ONLY_COLOR, volumeNode
                     ),
-                    mrml.add_mask_segment(disagreementNode, threshold.mask.array, THRESHOLD_SEGMENT, THRESHOLD_COLOR, volumeNode),
+                    mrml.add_mask_segment(disagreementNode, threshold_mask.array, THRESHOLD_SEGMENT, THRESHOLD_COLOR, volumeNode),
                 ]
                 disagreementNode.SetAttribute(ROLE_ATTRIBUTE, ROLE_DISAGREEMENT)
                 disagreementNode.SetAttribute(SEGMENT_NAME_ATTRIBUTE, segmentName)

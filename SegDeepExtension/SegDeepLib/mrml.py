@@ -25,8 +25,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from SegDeepLogic.terminology import TerminologyError
-from SegDeepLogic.terminology import terminology_entry as _terminology_entry
+from SegDeepLogic.terminology import slicer_terminology_entry
 from SegDeepLogic.volume import Volume
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0])
@@ -153,13 +152,9 @@ def volume_from_image(image: Any, array: np.ndarray) -> Volume:
 # --------------------------------------------------------------------------------------------
 # Segments
 # --------------------------------------------------------------------------------------------
-def terminology_entry(code: str | None, name: str = "") -> str | None:
-    """A Slicer ``TerminologyEntry`` tag from a model card's terminology (the engine's
-    :func:`SegDeepLogic.terminology.terminology_entry`; None for a terminology it cannot interpret)."""
-    try:
-        return _terminology_entry(code, name)
-    except TerminologyError:
-        return None
+terminology_entry = slicer_terminology_entry
+"""A Slicer ``TerminologyEntry`` tag from a model card's terminology: the engine's
+:func:`SegDeepLogic.terminology.slicer_terminology_entry` (None for a terminology it cannot interpret)."""
 
 
 def fill_segmentation(

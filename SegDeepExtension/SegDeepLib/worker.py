@@ -128,20 +128,12 @@ def run(job: dict[str, Any]) -> int:
     _inject_fault()
 
     from SegDeepLogic.io import read_volume, write_volume
+    from SegDeepLogic.options import SegmentOptions
     from SegDeepLogic.segment import segment_volume  # imports torch
 
+    options = SegmentOptions.from_dict(job.get("options") or {})  # as the Slicer logic built it
     ct = read_volume(job["input"])
-    result = segment_volume(
-        ct,
-        job["model"],
-        device=job.get("device") or "auto",
-        tta=bool(job.get("tta", False)),
-        refine=bool(job.get("refine", False)),
-        uncertainty=bool(job.get("uncertainty", False)),
-        num_threads=job.get("num_threads"),
-        allow_mismatch=bool(job.get("allow_mismatch", False)),
-        progress=progress,
-    )
+    result = segment_volume(ct, job["model"], options, progress=progress)
     del ct
     progress(0.98, "write")
     write_volume(result.labels, out / LABELS_FILE, compress=True)

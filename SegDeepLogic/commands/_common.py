@@ -12,22 +12,24 @@ import signal
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from ..atomic import check_outputs, write_text
 from ..errors import OutputError
+from ..options import SegmentOptions
 from ..progress import CancelToken, ProgressCallback
+from ..refine import RefineOptions
 from ..segmentation_io import (
     Segmentation,
     SegmentationFileError,
     SegmentInfo,
-    read_labelmap_nifti,
-    read_seg_nrrd,
     sidecar_paths,
     write_labelmap_nifti,
     write_seg_nrrd,
 )
+from ..segmentation_read import read_segmentation
 from ..volume import Volume
 
 
@@ -204,24 +206,9 @@ def _csv_value(value: object) -> object:
 def load_segmentation(
     path: str | Path, *, ct: str | Path | None = None, names: list[str] | None = None, repair: bool = False
 ) -> Segmentation:
-    """Read a Slicer ``.seg.nrrd``, a label map (NIfTI/NRRD/MHA, with or without sidecar) or a DICOM RTSTRUCT.
-
-    A single-label file without a sidecar (such as ``mandible.nii.gz``) gets a segment named
-    after the file. An RT Structure Set is rasterised onto its CT series (``ct``: the series
-    folder; default the referenced series next to the file); ``names`` picks ROIs by name.
-    """
-    from ..rtstruct import is_rtstruct, rtstruct_segmentation
-
-    if is_rtstruct(path):
-        return rtstruct_segmentation(path, ct, names=names, repair=repair)
-    path = Path(path)
-    if path.name.lower().endswith(".seg.nrrd"):
-        return read_seg_nrrd(path)
-    seg = read_labelmap_nifti(path)
-    if len(seg.segments) == 1 and seg.segments[0].name.startswith("Label ") and not sidecar_paths(path)["json"].exists():
-        stem = path.name.split(".")[0]
-        seg = Segmentation(seg.labelmap, [SegmentInfo(stem, seg.segments[0].value, seg.segments[0].color)])
-    return seg
+    """:func:`~SegDeepLogic.segmentation_read.read_segmentation` (any supported file); ``ct`` is the
+    CT's DICOM series folder an RTSTRUCT is rasterised onto (and a DICOM SEG placed on)."""
+    return read_segmentation(path, ct_series=ct, names=names, repair=repair)
 
 
 def load_mask(path: str | Path, label: str | None, *, ct: str | Path | None = None, repair: bool = False) -> tuple[str, Volume]:
@@ -256,3 +243,29 @@ def save_segmentation(labelmap: Volume, segments: list[SegmentInfo], path: str |
     if name.endswith((".nii.gz", ".nii")):
         return list(write_labelmap_nifti(labelmap, segments, path, overwrite=overwrite).values())
     raise SegmentationFileError(f"cannot write {path.name}: use a .seg.nrrd (3D Slicer) or .nii.gz (label map) file name")
+
+
+# --- segmentation options ----------------------------------------------------------------------
+def segment_options_from_args(args: argparse.Namespace, **fixed: Any) -> SegmentOptions:
+    """The :class:`~SegDeepLogic.options.SegmentOptions` of the network flags ``segdeep segment`` and
+    ``segdeep batch`` share (``--device``, ``--precision``, ``--overlap``, ``--batch-size``,
+    ``--threads``, ``--tta``, ``--threshold``, ``--keep-largest``, ``--min-island-mm3``,
+    ``--refine*``), with ``fixed`` options on top."""
+    refine_options = None
+    if args.refine_hu != RefineOptions.lower_hu or args.refine_grow_mm is not None:
+        refine_options = RefineOptions(lower_hu=args.refine_hu, grow_mm=args.refine_grow_mm or RefineOptions.grow_mm)
+    return SegmentOptions(
+        device=args.device,
+        precision=args.precision,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        num_threads=args.threads,
+        tta=args.tta,
+        thresholds=args.threshold,
+        keep_largest=args.keep_largest,
+        min_island_mm3=args.min_island_mm3,
+        refine=args.refine,
+        refine_labels=args.refine_labels,
+        refine_options=refine_options,
+        **fixed,
+    )

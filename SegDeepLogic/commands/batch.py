@@ -8,8 +8,7 @@ import sys
 from typing import Any
 
 from ..progress import CancelToken
-from ..refine import RefineOptions
-from ._common import ctrl_c_cancels, number_in
+from ._common import ctrl_c_cancels, number_in, segment_options_from_args
 
 # Options taken over, unchanged, from ``segdeep segment`` (so a new segment option or output
 # format is a batch option too).
@@ -128,23 +127,6 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     """The :class:`~SegDeepLogic.cohort.BatchSettings` of parsed ``segdeep batch`` arguments."""
     from ..cohort import BatchSettings, parse_pairs
 
-    refine_options = None
-    if args.refine_hu != RefineOptions.lower_hu or args.refine_grow_mm is not None:
-        refine_options = RefineOptions(lower_hu=args.refine_hu, grow_mm=args.refine_grow_mm or RefineOptions.grow_mm)
-    segment_options: dict[str, Any] = {
-        "device": args.device,
-        "precision": args.precision,
-        "overlap": args.overlap,
-        "batch_size": args.batch_size,
-        "num_threads": args.threads,
-        "tta": args.tta,
-        "thresholds": args.threshold,
-        "keep_largest": args.keep_largest,
-        "min_island_mm3": args.min_island_mm3,
-        "refine": args.refine,
-        "refine_labels": args.refine_labels,
-        "refine_options": refine_options,
-    }
     return BatchSettings(
         output_format=args.output_format or "seg.nrrd",
         uncertainty=args.uncertainty,
@@ -154,7 +136,7 @@ def settings_from_args(args: argparse.Namespace) -> Any:
         compare_threshold=args.compare_threshold,
         reference_labels=parse_pairs(args.reference_label, "--reference-label") if args.reference_label else None,
         allow_mismatch=args.allow_mismatch,
-        segment_options=segment_options,
+        segment_options=segment_options_from_args(args),
     )
 
 

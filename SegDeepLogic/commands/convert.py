@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
         card = load_model(args.model).card
         algorithm = Algorithm.from_card(card)
-        terms = {str(lab["name"]): lab.get("terminology") for lab in card.labels}
+        terms = {s.name: s.terminology for s in card.segments}
         seg = Segmentation(
             seg.labelmap,
             [dataclasses.replace(s, terminology=s.terminology or terms.get(s.name)) for s in seg.segments],

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..compare import DEFAULT_ROI_MARGIN_MM
 from ..errors import SegDeepError
 from ..evaluate import choose_threshold, evaluate_model, record_in_card, training_reference, write_evaluation
 from ._common import number_in, progress_bar, validate_outputs
@@ -32,7 +33,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threshold-json", help="JSON with 'threshold_hu' (or a summary.json with 'threshold')")
     t.add_argument("--threshold-from", nargs="+", metavar="TRAIN_DIR", help="choose the threshold on these training cases")
     p.add_argument("--bone", default="mandible", help="structure that gets the refinement and threshold baselines")
-    p.add_argument("--roi-mm", type=number_in(0), default=10.0, help="ROI margin around the reference bone, mm (default 10)")
+    p.add_argument(
+        "--roi-mm",
+        type=number_in(0),
+        default=DEFAULT_ROI_MARGIN_MM,
+        help=f"ROI margin around the reference bone, mm (default {DEFAULT_ROI_MARGIN_MM:g})",
+    )
     p.add_argument("--no-refine", action="store_true", help="do not score the native-resolution refinement")
     p.add_argument("--overlap", type=number_in(0, 1, high_open=True), default=0.5, help="sliding-window overlap (default 0.5)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")

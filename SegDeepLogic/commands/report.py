@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
 
+from ..compare import DEFAULT_ROI_MARGIN_MM
 from ..mesh import DEFAULT_SMOOTHING_FACTOR
 from ._common import input_files, number_in, progress_bar, validate_outputs
 
@@ -46,7 +46,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="structures compared with the threshold (default: bone-like names such as bone, mandible, skull)",
     )
     p.add_argument(
-        "--threshold-margin-mm", type=number_in(0), default=10.0, help="threshold region: the structure grown by this (mm)"
+        "--threshold-margin-mm",
+        type=number_in(0),
+        default=DEFAULT_ROI_MARGIN_MM,
+        help=f"threshold region: the structure grown by this (mm; default {DEFAULT_ROI_MARGIN_MM:g}, as segdeep compare "
+        "--threshold and the Slicer panel)",
     )
     p.add_argument(
         "--tolerance-mm", type=number_in(0, low_open=True), default=1.0, help="surface Dice tolerance in mm (default 1)"
@@ -99,7 +103,8 @@ def _pairs(items: list[str] | None) -> dict[str, str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import build_report, write_report
+    from ..options import SegmentOptions
+    from ..report import ReportOptions, build_report, write_report
 
     html_path = Path(args.output)
     json_path = Path(args.json) if args.json else html_path.with_suffix(".json")
@@ -118,32 +123,31 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         folders=("--export-dir",),
     )
-    options: dict[str, Any] = {"allow_mismatch": bool(args.allow_mismatch)}
-    if args.threads:
-        options["num_threads"] = args.threads
+    options = SegmentOptions(
+        device=args.device, tta=args.tta, refine=args.refine, allow_mismatch=bool(args.allow_mismatch), num_threads=args.threads
+    )
     with progress_bar("report", enabled=not args.no_progress) as progress:
         facts = build_report(
             args.ct,
-            series_uid=args.series,
+            args.segmentation,
+            ReportOptions(
+                threshold=args.threshold,
+                threshold_structures=args.threshold_structures,
+                threshold_margin_mm=args.threshold_margin_mm,
+                tolerance_mm=args.tolerance_mm,
+                export_dir=args.export_dir,
+                export_format=args.export_format,
+                space=args.space,
+                smoothing=args.smoothing,
+                decimation=args.decimation,
+                title=args.title,
+            ),
             model=args.model,
-            segmentation=args.segmentation,
+            segment_options=options,
+            series_uid=args.series,
             uncertainty=args.uncertainty,
             reference=args.reference,
             reference_labels=_pairs(args.reference_label),
-            threshold=args.threshold,
-            threshold_structures=args.threshold_structures,
-            threshold_margin_mm=args.threshold_margin_mm,
-            tolerance_mm=args.tolerance_mm,
-            export_dir=args.export_dir,
-            export_format=args.export_format,
-            space=args.space,
-            smoothing=args.smoothing,
-            decimation=args.decimation,
-            device=args.device,
-            tta=args.tta,
-            refine=args.refine,
-            segment_options=options,
-            title=args.title,
             progress=progress,
         )
     write_report(facts, html_path, json_path, overwrite=args.overwrite)

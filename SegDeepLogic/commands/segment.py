@@ -11,7 +11,16 @@ from pathlib import Path
 from ..errors import MismatchError, OutputError
 from ..progress import CancelToken
 from ..refine import RefineOptions
-from ._common import ctrl_c_cancels, input_files, number_in, progress_bar, segmentation_targets, validate_outputs, write_table
+from ._common import (
+    ctrl_c_cancels,
+    input_files,
+    number_in,
+    progress_bar,
+    segment_options_from_args,
+    segmentation_targets,
+    validate_outputs,
+    write_table,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -135,9 +144,7 @@ def run(args: argparse.Namespace) -> int:
     validate_outputs(outputs, inputs=input_files(CT=args.ct, model=args.model), overwrite=args.overwrite)
     if args.uncertainty is not None and _suffix(Path(args.uncertainty)) not in WRITE_SUFFIXES:
         raise OutputError(f"--uncertainty {args.uncertainty}: use one of {', '.join(WRITE_SUFFIXES)}")
-    refine_options = None
-    if args.refine_hu != RefineOptions.lower_hu or args.refine_grow_mm is not None:
-        refine_options = RefineOptions(lower_hu=args.refine_hu, grow_mm=args.refine_grow_mm or RefineOptions.grow_mm)
+    options = segment_options_from_args(args, allow_mismatch=args.allow_mismatch, uncertainty=bool(args.uncertainty or args.json))
     token = CancelToken()
     cancelling = "segdeep segment: cancelling (Ctrl-C again to stop at once)..."
     with ctrl_c_cancels(token, cancelling), progress_bar("segment", enabled=not args.no_progress) as progress, _show_mismatch():
@@ -145,26 +152,13 @@ def run(args: argparse.Namespace) -> int:
             args.ct,
             args.output,
             args.model,
+            options,
             output_format=args.output_format,
             uncertainty_path=args.uncertainty,
             overwrite=args.overwrite,
-            allow_mismatch=args.allow_mismatch,
             series_uid=args.series,
             progress=progress,
             cancel=token,
-            device=args.device,
-            precision=args.precision,
-            overlap=args.overlap,
-            batch_size=args.batch_size,
-            num_threads=args.threads,
-            tta=args.tta,
-            thresholds=args.threshold,
-            keep_largest=args.keep_largest,
-            min_island_mm3=args.min_island_mm3,
-            refine=args.refine,
-            refine_labels=args.refine_labels,
-            refine_options=refine_options,
-            uncertainty=bool(args.uncertainty or args.json),
         )
     summary = {"input": str(args.ct), "output": [str(p) for p in written], **result.summary()}
     if args.json:

@@ -12,10 +12,12 @@ same facts, atomically and together (:mod:`.html`).
 
 from .facts import ReportError, ReportFacts, build_report, parse_threshold
 from .html import render_html, write_report
+from .options import ReportOptions
 
 __all__ = [
     "ReportError",
     "ReportFacts",
+    "ReportOptions",
     "build_report",
     "parse_threshold",
     "render_html",

@@ -35,22 +35,25 @@ from scipy import ndimage as ndi
 
 from .. import __version__
 from .._compat import zip_strict
-from ..errors import SegDeepError
+from ..compare import compare_with_threshold
 from ..grid import orientation_code, reorient_volume
 from ..io import read_volume
-from ..mesh import DEFAULT_SMOOTHING_FACTOR, Mesh, mask_to_mesh
-from ..mesh_io import MESH_FORMATS, safe_filename
-from ..mesh_report import mesh_report, surface_deviation_mm
+from ..mesh import Mesh, mask_to_mesh
+from ..mesh_io import build_print_mesh, safe_filename
+from ..mesh_report import surface_deviation_mm
 from ..metrics import DEFINITIONS, ROLES, compare_masks
 from ..model_card import file_sha256
+from ..options import SegmentOptions, options_from
 from ..plausibility import mismatch_message
 from ..presets import BONE_KEYWORDS, is_bone_like
 from ..progress import CancelToken, ProgressCallback, report
-from ..segmentation_io import Segmentation, SegmentInfo, read_labelmap_nifti, read_seg_nrrd
-from ..threshold import PRESETS, grow_mask, threshold_segment
+from ..segmentation_io import Segmentation
+from ..segmentation_read import read_segmentation
+from ..threshold import PRESETS, threshold_segment
 from ..verdicts import PLAUSIBILITY_DEFINITION, PLAUSIBILITY_HEADLINES
 from ..volume import Volume
 from . import figures
+from .options import ReportError, ReportOptions
 
 __all__ = [
     "ReportError",
@@ -65,10 +68,6 @@ THRESHOLD_REASON = (
     "neighbours'. It also selects every other bone, so each structure is compared with the threshold mask "
     "restricted to a region around it (the structure grown by {margin:g} mm)."
 )
-
-
-class ReportError(SegDeepError, ValueError):
-    """Invalid report inputs (unknown structure, incompatible segmentation, bad threshold)."""
 
 
 @dataclasses.dataclass
@@ -232,22 +231,10 @@ def _load_segmentation(
     A DICOM RT Structure Set is rasterised onto its CT series: ``ct_folder`` when the CT was
     given as a DICOM folder, else the series it references next to the RTSTRUCT file.
     """
-    from ..rtstruct import is_rtstruct, rtstruct_segmentation
-
     source = None
-    if isinstance(seg, (str, os.PathLike)) and is_rtstruct(seg):
+    if isinstance(seg, (str, os.PathLike)):
         source = _file_facts(seg)
-        seg = rtstruct_segmentation(seg, ct_folder)
-    elif isinstance(seg, (str, os.PathLike)):
-        path = Path(seg)
-        source = _file_facts(path)
-        if path.name.lower().endswith(".seg.nrrd"):
-            seg = read_seg_nrrd(path, reference=ct)
-        else:
-            seg = read_labelmap_nifti(path)
-            if len(seg.segments) == 1 and seg.segments[0].name.startswith("Label "):
-                s = seg.segments[0]
-                seg = Segmentation(seg.labelmap, [SegmentInfo(path.name.split(".")[0], s.value, s.color)])
+        seg = read_segmentation(seg, reference=ct, ct_series=ct_folder)
     elif hasattr(seg, "labels") and hasattr(seg, "segments"):  # a SegmentationResult
         seg = Segmentation(seg.labels, seg.segments)
     if not isinstance(seg, Segmentation):
@@ -259,31 +246,21 @@ def _load_segmentation(
 # --- the report --------------------------------------------------------------------------------
 def build_report(
     ct: Volume | str | os.PathLike,
-    *,
-    series_uid: str | None = None,
-    model: Any = None,
     segmentation: Any = None,
+    options: ReportOptions | None = None,
+    *,
+    model: Any = None,
+    segment_options: SegmentOptions | Mapping[str, Any] | None = None,
+    series_uid: str | None = None,
     reference: Any = None,
     reference_labels: Mapping[str, str] | None = None,
     uncertainty: Volume | str | os.PathLike | None = None,
-    threshold: str | tuple[float | None, float | None] | None = "bone",
-    threshold_structures: Sequence[str] | None = None,
-    threshold_margin_mm: float = 10.0,
-    tolerance_mm: float = 1.0,
-    export_dir: str | os.PathLike | None = None,
-    export_format: str = "stl",
-    space: str = "LPS",
-    smoothing: float = DEFAULT_SMOOTHING_FACTOR,
-    decimation: float = 0.0,
-    device: str = "auto",
-    tta: bool = False,
-    refine: bool = False,
-    segment_options: Mapping[str, Any] | None = None,
-    title: str | None = None,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
+    **changes: Any,
 ) -> ReportFacts:
-    """Segment (or take a segmentation of) a CT and collect every fact of its report.
+    """Collect every fact of a CT's report from a segmentation result (running the network first
+    when none is given).
 
     Parameters
     ----------
@@ -292,11 +269,18 @@ def build_report(
     series_uid : str, optional
         With a DICOM folder: the series to read (default the largest). An RTSTRUCT
         ``reference``/``segmentation`` is rasterised onto that folder's series.
+    segmentation : SegmentationResult, Segmentation or path, optional
+        The result the report is about (a ``SegmentationResult`` also brings its uncertainty,
+        device, timings, parameters, options and out-of-distribution check). None: run the
+        network (``model``, ``segment_options``) first.
+    options : ReportOptions, optional
+        What the report compares and exports (:class:`~SegDeepLogic.report.options.ReportOptions`:
+        threshold, structures, region margin, tolerance, mesh export); default its defaults.
     model : ModelPackage, path or None
         Model package for the network (None: the first bundled one). Ignored with ``segmentation``.
-    segmentation : Segmentation, SegmentationResult or path, optional
-        Use this result instead of running the network (a ``SegmentationResult`` also brings
-        its uncertainty, device, timings, parameters and out-of-distribution check).
+    segment_options : SegmentOptions or dict, optional
+        How the network runs when no ``segmentation`` is given (device, TTA, refinement, ...;
+        :class:`~SegDeepLogic.options.SegmentOptions`, default its defaults).
     reference : Segmentation or path, optional
         A reference segmentation (e.g. clinical contours) on the CT's grid.
     reference_labels : mapping of str to str, optional
@@ -306,28 +290,10 @@ def build_report(
     uncertainty : Volume or path, optional
         Uncertainty map (entropy 0..1, e.g. from ``segdeep segment --uncertainty``) to show with
         a given ``segmentation``.
-    threshold : str or (lower, upper)
-        Threshold preset name or ``"LOWER:UPPER"`` HU (see :func:`parse_threshold`); default bone.
-    threshold_structures : sequence of str, optional
-        Structures compared with the threshold (default: the bone-like ones, :data:`BONE_KEYWORDS`).
-    threshold_margin_mm : float
-        The threshold mask is restricted to the structure grown by this distance (mm).
-    tolerance_mm : float
-        Surface Dice tolerance (mm).
-    export_dir : path, optional
-        Folder where :func:`write_report` writes the meshes (with the report, all or nothing).
-    export_format : {"stl", "obj", "ply", "3mf"}
-        Mesh file format.
-    space : {"LPS", "RAS"}
-        Coordinate system of the mesh files.
-    smoothing, decimation : float
-        Mesh smoothing factor (0..1) and fraction of triangles removed.
-    device, tta, refine : optional
-        Network settings (see :func:`~SegDeepLogic.segment.segment_volume`).
-    segment_options : mapping, optional
-        Further keyword arguments of :func:`~SegDeepLogic.segment.segment_volume`.
-    title : str, optional
-        Report title (default from the CT file name).
+    **changes
+        Single report options by name (``threshold=``, ``threshold_structures=``,
+        ``threshold_margin_mm=``, ``tolerance_mm=``, ``export_dir=``, ``export_format=``,
+        ``space=``, ``smoothing=``, ``decimation=``, ``title=``) on top of ``options``.
     progress, cancel : optional
         Progress callback and cancellation token.
 
@@ -338,13 +304,15 @@ def build_report(
     t_start = time.perf_counter()
     timings: dict[str, float] = {}
     notes: list[str] = []
-    if export_format not in MESH_FORMATS:
-        raise ReportError(f"export_format must be one of {MESH_FORMATS}, got {export_format!r}")
-    if space not in ("LPS", "RAS"):
-        raise ReportError(f"space must be LPS or RAS, got {space!r}")
-    if threshold_margin_mm < 0:
-        raise ReportError(f"threshold_margin_mm must be >= 0, got {threshold_margin_mm}")
-    threshold_kwargs = parse_threshold(threshold)
+    opts = (options or ReportOptions()).replace(**changes) if changes else (options or ReportOptions())
+    threshold_kwargs = parse_threshold(opts.threshold)
+    threshold_structures, threshold_margin_mm, tolerance_mm = (
+        opts.threshold_structures,
+        opts.threshold_margin_mm,
+        opts.tolerance_mm,
+    )
+    export_dir, export_format, space = opts.export_dir, opts.export_format, opts.space
+    smoothing, decimation, title = opts.smoothing, opts.decimation, opts.title
 
     # -- inputs -----------------------------------------------------------------------------
     report(progress, 0.0, "reading the CT", cancel)
@@ -362,16 +330,13 @@ def build_report(
         from ..segment import load_model, segment_volume  # torch only when the network runs
 
         package = load_model(model)
-        options = dict(segment_options or {})
-        options.setdefault("uncertainty", True)
+        run_options = options_from(segment_options)
 
         def network_progress(fraction: float, stage: str) -> None:
             report(progress, 0.02 + 0.5 * fraction, f"network: {stage}", cancel)
 
         t = time.perf_counter()
-        result = segment_volume(
-            ct, package, device=device, tta=tta, refine=refine, progress=network_progress, cancel=cancel, **options
-        )
+        result = segment_volume(ct, package, run_options, progress=network_progress, cancel=cancel)
         timings["segmentation_total"] = time.perf_counter() - t
         network_timings = {k: float(v) for k, v in result.timings_s.items()}
         seg = Segmentation(result.labels, result.segments)
@@ -517,18 +482,34 @@ def build_report(
         thr_mask = roi = None
         if thr_applies:
             t = time.perf_counter()
-            roi = grow_mask(mask.array, threshold_margin_mm, spacing_mm=ct.spacing_kji)
-            thr = threshold_segment(ct_crop, **threshold_kwargs)
-            thr_mask = mask.with_array(thr.mask.array & roi)
-            stage_time["threshold"] += time.perf_counter() - t
-            t = time.perf_counter()
+            started: dict[str, float] = {}  # when compare_with_threshold moved from thresholding to comparing
+
+            def mark(_fraction: float, stage: str, started: dict[str, float] = started) -> None:
+                started.setdefault(stage, time.perf_counter())
+
+            compared = compare_with_threshold(
+                ct_crop,
+                mask,
+                **threshold_kwargs,
+                roi_margin_mm=threshold_margin_mm,
+                tolerance_mm=tolerance_mm,
+                progress=mark,
+                cancel=cancel,
+            )
+            thr_mask = compared.threshold_mask
+            roi = compared.roi.array  # type: ignore[union-attr]
+            end = time.perf_counter()
+            stage_time["threshold"] += started.get("compare", end) - t
+            stage_time["compare_threshold"] += end - started.get("compare", end)
+            cmp = compared.comparison.to_dict()
+            cmp.pop("definitions", None)
+            cmp.pop("roles", None)
             row["threshold_comparison"] = {
                 "applies": True,
                 "region": f"structure grown by {threshold_margin_mm:g} mm",
-                "roi_volume_ml": float(np.count_nonzero(roi)) * voxel_ml,
-                **_compare(mask, thr_mask, tolerance_mm),
+                "roi_volume_ml": compared.roi_volume_ml,
+                **cmp,
             }
-            stage_time["compare_threshold"] += time.perf_counter() - t
         else:
             row["threshold_comparison"] = {"applies": False}
         ref_mask = None
@@ -538,16 +519,12 @@ def build_report(
             row["reference_comparison"] = _compare(mask, ref_mask, tolerance_mm)
             stage_time["compare_reference"] += time.perf_counter() - t
 
-        # mesh, exactly as export_segments builds it
+        # the print mesh and its report: the one build_print_mesh that export_segments uses too
         t = time.perf_counter()
-        mesh, raw = mask_to_mesh(
-            mask, space=space, smoothing_factor=smoothing, decimation=decimation, return_raw=True, cancel=cancel
+        part = build_print_mesh(
+            mask, s.name, label_value=s.value, space=space, smoothing_factor=smoothing, decimation=decimation, cancel=cancel
         )  # type: ignore[arg-type]
-        deviation = surface_deviation_mm(mesh, raw)
-        mesh = mesh.with_scalars(deviation_mm=deviation.astype(np.float32))
-        mreport = mesh_report(
-            mesh, mask=mask, deviation_mm=deviation, name=s.name, smoothing_factor=smoothing, decimation=decimation
-        )
+        mesh, mreport = part.mesh, part.report
         row["mesh"] = mreport.to_dict()
         if export_dir is not None:
             stem = safe_filename(s.name)
@@ -661,9 +638,7 @@ def build_report(
                 "export_dir": str(Path(export_dir).resolve()) if export_dir is not None else None,
                 "units": "mm",
             },
-            "network": {"device": device, "tta": bool(tta), "refine": bool(refine), **dict(segment_options or {})}
-            if segmentation is None
-            else None,
+            "network": result.options.to_dict() if result is not None and result.options is not None else None,
             "ct_window_hu": list(figures.CT_WINDOW_HU),
         },
         "structures": structures,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from ..atomic import atomic_path
 from ..grid import reorient_volume
+from ..segmentation_io import SegmentInfo
 from ..volume import Volume
 
 __all__ = ["overlay_figure"]
@@ -28,7 +28,7 @@ def _rgba(labels: np.ndarray, colors: dict[int, Sequence[float]], alpha: float) 
 def overlay_figure(
     ct: Volume,
     labels: Volume | None,
-    segments: Sequence[Any],
+    segments: Sequence[SegmentInfo],
     path: str | os.PathLike,
     *,
     axial_fractions: Sequence[float] = (0.3, 0.5, 0.7),
@@ -47,7 +47,7 @@ def overlay_figure(
     Parameters
     ----------
     segments : sequence
-        Objects or dicts with ``name``, ``value`` and ``color`` (RGB 0-1), for the legend.
+        :class:`~SegDeepLogic.segmentation_io.SegmentInfo` (name, value, colour) of each label, for the legend.
     axial_fractions : sequence of float
         Axial slice positions as fractions of the labelled (or whole) superior-inferior extent.
     """
@@ -57,16 +57,13 @@ def overlay_figure(
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
-    def get(s: Any, key: str) -> Any:
-        return s[key] if isinstance(s, dict) else getattr(s, key)
-
     ct_o = reorient_volume(ct, "LPI")
     rows = [("prediction", reorient_volume(labels, "LPI").array if labels is not None else None)]
     if reference is not None:
         rows.append(("reference", reorient_volume(reference, "LPI").array))
     img = ct_o.array.astype(np.float32)
     si, sj, sk = ct_o.spacing
-    colors = {int(get(s, "value")): tuple(get(s, "color")) for s in segments}
+    colors = {int(s.value): tuple(s.color) for s in segments}
     lab0 = next((r for _, r in rows if r is not None and r.any()), None)
     if lab0 is not None:
         ks = np.nonzero(lab0.any(axis=(1, 2)))[0]
@@ -104,7 +101,7 @@ def overlay_figure(
             ax.set_title(f"{row_name}: {name}" if len(rows) > 1 else name, fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-    handles = [Patch(color=get(s, "color"), label=get(s, "name")) for s in segments]
+    handles = [Patch(color=s.color, label=s.name) for s in segments]
     fig.legend(handles=handles, loc="lower center", ncol=min(7, len(handles)), fontsize=8, frameon=False)
     if title:
         fig.suptitle(title, fontsize=10)
