@@ -49,6 +49,7 @@ import torch
 
 from ._compat import zip_strict
 from .atomic import atomic_outputs, check_outputs
+from .body import find_body_crop
 from .devices import (
     RunConfig,
     autocast,
@@ -981,6 +982,7 @@ def segment_volume(
     return_probabilities: bool = False,
     allow_mismatch: bool = False,
     num_threads: int | None = None,
+    restrict_to_body: bool = True,
     progress: ProgressCallback | None = None,
     cancel: CancelToken | None = None,
     _timings: dict[str, float] | None = None,
@@ -1043,6 +1045,11 @@ def segment_volume(
     num_threads : int, optional
         CPU threads for the network (default: PyTorch's, one per core). Fewer can be faster
         on a machine busy with other work.
+    restrict_to_body : bool
+        Run the network only on a box around the body (:func:`~SegDeepLogic.body.find_body_crop`:
+        the largest connected piece above -500 HU on the model grid, plus 10 mm); outside it the
+        labels are background and the uncertainty 0. False runs it on the whole grid (the
+        behaviour before this option).
     progress : callable, optional
         ``progress(fraction, stage)``.
     cancel : CancelToken, optional
@@ -1136,6 +1143,7 @@ def segment_volume(
             del image
         # The out-of-distribution check's image features, measured where training measured them.
         features = image_features(array, grid.spacing[::-1], axial_axis=_axial_axis(orientation))
+        body = find_body_crop(array, grid.spacing[::-1], patch) if restrict_to_body else None
     with stages("normalise"):
         np.clip(array, clip_lo, clip_hi, out=array)
         array -= subtract
@@ -1162,7 +1170,7 @@ def segment_volume(
         extra_channels = 1 if len(flips) > 1 else 0
         maps, final, fallbacks = _predict(
             network,
-            array,
+            array if body is None else body.crop(array),
             patch=patch,  # type: ignore[arg-type]
             overlap=float(overlap),
             flips=flips,
@@ -1174,6 +1182,7 @@ def segment_volume(
             lateral=lateral_swap(orientation, [str(_field(seg, "name")) for seg in segments]),
         )
         del array
+        maps = maps if body is None else body.paste(maps)
         n_bad = int((~torch.isfinite(torch.as_tensor(maps))).sum())
         if n_bad:
             raise SegDeepError(
@@ -1311,6 +1320,7 @@ def segment_volume(
         "intensity": {"clip_hu": [clip_lo, clip_hi], "subtract": subtract, "divide": divide},
         "uncertainty": {"band_mm": uncertainty_band_mm, "threshold": uncertainty_threshold} if uncertainty else False,
         "allow_mismatch": bool(allow_mismatch),
+        "restrict_to_body": body.as_dict() if body is not None else False,
     }
     for stage in _STAGES[1:-1]:
         timings.setdefault(stage, 0.0)
