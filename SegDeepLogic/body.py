@@ -165,3 +165,50 @@ def find_body_crop(
     return BodyCrop(
         (box[0], box[1], box[2]), grid_shape, "largest connected piece above the threshold", threshold_hu, margin_mm
     )
+
+
+def region_on_ct(
+    box: Sequence[slice], back: Sequence[tuple[int, float, float]], ct_shape_kji: Sequence[int], grid_shape_kji: Sequence[int]
+) -> tuple[slice, slice, slice] | None:
+    """The CT voxels whose linear interpolation from the model grid reads inside ``box``.
+
+    Every other CT voxel interpolates, along at least one axis, only model voxels outside the box,
+    where the pasted maps are constant (certain background): it is background with entropy 0
+    without interpolating anything.
+
+    Parameters
+    ----------
+    box : 3 slices
+        The network's box on the model array (k, j, i).
+    back : 3 (model axis, a, b)
+        Per CT axis i, j, k: the model axis it runs along and the index map ``model = a * ct + b``
+        (:func:`~SegDeepLogic.segment.axis_maps` from the model grid to the CT's).
+    ct_shape_kji, grid_shape_kji : 3 ints
+        Array shapes of the CT and the model grid.
+
+    Returns
+    -------
+    tuple of 3 slices (k, j, i) or None when the region is the whole CT or empty.
+
+    Examples
+    --------
+    >>> region_on_ct((slice(0, 4), slice(2, 4), slice(0, 8)), [(0, 0.5, 0.0), (1, 0.5, 0.0), (2, 0.5, 0.0)], (16, 16, 16), (8, 8, 8))
+    (slice(0, 8, None), slice(2, 8, None), slice(0, 16, None))
+    """
+    region = []
+    for t in range(3):  # CT axis i, j, k
+        c, a, b = back[t]
+        n, m = int(ct_shape_kji[2 - t]), int(grid_shape_kji[2 - c])
+        pos = np.clip(a * np.arange(n) + b, 0.0, m - 1)
+        lower = np.minimum(np.floor(pos).astype(np.int64), m - 1)
+        upper = np.minimum(lower + 1, m - 1)
+        s = box[2 - c]
+        reads = ((lower >= s.start) & (lower < s.stop)) | ((upper >= s.start) & (upper < s.stop))
+        hits = np.nonzero(reads)[0]
+        if hits.size == 0:
+            return None
+        region.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    out = (region[2], region[1], region[0])
+    if all(r.start == 0 and r.stop == n for r, n in zip_strict(out, ct_shape_kji)):
+        return None
+    return out

@@ -49,7 +49,7 @@ import torch
 
 from ._compat import zip_strict
 from .atomic import atomic_outputs, check_outputs
-from .body import find_body_crop
+from .body import find_body_crop, region_on_ct
 from .devices import (
     RunConfig,
     autocast,
@@ -823,17 +823,38 @@ def _to_input_grid(
     want_probabilities: bool,
     report_fraction: Callable[[float], None],
     slab_bytes: int = 64 << 20,
+    box: tuple[slice, ...] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
     """Interpolate model-grid maps onto the CT's grid slab by slab and decide the labels.
 
     ``channels`` holds the ``n_classes`` class probabilities followed by extra maps (entropy,
     variance) that are interpolated alongside and returned as float32 arrays. Channels that
     cannot win anywhere in a slab are skipped (:func:`_possible_winners`); the labels are the
-    same as with all channels interpolated.
+    same as with all channels interpolated. ``box``: the maps are certain background (extras 0)
+    outside this part of the model array, so only the CT voxels that read inside it are interpolated
+    (:func:`~SegDeepLogic.body.region_on_ct`); the others are background, exactly as interpolated.
     """
     nk, nj, ni = ct.array.shape
-    maps = torch.stack(channels)
     back = axis_maps(grid, Grid.of(ct))
+    region = region_on_ct(box, back, ct.array.shape, grid.shape_kji) if box is not None and back is not None else None
+    if region is not None:
+        origin = ct.index_to_physical([r.start for r in region[::-1]])
+        part = Volume(ct.array[region], ct.spacing, origin, ct.direction)
+        sub = _to_input_grid(
+            channels, grid, part, n_classes=n_classes, lut=lut, thresholds=thresholds,
+            want_probabilities=want_probabilities, report_fraction=report_fraction, slab_bytes=slab_bytes,
+        )  # fmt: skip
+        labels = np.zeros((nk, nj, ni), dtype=lut.dtype)
+        labels[region] = sub[0]
+        extras = [np.zeros((nk, nj, ni), np.float32) for _ in sub[1]]
+        for extra, values in zip_strict(extras, sub[1]):
+            extra[region] = values
+        probabilities = None
+        if sub[2] is not None:
+            probabilities = np.zeros((sub[2].shape[0], nk, nj, ni), np.uint8)
+            probabilities[(slice(None), *region)] = sub[2]
+        return labels, extras, probabilities
+    maps = torch.stack(channels)
     if back is None:  # direction matrices too far from orthonormal for the separable path
         return _to_input_grid_itk(
             maps, grid, ct, n_classes=n_classes, lut=lut, thresholds=thresholds, want_probabilities=want_probabilities
@@ -1220,6 +1241,7 @@ def segment_volume(
             thresholds=threshold_array,
             want_probabilities=return_probabilities,
             report_fraction=lambda f: stages.report("resample-back", f),
+            box=None if body is None else body.box,
         )
         del channels
     entropy_map = extras[0] if need_entropy else None

@@ -199,6 +199,7 @@ def test_trained_model_on_the_sample_ct_gives_the_same_structures_with_fewer_win
 @pytest.mark.skipif(not (TEST_MODEL / "model.json").is_file(), reason="test model package not built")
 def test_cli_no_body_crop_switches_it_off_and_the_summary_says_so(tmp_path: Path) -> None:
     ct = corner_phantom()
+    ct = Volume(ct.array, (2.0, 2.0, 2.0), ct.origin, ct.direction)  # 192 mm: 48 voxels of the test model's 4 mm
     ct_path = tmp_path / "ct.nii.gz"
     sitk.WriteImage(to_sitk(ct), str(ct_path))
     records = {}
@@ -209,3 +210,37 @@ def test_cli_no_body_crop_switches_it_off_and_the_summary_says_so(tmp_path: Path
         records[bool(flag)] = json.loads((out / "s.json").read_text())["parameters"]["restrict_to_body"]
     assert records[True] is False
     assert records[False]["box_kji"] is not None and records[False]["fraction_of_grid"] < 0.5
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), rotation([0, 0, 1], np.pi / 2) @ np.diag([1, -1, 1])], ids=["lps", "permuted"])
+def test_resampling_back_only_the_ct_region_that_reads_the_box_gives_the_same_maps(direction) -> None:
+    from SegDeepLogic.body import region_on_ct
+    from SegDeepLogic.segment import Grid, _to_input_grid, axis_maps, model_grid
+
+    ct = Volume(np.zeros((50, 45, 40), np.int16), (1.1, 0.9, 1.3), (5.0, -7.0, 2.0), direction)
+    grid = model_grid(ct, "LPI", (2.0, 2.0, 2.0))
+    crop = find_body_crop(np.zeros(grid.shape_kji), (2.0, 2.0, 2.0), (8, 8, 8))  # the whole grid: no box
+    assert crop.box is None
+    box = (slice(3, 14), slice(5, 19), slice(2, 12))
+    rng = np.random.default_rng(0)
+    inner = torch.from_numpy(rng.dirichlet(np.ones(3), size=[s.stop - s.start for s in box]).astype(np.float32))
+    maps = dataclasses_replace_box(crop, box).paste(inner.permute(3, 0, 1, 2).contiguous())
+    channels = [*maps, torch.from_numpy(rng.random(grid.shape_kji, np.float32)) * (maps[0] < 1)]  # an extra map, 0 outside
+    region = region_on_ct(box, axis_maps(grid, Grid.of(ct)), ct.array.shape, grid.shape_kji)
+    assert region is not None and np.prod([r.stop - r.start for r in region]) < 0.5 * ct.array.size
+    lut = np.array([0, 1, 2], np.uint8)
+    kwargs = {"n_classes": 3, "lut": lut, "thresholds": None, "want_probabilities": True, "report_fraction": lambda f: None}
+    whole = _to_input_grid(channels, grid, ct, **kwargs)
+    part = _to_input_grid(channels, grid, ct, box=box, **kwargs)
+    np.testing.assert_array_equal(part[0], whole[0])
+    np.testing.assert_allclose(part[1][0], whole[1][0], atol=1e-6)
+    np.testing.assert_array_equal(part[2], whole[2])
+    outside = np.ones(ct.array.shape, bool)
+    outside[region] = False
+    assert not part[0][outside].any() and not whole[1][0][outside].any() and part[0].any()
+
+
+def dataclasses_replace_box(crop, box):
+    import dataclasses
+
+    return dataclasses.replace(crop, box=box)
