@@ -162,9 +162,7 @@ def find_body_crop(
         box.append(slice(*_grow_to(lo, hi, int(patch_kji[axis]), shape[axis])))
     if all(s.start == 0 and s.stop == n for s, n in zip_strict(box, shape)):
         return BodyCrop(None, grid_shape, "the body's box is the whole grid", threshold_hu, margin_mm)
-    return BodyCrop(
-        (box[0], box[1], box[2]), grid_shape, "largest connected piece above the threshold", threshold_hu, margin_mm
-    )
+    return BodyCrop((box[0], box[1], box[2]), grid_shape, "largest connected piece above the threshold", threshold_hu, margin_mm)
 
 
 def region_on_ct(

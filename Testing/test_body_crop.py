@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from scipy import ndimage
+from test_segment import ThresholdNet, package, rotation
 
 from SegDeepLogic import Volume, read_volume
 from SegDeepLogic.body import BODY_MARGIN_MM, find_body_crop
@@ -18,7 +19,6 @@ from SegDeepLogic.cli import main
 from SegDeepLogic.inferers import window_slices
 from SegDeepLogic.io import to_sitk
 from SegDeepLogic.segment import load_model, segment_volume
-from test_segment import ThresholdNet, package, rotation
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_CT = ROOT / "Resources" / "SampleData" / "openkbp_pt_236" / "ct.nii.gz"
@@ -93,13 +93,13 @@ def test_pasted_maps_are_certain_background_outside_the_box() -> None:
 # --------------------------------------------------------------------------------------------
 # In the pipeline: a body in a corner of a large air volume
 # --------------------------------------------------------------------------------------------
-def corner_phantom(direction: np.ndarray = np.eye(3)) -> Volume:
+def corner_phantom(direction: np.ndarray | None = None) -> Volume:
     """96³ mm of air (1 mm voxels) with a 24 mm soft-tissue cube in one corner holding a 7 mm bone sphere."""
     hu = np.full((96, 96, 96), -1000, np.int16)
     hu[:24, 72:, :24] = 40
     k, j, i = np.indices(hu.shape)
     hu[(k - 11.3) ** 2 + (j - 83.6) ** 2 + (i - 12.2) ** 2 <= 7.0**2] = 1000
-    return Volume(hu, (1.0, 1.0, 1.0), (10.0, -20.0, 30.0), np.asarray(direction, float))
+    return Volume(hu, (1.0, 1.0, 1.0), (10.0, -20.0, 30.0), np.eye(3) if direction is None else np.asarray(direction, float))
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +115,7 @@ def corner_runs():
 
 def test_windows_outside_the_body_box_are_never_run(corner_runs) -> None:
     _ct, runs = corner_runs
-    (net_on, on), (net_off, off) = runs[True], runs[False]
+    (net_on, on), (net_off, _off) = runs[True], runs[False]
     grid = tuple(on.parameters["model_grid"]["size_ijk"][::-1])  # 48³ model voxels of 2 mm
     box = on.parameters["restrict_to_body"]["box_kji"]
     # The cube is 12 model voxels, grown by the margin (5 voxels) on its open side: 17 long. The model

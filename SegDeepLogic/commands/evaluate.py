@@ -35,9 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--roi-mm", type=number_in(0), default=10.0, help="ROI margin around the reference bone, mm (default 10)")
     p.add_argument("--no-refine", action="store_true", help="do not score the native-resolution refinement")
     p.add_argument("--overlap", type=number_in(0, 1, high_open=True), default=0.5, help="sliding-window overlap (default 0.5)")
-    p.add_argument(
-        "--no-body-crop", action="store_true", help="network on the whole image, as segdeep segment --no-body-crop"
-    )
+    p.add_argument("--no-body-crop", action="store_true", help="network on the whole image, as segdeep segment --no-body-crop")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(
         "--precision",
