@@ -5,7 +5,8 @@ Usage (from the repository root)::
     python scripts/check_outside_body.py CT SEGMENTATION [CT SEGMENTATION ...] [--model PACKAGE] [--json OUT]
 
 For each pair (a CT and a segmentation of it made with ``--no-body-crop`` or before the option
-existed): the CT is put on the model grid as ``segdeep segment`` does, the body box is found
+existed; ``-`` as SEGMENTATION: segment the CT here with ``restrict_to_body=False``, the default
+settings otherwise): the CT is put on the model grid as ``segdeep segment`` does, the body box is found
 (:func:`SegDeepLogic.body.find_body_crop`), and the labelled voxels of the CT grid that lie outside
 the CT region read from that box (:func:`SegDeepLogic.body.region_on_ct`) are counted per
 structure. Zero everywhere means the restriction cannot have removed anything the whole-grid run
@@ -22,14 +23,18 @@ import numpy as np
 
 from SegDeepLogic import read_volume
 from SegDeepLogic.body import find_body_crop, region_on_ct
-from SegDeepLogic.segment import Grid, _ct_to_model_grid, axis_maps, load_model, model_grid, reorient_grid
+from SegDeepLogic.segment import Grid, _ct_to_model_grid, axis_maps, load_model, model_grid, reorient_grid, segment_volume
 from SegDeepLogic.segmentation_io import read_labelmap_nifti, read_seg_nrrd
 
 
-def outside_counts(ct_path: Path, seg_path: Path, card) -> dict:  # noqa: ANN001
+def outside_counts(ct_path: Path, seg_path: Path, package) -> dict:  # noqa: ANN001
+    card = package.card
     ct = read_volume(ct_path)
-    seg = read_seg_nrrd(seg_path, reference=ct) if seg_path.name.endswith(".seg.nrrd") else read_labelmap_nifti(seg_path)
-    labels = seg.labelmap
+    if str(seg_path) == "-":
+        labels = segment_volume(ct, package, restrict_to_body=False).labels
+    else:
+        seg = read_seg_nrrd(seg_path, reference=ct) if seg_path.name.endswith(".seg.nrrd") else read_labelmap_nifti(seg_path)
+        labels = seg.labelmap
     assert labels.array.shape == ct.array.shape, f"{seg_path}: not on the CT's grid"
     grid = model_grid(ct, str(card.orientation), [float(s) for s in card.spacing_ijk_mm])
     forward = axis_maps(Grid.of(ct), grid)
@@ -64,10 +69,11 @@ def main() -> None:
     args = parser.parse_args()
     if len(args.pairs) % 2:
         parser.error("give CT SEGMENTATION pairs")
-    card = load_model(args.model).card
-    rows = [outside_counts(Path(c), Path(s), card) for c, s in zip(args.pairs[::2], args.pairs[1::2])]
-    for row in rows:
-        print(json.dumps(row))
+    package = load_model(args.model)
+    rows = []
+    for c, s in zip(args.pairs[::2], args.pairs[1::2]):
+        rows.append(outside_counts(Path(c), Path(s), package))
+        print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1) + "\n")
 
