@@ -27,7 +27,7 @@ from scipy import ndimage
 
 from ._compat import zip_strict
 
-__all__ = ["BODY_HU", "BODY_MARGIN_MM", "BodyCrop", "find_body_crop"]
+__all__ = ["BODY_HU", "BODY_MARGIN_MM", "BODY_MIN_SLICE_VOXELS", "BodyCrop", "find_body_crop", "region_on_ct"]
 
 BODY_HU = -500.0
 """Voxels above this (HU) are body (soft tissue, bone, and the couch, which is not kept: only the
@@ -35,6 +35,9 @@ largest connected piece is). Lung and air are below."""
 
 BODY_MARGIN_MM = 10.0
 """Safety margin (mm) added around the body's box on every side."""
+
+BODY_MIN_SLICE_VOXELS = 10
+"""Along the head-feet axis, a slice with at least this many voxels above :data:`BODY_HU` is in the box."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,6 +118,7 @@ def find_body_crop(
     *,
     threshold_hu: float = BODY_HU,
     margin_mm: float = BODY_MARGIN_MM,
+    axial_axis: int | None = None,
 ) -> BodyCrop:
     """Box around the body on the model grid, grown by ``margin_mm`` and to at least one window.
 
@@ -129,6 +133,11 @@ def find_body_crop(
     threshold_hu, margin_mm : float
         Body voxels are above ``threshold_hu``; the box around the largest connected piece of them
         is grown by ``margin_mm`` on every side (clipped to the grid).
+    axial_axis : int, optional
+        The array axis running head-feet. Along it the box spans every slice with at least
+        :data:`BODY_MIN_SLICE_VOXELS` voxels above the threshold, connected to the largest piece or
+        not: a scan whose soft tissue fades out at one end (a validation CT shows only the bony spine
+        in its last 30 slices, where the spinal cord is contoured) keeps those slices.
 
     Returns
     -------
@@ -148,6 +157,10 @@ def find_body_crop(
     mask = array_hu > threshold_hu
     if not mask.any():
         return BodyCrop(None, grid_shape, f"no voxel above {threshold_hu:g} HU: whole grid", threshold_hu, margin_mm)
+    slices = None
+    if axial_axis is not None:
+        per_slice = mask.sum(axis=tuple(a for a in range(3) if a != axial_axis))
+        slices = np.nonzero(per_slice >= BODY_MIN_SLICE_VOXELS)[0]
     components, count = ndimage.label(mask)
     if count > 1:
         sizes = np.bincount(components.ravel())
@@ -157,6 +170,8 @@ def find_body_crop(
     box = []
     for axis in range(3):
         hits = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
+        if axis == axial_axis and slices is not None and slices.size:
+            hits = np.union1d(hits, slices)
         grow = int(math.ceil(float(margin_mm) / float(spacing_kji[axis]) - 1e-9)) if margin_mm > 0 else 0
         lo, hi = max(0, int(hits[0]) - grow), min(shape[axis], int(hits[-1]) + 1 + grow)
         box.append(slice(*_grow_to(lo, hi, int(patch_kji[axis]), shape[axis])))

@@ -1164,7 +1164,7 @@ def segment_volume(
             del image
         # The out-of-distribution check's image features, measured where training measured them.
         features = image_features(array, grid.spacing[::-1], axial_axis=_axial_axis(orientation))
-        body = find_body_crop(array, grid.spacing[::-1], patch) if restrict_to_body else None
+        body = find_body_crop(array, grid.spacing[::-1], patch, axial_axis=_axial_axis(orientation)) if restrict_to_body else None
     with stages("normalise"):
         np.clip(array, clip_lo, clip_hi, out=array)
         array -= subtract

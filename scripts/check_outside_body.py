@@ -6,7 +6,7 @@ Usage (from the repository root)::
 
 For each pair (a CT and a segmentation of it made with ``--no-body-crop`` or before the option
 existed; ``-`` as SEGMENTATION: segment the CT here with ``restrict_to_body=False``, the default
-settings otherwise): the CT is put on the model grid as ``segdeep segment`` does, the body box is found
+settings otherwise; a folder: the reference masks in it, ``<structure>.nii.gz`` per label): the CT is put on the model grid as ``segdeep segment`` does, the body box is found
 (:func:`SegDeepLogic.body.find_body_crop`), and the labelled voxels of the CT grid that lie outside
 the CT region read from that box (:func:`SegDeepLogic.body.region_on_ct`) are counted per
 structure. Zero everywhere means the restriction cannot have removed anything the whole-grid run
@@ -23,7 +23,16 @@ import numpy as np
 
 from SegDeepLogic import read_volume
 from SegDeepLogic.body import find_body_crop, region_on_ct
-from SegDeepLogic.segment import Grid, _ct_to_model_grid, axis_maps, load_model, model_grid, reorient_grid, segment_volume
+from SegDeepLogic.segment import (
+    Grid,
+    _axial_axis,
+    _ct_to_model_grid,
+    axis_maps,
+    load_model,
+    model_grid,
+    reorient_grid,
+    segment_volume,
+)
 from SegDeepLogic.segmentation_io import read_labelmap_nifti, read_seg_nrrd
 
 
@@ -32,6 +41,13 @@ def outside_counts(ct_path: Path, seg_path: Path, package) -> dict:  # noqa: ANN
     ct = read_volume(ct_path)
     if str(seg_path) == "-":
         labels = segment_volume(ct, package, restrict_to_body=False).labels
+    elif seg_path.is_dir():  # reference masks, one <structure>.nii.gz per label of the card
+        array = np.zeros(ct.array.shape, np.uint8)
+        for label in card.labels:
+            mask_path = seg_path / f"{label['name']}.nii.gz"
+            if mask_path.is_file():
+                array[read_volume(mask_path).array > 0] = int(label["value"])
+        labels = ct.with_array(array)
     else:
         seg = read_seg_nrrd(seg_path, reference=ct) if seg_path.name.endswith(".seg.nrrd") else read_labelmap_nifti(seg_path)
         labels = seg.labelmap
@@ -47,7 +63,7 @@ def outside_counts(ct_path: Path, seg_path: Path, package) -> dict:  # noqa: ANN
     if not max(sigma_mm) > 0.25 * min(ct.spacing):
         sigma_mm = [0.0, 0.0, 0.0]
     array = _ct_to_model_grid(ct, grid, forward, sigma_mm)
-    crop = find_body_crop(array, grid.spacing[::-1], card.patch_size_kji)
+    crop = find_body_crop(array, grid.spacing[::-1], card.patch_size_kji, axial_axis=_axial_axis(str(card.orientation)))
     row = {"case": str(ct_path), "box_kji": crop.as_dict()["box_kji"], "fraction_of_grid": round(crop.fraction, 3)}
     if crop.box is None:
         row["outside_voxels"] = {}
