@@ -48,6 +48,16 @@ def test_box_surrounds_the_largest_piece_with_the_margin_and_ignores_a_separate_
     assert record["margin_mm"] == 4.0 and record["grid_kji"] == [60, 50, 70]
 
 
+def test_slices_where_only_a_separate_bone_column_shows_stay_in_the_box_along_the_axial_axis() -> None:
+    a = np.full((80, 50, 50), -1000.0, np.float32)
+    a[10:40, 15:35, 15:35] = 40.0  # the neck
+    a[41:70, 30:34, 24:28] = 700.0  # further down only the spine shows (16 voxels a slice), not connected
+    plain = find_body_crop(a, (1.0, 1.0, 1.0), (4, 4, 4), margin_mm=2.0)
+    along = find_body_crop(a, (1.0, 1.0, 1.0), (4, 4, 4), margin_mm=2.0, axial_axis=0)
+    assert plain.box[0] == slice(8, 42) and along.box[0] == slice(8, 72)
+    assert plain.box[1:] == along.box[1:] == (slice(13, 37), slice(13, 37))
+
+
 def test_box_is_grown_to_one_window_and_clipped_at_the_grid_edge() -> None:
     a = np.full((40, 40, 40), -1000.0, np.float32)
     a[0:3, 18:21, 37:40] = 40.0  # a small body touching three faces of the grid
