@@ -90,6 +90,11 @@ class SegmentOptions:
         Keep the labels when the out-of-distribution check says "mismatch".
     num_threads : int, optional
         CPU threads for the network.
+    restrict_to_body : bool
+        Run the network only on a box around the body (:func:`~SegDeepLogic.body.find_body_crop`:
+        the largest connected piece above -500 HU on the model grid, plus 10 mm); outside it the
+        labels are background and the uncertainty 0. False runs it on the whole grid (the
+        behaviour before this option).
     """
 
     device: str = "auto"
@@ -112,6 +117,7 @@ class SegmentOptions:
     return_probabilities: bool = False
     allow_mismatch: bool = False
     num_threads: int | None = None
+    restrict_to_body: bool = True
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # normalise while frozen: str device, tuples, frozen mappings
@@ -153,6 +159,7 @@ class SegmentOptions:
             "uncertainty",
             "return_probabilities",
             "allow_mismatch",
+            "restrict_to_body",
         ):
             set_(self, name, bool(getattr(self, name)))
 

@@ -48,6 +48,7 @@ import torch
 
 from ._compat import zip_strict
 from .atomic import atomic_outputs, check_outputs
+from .body import BodyCrop, find_body_crop, region_on_ct
 from .devices import (
     RunConfig,
     autocast,
@@ -593,17 +594,38 @@ def _to_input_grid(
     want_probabilities: bool,
     report_fraction: Callable[[float], None],
     slab_bytes: int = 64 << 20,
+    box: tuple[slice, ...] | None = None,
 ) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
     """Interpolate model-grid maps onto the CT's grid slab by slab and decide the labels.
 
     ``channels`` holds the ``n_classes`` class probabilities followed by extra maps (entropy,
     variance) that are interpolated alongside and returned as float32 arrays. Channels that
     cannot win anywhere in a slab are skipped (:func:`_possible_winners`); the labels are the
-    same as with all channels interpolated.
+    same as with all channels interpolated. ``box``: the maps are certain background (extras 0)
+    outside this part of the model array, so only the CT voxels that read inside it are interpolated
+    (:func:`~SegDeepLogic.body.region_on_ct`); the others are background, exactly as interpolated.
     """
     nk, nj, ni = ct.array.shape
-    maps = torch.stack(channels)
     back = axis_maps(grid, Grid.of(ct))
+    region = region_on_ct(box, back, ct.array.shape, grid.shape_kji) if box is not None and back is not None else None
+    if region is not None:
+        origin = ct.index_to_physical([r.start for r in region[::-1]])
+        part = Volume(ct.array[region], ct.spacing, origin, ct.direction)
+        sub = _to_input_grid(
+            channels, grid, part, n_classes=n_classes, lut=lut, thresholds=thresholds,
+            want_probabilities=want_probabilities, report_fraction=report_fraction, slab_bytes=slab_bytes,
+        )  # fmt: skip
+        labels = np.zeros((nk, nj, ni), dtype=lut.dtype)
+        labels[region] = sub[0]
+        extras = [np.zeros((nk, nj, ni), np.float32) for _ in sub[1]]
+        for extra, values in zip_strict(extras, sub[1]):
+            extra[region] = values
+        probabilities = None
+        if sub[2] is not None:
+            probabilities = np.zeros((sub[2].shape[0], nk, nj, ni), np.uint8)
+            probabilities[(slice(None), *region)] = sub[2]
+        return labels, extras, probabilities
+    maps = torch.stack(channels)
     if back is None:  # direction matrices too far from orthonormal for the separable path
         return _to_input_grid_itk(
             maps, grid, ct, n_classes=n_classes, lut=lut, thresholds=thresholds, want_probabilities=want_probabilities
@@ -887,6 +909,7 @@ class _ModelInput:
     grid: Grid
     features: dict[str, Any]
     cval: float
+    body: BodyCrop | None = None  # the box the network runs on (None: the whole grid)
 
 
 def _prepare_input(ct: Volume, plan: _Plan, opts: SegmentOptions, stages: _Stages) -> _ModelInput:
@@ -916,6 +939,11 @@ def _prepare_input(ct: Volume, plan: _Plan, opts: SegmentOptions, stages: _Stage
             del image
         # The out-of-distribution check's image features, measured where training measured them.
         features = image_features(array, grid.spacing[::-1], axial_axis=_axial_axis(orientation))
+        body = (
+            find_body_crop(array, grid.spacing[::-1], plan.patch, axial_axis=_axial_axis(orientation))
+            if opts.restrict_to_body
+            else None
+        )
     with stages("normalise"):
         norm = plan.normalization
         norm.apply(array, out=array)
@@ -925,7 +953,7 @@ def _prepare_input(ct: Volume, plan: _Plan, opts: SegmentOptions, stages: _Stage
                 f"the model card's intensity normalisation (clip {norm.clip_lo:g}..{norm.clip_hi:g}, "
                 f"subtract {norm.subtract:g}, divide {norm.divide:g}) gives non-finite network input"
             )
-    return _ModelInput(array, grid, features, float(cval))
+    return _ModelInput(array, grid, features, float(cval), body)
 
 
 def _run_network(
@@ -948,7 +976,7 @@ def _run_network(
         extra_channels = 1 if len(plan.flips) > 1 else 0
         maps, final, fallbacks = _predict(
             network,
-            prepared.array,
+            prepared.array if prepared.body is None else prepared.body.crop(prepared.array),
             patch=plan.patch,
             overlap=opts.overlap,
             flips=plan.flips,
@@ -960,6 +988,7 @@ def _run_network(
             lateral=lateral_swap(plan.orientation, [s.name for s in plan.segments]),
         )
         prepared.array = None
+        maps = maps if prepared.body is None else prepared.body.paste(maps)
         n_bad = int((~torch.isfinite(torch.as_tensor(maps))).sum())
         if n_bad:
             raise SegDeepError(
@@ -1004,6 +1033,7 @@ def _back_to_ct_grid(
             thresholds=threshold_array,
             want_probabilities=opts.return_probabilities,
             report_fraction=lambda f: stages.report("resample-back", f),
+            box=None if prepared.body is None else prepared.body.box,
         )
         channels.clear()
     has_variance = opts.uncertainty and len(plan.flips) > 1
@@ -1165,6 +1195,7 @@ def _record(
         if opts.uncertainty
         else False,
         "allow_mismatch": bool(opts.allow_mismatch),
+        "restrict_to_body": prepared.body.as_dict() if prepared.body is not None else False,
     }
 
 

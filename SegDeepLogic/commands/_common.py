@@ -267,5 +267,6 @@ def segment_options_from_args(args: argparse.Namespace, **fixed: Any) -> Segment
         refine=args.refine,
         refine_labels=args.refine_labels,
         refine_options=refine_options,
+        restrict_to_body=not getattr(args, "no_body_crop", False),
         **fixed,
     )

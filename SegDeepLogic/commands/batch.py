@@ -28,6 +28,7 @@ SEGMENT_OPTIONS = (
     "refine_grow_mm",
     "output_format",
     "allow_mismatch",
+    "no_body_crop",
 )
 
 

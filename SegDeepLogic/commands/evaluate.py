@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--no-refine", action="store_true", help="do not score the native-resolution refinement")
     p.add_argument("--overlap", type=number_in(0, 1, high_open=True), default=0.5, help="sliding-window overlap (default 0.5)")
+    p.add_argument("--no-body-crop", action="store_true", help="network on the whole image, as segdeep segment --no-body-crop")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument(
         "--precision",
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             refine=not args.no_refine,
             overlap=args.overlap,
             cases=args.cases,
-            segment_options={"device": args.device, "precision": args.precision},
+            segment_options={"device": args.device, "precision": args.precision, "restrict_to_body": not args.no_body_crop},
             progress=progress,
         )
     paths = write_evaluation(result, args.output, overwrite=args.overwrite)

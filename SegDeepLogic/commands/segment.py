@@ -63,6 +63,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads", type=number_in(1, integer=True), default=None, help="CPU threads for the network (default: one per core)"
     )
+    p.add_argument(
+        "--no-body-crop",
+        action="store_true",
+        help="run the network on the whole image, not only on a box around the body (>-500 HU, +10 mm; default): "
+        "slower on a large field of view",
+    )
     p.add_argument("--tta", action="store_true", help="mirroring test-time augmentation (8 flips, 8x slower)")
     p.add_argument(
         "--threshold",
