@@ -140,7 +140,9 @@ class TrainConfig:
     guard_validation_data : list of str
         Fine-tuning's guard against forgetting: with ``init_from``, every case of these data
         (default: ``validation_data``) is validated with the initial weights before the first
-        step and with the shipped weights at the end; both, and the change per structure, are
+        step (the package's network on the label set trained: the package itself when the
+        label set is the package's, as in the correction loop) and with the shipped weights at
+        the end; both, and the change per structure, are
         logged and recorded in ``history.json`` and the card (``training.forgetting_guard``).
     """
 
