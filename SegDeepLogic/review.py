@@ -84,6 +84,10 @@ class ReviewItem:
         The segmentation file the batch wrote (absolute), None if none.
     uncertainty : str or None
         The uncertainty map the batch wrote (``--uncertainty``), None if none.
+    model : str or None
+        The model package the batch used.
+    batch : str or None
+        The batch output folder (absolute).
     """
 
     rank: int
@@ -98,6 +102,8 @@ class ReviewItem:
     ct: str | None
     segmentation: str | None
     uncertainty: str | None
+    model: str | None = None
+    batch: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         """A flat row for a CSV table (reasons joined by "; ")."""
@@ -229,6 +235,8 @@ def review_queue(batch_dir: str | os.PathLike) -> list[ReviewItem]:
             "ct": record.get("ct"),
             "segmentation": _output(case_dir, record, tuple(SEGMENTATION_FILES.values())),
             "uncertainty": _output(case_dir, record, (UNCERTAINTY_FILE,)),
+            "model": record.get("model"),
+            "batch": str(root.resolve()),
         }
         if status == "failed" and not record.get("withheld") and rows is None:
             item.update(
