@@ -46,7 +46,6 @@ def _read_node(scene: Any, nodeClass: str, storageClass: str, path: Path, name: 
     node.SetAndObserveStorageNodeID(storage.GetID())
     if not storage.ReadData(node):
         raise SegDeepError(f"Slicer could not read {path}")
-    node.CreateDefaultDisplayNodes()
     return node
 
 
@@ -134,6 +133,10 @@ def loadReviewCase(
         segmentId = None
         if structure:
             segmentId = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(str(structure)) or None
+        for node in (volumeNode, segmentationNode, uncertaintyNode):  # once everything was read
+            if node is not None:
+                node.CreateDefaultDisplayNodes()
+                added.extend(node.GetNthDisplayNode(n) for n in range(node.GetNumberOfDisplayNodes()))
         editor = segmentEditorNode(scene)
         editor.SetAndObserveSegmentationNode(segmentationNode)
         setSource = getattr(editor, "SetAndObserveSourceVolumeNode", None) or editor.SetAndObserveMasterVolumeNode
@@ -141,7 +144,7 @@ def loadReviewCase(
         editor.SetSelectedSegmentID(segmentId)
     except BaseException:
         for node in reversed(added):
-            if node.GetScene() is not None:
+            if node is not None and node.GetScene() is not None:
                 scene.RemoveNode(node)
         raise
     return {
