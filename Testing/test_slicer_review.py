@@ -115,7 +115,9 @@ def test_a_corrected_segment_saved_from_the_scene_is_read_back_by_the_training_l
     assert (prepared.labels == 1).sum() * voxel_ml == pytest.approx(corrected_ml, rel=0.1)
 
 
-def test_segdeep_train_reads_a_saved_correction_with_the_unreviewed_structure_uncontoured(headless, logic, tmp_path: Path) -> None:
+def test_segdeep_train_reads_a_saved_correction_with_the_unreviewed_structure_uncontoured(
+    headless, logic, tmp_path: Path
+) -> None:
     _ct_node, seg, _ = _scene_with_correction(headless)
     dataset = tmp_path / "corrections"
     logic.saveCorrectionAsTrainingCase(seg, dataset, ["bone"], annotator="tester", caseId="c1")
