@@ -168,3 +168,51 @@ def test_review_queue_refuses_a_table_it_cannot_write_and_a_folder_that_is_not_a
     run = _segdeep("review-queue", str(tmp_path), "-o", str(tmp_path / "q.csv"))
     assert run.returncode == 1 and "not a segdeep batch output folder" in run.stderr
     assert not (tmp_path / "q.csv").exists()
+
+
+def test_readme_correction_loop_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's loop, in order: batch with the review queue, the queue as JSON, a correction saved
+    from Python, fine-tuning with the forgetting guard. Its folders are test files (cases/: crops of the
+    sample CT; validation/: another crop with its mandible as 'bone'); --iterations 200 becomes 2."""
+    import re
+    import shlex
+
+    import SimpleITK as sitk
+
+    from SegDeepLogic import cli
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The correction loop") :]
+    section = section[: section.index("\n## ")]
+    commands = re.findall(r"```bash\n(.*?)```", section, re.S)[0].replace("\\\n", " ").strip().splitlines()
+    code = re.findall(r"```python\n(.*?)```", section, re.S)[0]
+    make_cohort(tmp_path / "cohort", n=2)
+    (tmp_path / "cohort" / "cohort.csv").unlink()
+    (tmp_path / "cohort").rename(tmp_path / "cases")
+    for case in (tmp_path / "cases").iterdir():
+        (case / "reference.nii.gz").unlink()
+    validation = tmp_path / "validation" / "v1"
+    validation.mkdir(parents=True)
+    sample = ROOT / "Resources" / "SampleData" / "openkbp_pt_236"
+    for src, dst in (("ct.nii.gz", "ct.nii.gz"), ("mandible.nii.gz", "bone.nii.gz")):
+        sitk.WriteImage(sitk.ReadImage(str(sample / src))[48:90, 28:64, 24:58], str(validation / dst))
+    # the model path is relative to the repository; the data folders to the working directory
+    commands = [
+        c.replace("Testing/Data/test_model", str(TEST_MODEL)).replace("--iterations 200", "--iterations 2") for c in commands
+    ]
+    monkeypatch.chdir(tmp_path)
+    assert [c.split()[1] for c in commands] == ["batch", "review-queue", "train"]
+    assert cli.main([*shlex.split(commands[0])[1:], "--no-progress"]) == 0
+    assert (tmp_path / "batch_out" / "review_queue.csv").is_file()
+    assert cli.main(shlex.split(commands[1])[1:]) == 0
+    queue = json.loads((tmp_path / "review.json").read_text())
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    saved = tmp_path / "corrections" / queue[0]["case_id"]
+    assert (saved / f"{queue[0]['most_uncertain_structure']}.nii.gz").is_file()
+    assert json.loads((saved / "correction.json").read_text())["annotator"] == "me"
+    assert cli.main([*shlex.split(commands[2])[1:], "--no-progress"]) == 0
+    card = json.loads((tmp_path / "tuned" / "model.json").read_text())
+    guard = card["training"]["forgetting_guard"]
+    assert guard["data"] == ["validation/"] and guard["before"]["dice"]["bone"] is not None
+    assert set(guard["change"]) == {"bone", "mean"}
