@@ -158,6 +158,9 @@ def test_batch_review_queue_writes_the_ranked_table_and_review_queue_command_giv
     run = _segdeep("review-queue", str(out), "-o", str(tmp_path / "q.json"))
     assert run.returncode == 0, run.stderr
     data = json.loads((tmp_path / "q.json").read_text())
+    again = _segdeep("review-queue", str(out), "-o", str(tmp_path / "q.json"))
+    assert again.returncode == 1 and "--overwrite" in again.stderr
+    assert _segdeep("review-queue", str(out), "-o", str(tmp_path / "q.json"), "--overwrite").returncode == 0
     assert [d["case_id"] for d in data] == [r["case_id"] for r in table]
     assert data[0]["structure_scores"] and data[0]["most_uncertain_structure"] in ("bone", "soft_tissue")
 

@@ -25,6 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("outdir", metavar="OUTDIR", help="segdeep batch output folder")
     p.add_argument("-o", "--output", default=None, help="table to write (.csv or .json; default: print CSV to stdout)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing table")
     p.add_argument("--top", type=int, default=None, metavar="N", help="only the first N cases")
     p.set_defaults(run=run)
 
@@ -39,7 +40,7 @@ def table_format(path: str | Path) -> str:
     return suffix[1:]
 
 
-def write_review_table(items: list[Any], path: str | Path | None) -> None:
+def write_review_table(items: list[Any], path: str | Path | None, *, overwrite: bool = True) -> None:
     """Write the queue (:func:`SegDeepLogic.review.review_queue`) as a CSV or JSON table (atomically), or print it."""
     from ..review import review_rows
 
@@ -47,9 +48,9 @@ def write_review_table(items: list[Any], path: str | Path | None) -> None:
         write_table(review_rows(items), None, "csv")
         return
     if table_format(path) == "csv":
-        write_table(review_rows(items), path, "csv")
+        write_table(review_rows(items), path, "csv", overwrite=overwrite)
     else:  # always a list, even of one case
-        write_text(path, json.dumps([dataclasses.asdict(i) for i in items], indent=2) + "\n")
+        write_text(path, json.dumps([dataclasses.asdict(i) for i in items], indent=2) + "\n", overwrite=overwrite)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,11 +61,11 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.output is not None and args.output != "-":
         table_format(args.output)
-        validate_outputs({"-o": args.output}, inputs={"OUTDIR": Path(args.outdir)}, overwrite=True)
+        validate_outputs({"-o": args.output}, inputs={"OUTDIR": Path(args.outdir)}, overwrite=args.overwrite)
     items = review_queue(args.outdir)
     if args.top is not None:
         items = items[: args.top]
-    write_review_table(items, args.output)
+    write_review_table(items, args.output, overwrite=args.overwrite)
     if args.output is not None and args.output != "-":
         for item in items[:5]:
             print(
