@@ -238,7 +238,7 @@ def review_queue(batch_dir: str | os.PathLike) -> list[ReviewItem]:
             "model": record.get("model"),
             "batch": str(root.resolve()),
         }
-        if status == "failed" and not record.get("withheld") and rows is None:
+        if status == "failed" and verdict != "mismatch":  # no usable segmentation: a person must look
             item.update(
                 score=None,
                 priority=PRIORITY_FAILED,
