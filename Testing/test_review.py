@@ -14,7 +14,7 @@ import pytest
 from cohort_data import ROOT, TEST_MODEL, make_cohort
 
 from SegDeepLogic.cohort import _write_record, read_record
-from SegDeepLogic.review import ReviewQueueError, review_queue
+from SegDeepLogic.review import OOD_WEIGHT, VOLUME_FINDING_WEIGHT, ReviewQueueError, review_queue
 from SegDeepLogic.uncertainty import summarize_uncertainty
 from SegDeepLogic.volume import Volume
 
@@ -80,12 +80,12 @@ def test_cases_are_ranked_by_their_most_uncertain_structure_then_ood_with_failur
     assert [i.case_id for i in items] == ["broken", "abdomen", "parotid_unsure", "mandible_unsure", "odd_volume", "calm"]
     assert [i.rank for i in items] == [1, 2, 3, 4, 5, 6]
     by_id = {i.case_id: i for i in items}
-    # uncertain fraction = uncertain voxels / (cube + its 2 mm band): 900 / 14^3 and 800 / 14^3
+    # mean entropy inside = (n slices at 0.9 + (10 - n) at 0.05) / 10
     assert by_id["parotid_unsure"].most_uncertain_structure == "parotid_left"
     assert by_id["mandible_unsure"].most_uncertain_structure == "mandible"
-    assert by_id["parotid_unsure"].structure_scores["parotid_left"] == pytest.approx(900 / 14**3, abs=1e-4)
-    assert by_id["mandible_unsure"].structure_scores["mandible"] == pytest.approx(800 / 14**3, abs=1e-4)
-    assert by_id["odd_volume"].score == pytest.approx(by_id["calm"].score + 0.1 + 0.1)
+    assert by_id["parotid_unsure"].structure_scores["parotid_left"] == pytest.approx(0.05 + 0.085 * 9, abs=1e-4)
+    assert by_id["mandible_unsure"].structure_scores["mandible"] == pytest.approx(0.05 + 0.085 * 8, abs=1e-4)
+    assert by_id["odd_volume"].score == pytest.approx(by_id["calm"].score + OOD_WEIGHT["caution"] + VOLUME_FINDING_WEIGHT)
     assert any("volume: mandible is 9 mL" in r for r in by_id["odd_volume"].reasons)
     assert by_id["broken"].score is None and "CT not found" in by_id["broken"].reasons[0]
     assert "withheld" in by_id["abdomen"].reasons[0]
@@ -95,7 +95,7 @@ def test_cases_are_ranked_by_their_most_uncertain_structure_then_ood_with_failur
 def test_a_structure_the_network_did_not_find_is_a_reason_not_a_score(tmp_path: Path) -> None:
     out = tmp_path / "batch"
     rows = _case_uncertainty({1: 2})
-    rows[1].update(voxels=0, uncertain_fraction=None)
+    rows[1].update(voxels=0, mean_entropy_inside=None, uncertain_fraction=None)
     _write_case(out, "c", uncertainty=rows)
     (item,) = review_queue(out)
     assert set(item.structure_scores) == {"mandible"}

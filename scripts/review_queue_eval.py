@@ -13,8 +13,13 @@ file is not contoured there and not scored):
 
 * per case: the queue score vs 1 - mean Dice over the contoured structures, and vs 1 - the worst
   structure's Dice;
-* per case and structure: the structure's review score (uncertain fraction of it and its 2 mm
-  band) vs 1 - its Dice; also the mean entropy inside and in the boundary band, for comparison.
+* per case and structure: the structure's review score (mean entropy inside) vs 1 - its Dice;
+  also the mean entropy in the 2 mm boundary band and the uncertain fraction (entropy above 0.5 in
+  the structure and its band; the first version's score), for comparison;
+* per case, for comparison: the uncertainty part of the score alone (no out-of-distribution
+  terms), the same over the structures with a clinical contour only (the error of a structure
+  without one cannot be measured, but the queue counts it), and the first version's case score
+  (the worst structure's uncertain fraction).
 
 Dice is computed on the CT grid, where the batch writes the segmentation. Writes the JSON
 (atomically): settings, the correlations (Spearman rho and p), and the per-case and
@@ -97,6 +102,7 @@ def evaluate(data: Path, batch: Path) -> dict[str, Any]:
                     "review_score": item.structure_scores.get(s.name),
                     "mean_entropy_inside": row.get("mean_entropy_inside"),
                     "mean_entropy_boundary": row.get("mean_entropy_boundary"),
+                    "uncertain_fraction": row.get("uncertain_fraction"),
                     "found": bool(row.get("voxels")),
                 }
             )
@@ -112,6 +118,16 @@ def evaluate(data: Path, batch: Path) -> dict[str, Any]:
                 "mean_dice": round(float(np.mean(list(per.values()))), 4) if per else None,
                 "min_dice": round(float(min(per.values())), 4) if per else None,
                 "worst_structure": min(per, key=per.get) if per else None,
+                "uncertainty_only": max(item.structure_scores.values()) if item.structure_scores else None,
+                "uncertainty_contoured_only": max((v for k, v in item.structure_scores.items() if k in per), default=None),
+                "first_version_score": max(
+                    (
+                        r["uncertain_fraction"]
+                        for r in record["uncertainty"]
+                        if r.get("voxels") and r.get("uncertain_fraction") is not None
+                    ),
+                    default=None,
+                ),
                 "reasons": item.reasons,
             }
         )
@@ -127,6 +143,16 @@ def evaluate(data: Path, batch: Path) -> dict[str, Any]:
         "case_level": {
             "score_vs_1_minus_mean_dice": correlation([c["score"] for c in scored], [1 - c["mean_dice"] for c in scored]),
             "score_vs_1_minus_worst_dice": correlation([c["score"] for c in scored], [1 - c["min_dice"] for c in scored]),
+            "uncertainty_only_vs_1_minus_mean_dice": correlation(
+                [c["uncertainty_only"] for c in scored], [1 - c["mean_dice"] for c in scored]
+            ),
+            "uncertainty_contoured_structures_only_vs_1_minus_mean_dice": correlation(
+                [c["uncertainty_contoured_only"] for c in scored if c["uncertainty_contoured_only"] is not None],
+                [1 - c["mean_dice"] for c in scored if c["uncertainty_contoured_only"] is not None],
+            ),
+            "first_version_score_vs_1_minus_mean_dice": correlation(
+                [c["first_version_score"] for c in scored], [1 - c["mean_dice"] for c in scored]
+            ),
             "mean_error_first_third": round(float(np.mean([1 - c["mean_dice"] for c in by_rank[:n_third]])), 4),
             "mean_error_last_third": round(float(np.mean([1 - c["mean_dice"] for c in by_rank[-n_third:]])), 4),
             "most_uncertain_is_worst_structure": sum(c["most_uncertain_structure"] == c["worst_structure"] for c in scored),
@@ -138,6 +164,15 @@ def evaluate(data: Path, batch: Path) -> dict[str, Any]:
                 [p["mean_entropy_boundary"] for p in found if p["mean_entropy_boundary"] is not None],
                 [p["error"] for p in found if p["mean_entropy_boundary"] is not None],
             ),
+            "uncertain_fraction_vs_error": correlation([p["uncertain_fraction"] for p in found], [p["error"] for p in found]),
+            "uncertain_fraction_zero": sum(p["uncertain_fraction"] == 0 for p in found),
+            "per_structure_review_score_vs_error": {
+                name: correlation(
+                    [p["review_score"] for p in found if p["structure"] == name],
+                    [p["error"] for p in found if p["structure"] == name],
+                )
+                for name in dict.fromkeys(p["structure"] for p in found)
+            },
             "not_found_but_contoured": [f"{p['case_id']}:{p['structure']}" for p in pairs if not p["found"]],
         },
         "cases": cases,
@@ -164,13 +199,13 @@ def main() -> None:
         "data": str(args.data),
         "model_sha256": sorted({r.get("model_sha256") for r in records if r.get("model_sha256")}),
         "overlap": args.overlap,
-        "score": "uncertain fraction of the worst structure (entropy > 0.5 in it and its 2 mm band) + 0.1 per "
-        "out-of-distribution caution + 0.1 per volume finding; failed and mismatch cases first",
+        "score": "mean normalised entropy inside the most uncertain structure + 0.02 per out-of-distribution caution "
+        "+ 0.02 per volume finding; failed and mismatch cases first",
         **result,
     }
     write_text(args.out, json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: result[k] for k in ("n_cases", "n_scored_cases", "case_level")}, indent=1))
-    print(json.dumps({k: v for k, v in result["structure_level"].items() if k != "not_found_but_contoured"}, indent=1))
+    print(json.dumps({k: v for k, v in result["structure_level"].items() if k != "not_found_but_contoured"}))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "review-queue",
         help="rank the cases of a segdeep batch output folder for review, with the reason for each rank",
         description="Rank the cases of OUTDIR (a segdeep batch output folder) for review by the model's own signals: "
-        "the uncertain fraction of each structure and its 2 mm boundary band (the worst structure counts), the "
+        "the mean normalised entropy inside each structure (the worst structure counts), the "
         "out-of-distribution verdict and the volume plausibility findings. Failed cases come first, then cases whose "
         "output was withheld (mismatch), then the rest by descending score. Each row names the most uncertain "
         "structure and the reasons. Writes a table (-o: .csv or .json by its suffix; default: print the table).",
