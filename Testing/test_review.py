@@ -219,3 +219,17 @@ def test_readme_correction_loop_runs_as_written(tmp_path: Path, monkeypatch: pyt
     guard = card["training"]["forgetting_guard"]
     assert guard["data"] == ["validation/"] and guard["before"]["dice"]["bone"] is not None
     assert set(guard["change"]) == {"bone", "mean"}
+
+
+def test_readme_and_docs_quote_the_committed_review_queue_measurement() -> None:
+    """The correlations in README.md and docs/review_queue.md are those of docs/review_queue_validation.json
+    (written by scripts/review_queue_eval.py)."""
+    result = json.loads((ROOT / "docs" / "review_queue_validation.json").read_text())
+    case = result["case_level"]
+    shipped = case["score_vs_1_minus_mean_dice"]["rho"]
+    contoured = case["uncertainty_contoured_structures_only_vs_1_minus_mean_dice"]["rho"]
+    assert result["n_cases"] == 33 and case["score_vs_1_minus_mean_dice"]["n"] == 33
+    readme = (ROOT / "README.md").read_text()
+    assert f"ρ = {shipped:.2f} against 1 − mean Dice" in readme and f"contoured structures only ρ = {contoured:.2f}" in readme
+    docs = (ROOT / "docs" / "review_queue.md").read_text()
+    assert f"ρ = {shipped:+.2f}" in docs and f"ρ = {contoured:+.2f}" in docs
