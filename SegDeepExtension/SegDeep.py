@@ -273,6 +273,13 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.compareButton.connect("clicked(bool)", self.onCompareButton)
         self.ui.exportSegmentationSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onExportSegmentationChanged)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
+        self.ui.reviewBatchPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.correctionDatasetPathLineEdit.filters = ctk.ctkPathLineEdit.Dirs
+        self.ui.reviewRankButton.connect("clicked(bool)", self.onReviewRankButton)
+        self.ui.reviewLoadButton.connect("clicked(bool)", self.onReviewLoadButton)
+        self.ui.saveCorrectionButton.connect("clicked(bool)", self.onSaveCorrectionButton)
+        self._reviewItems = []
+        self._reviewSegmentation = None
 
         self.initializeParameterNode()
         self._startDeviceProbe()
@@ -789,6 +796,57 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if notReady
                 else _("All surfaces are print-ready.")
             )
+
+    # --- review and correct: the logic does the work (SegDeepLib.review), this only wires the panel
+    def onReviewRankButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("Ranking the batch's cases failed."), waitCursor=True):
+            self._reviewItems = self.logic.reviewQueue(str(self.ui.reviewBatchPathLineEdit.currentPath))
+            self.ui.reviewListWidget.clear()
+            for item in self._reviewItems:
+                score = "-" if item.score is None else f"{item.score:.3f}"
+                reason = item.reasons[0] if item.reasons else ""
+                self.ui.reviewListWidget.addItem(f"{item.rank}. {item.case_id} (score {score}): {reason}")
+            if self._reviewItems:
+                self.ui.reviewListWidget.setCurrentRow(0)
+            self.ui.reviewStatusLabel.text = _("{count} case(s) ranked; the first needs review most.").format(
+                count=len(self._reviewItems)
+            )
+
+    def onReviewLoadButton(self) -> None:
+        row = self.ui.reviewListWidget.currentRow
+        if row < 0 or row >= len(self._reviewItems):
+            slicer.util.errorDisplay(_("Rank the cases and select one first."))
+            return
+        item = self._reviewItems[row]
+        with slicer.util.tryWithErrorDisplay(_("Loading the case failed."), waitCursor=True):
+            loaded = self.logic.loadReviewCase(item)
+            self._reviewSegmentation = loaded["segmentationNode"]
+            slicer.util.setSliceViewerLayers(background=loaded["volumeNode"], fit=True)
+            if loaded["segmentId"]:
+                center = loaded["segmentationNode"].GetSegmentCenterRAS(loaded["segmentId"])
+                if center is not None:
+                    slicer.vtkMRMLSliceNode.JumpAllSlices(slicer.mrmlScene, *center)
+            self.ui.correctionReviewedLineEdit.text = item.most_uncertain_structure or ""
+            self.ui.reviewStatusLabel.text = _(
+                "Loaded {case}: correct {structure} in the Segment Editor, then save the correction."
+            ).format(case=item.case_id, structure=item.most_uncertain_structure or _("the segments"))
+
+    def onSaveCorrectionButton(self) -> None:
+        from SegDeepLogic.corrections import CorrectionError
+
+        node = self._reviewSegmentation
+        if node is None or node.GetScene() is None:
+            node = self.ui.segmentationSelector.currentNode()
+        reviewed = [n.strip() for n in str(self.ui.correctionReviewedLineEdit.text).split(",") if n.strip()]
+        with slicer.util.tryWithErrorDisplay(_("Saving the correction failed."), waitCursor=True):
+            dataset = str(self.ui.correctionDatasetPathLineEdit.currentPath)
+            try:
+                path = self.logic.saveCorrectionAsTrainingCase(node, dataset, reviewed)
+            except CorrectionError as exc:
+                if "exists" not in str(exc) or not slicer.util.confirmYesNoDisplay(f"{exc}\n\n" + _("Replace it?")):
+                    raise
+                path = self.logic.saveCorrectionAsTrainingCase(node, dataset, reviewed, overwrite=True)
+            self.ui.reviewStatusLabel.text = _("Saved as training case {path}.").format(path=path)
 
 
 def _fmt(value) -> str:

@@ -33,6 +33,7 @@ COMMANDS = (
     "export",
     "segment",
     "batch",
+    "review-queue",
     "train",
     "evaluate",
     "report",

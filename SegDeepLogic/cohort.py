@@ -576,10 +576,9 @@ def _case_work(
             f"{Path(case.ct).name}: give the case as a DICOM series folder, or use --format seg.nrrd or nii.gz"
         )
     seg_path = case_dir / SEGMENTATION_FILES[settings.output_format]
-    # The report shows the uncertainty map; it does not change the labels, and costs time without a use.
-    options = settings.segment_options.replace(
-        uncertainty=bool(settings.uncertainty or settings.report), allow_mismatch=settings.allow_mismatch
-    )
+    # The per-structure uncertainty summary is recorded in case.json for the review queue
+    # (SegDeepLogic.review); the entropy is computed for the out-of-distribution check anyway.
+    options = settings.segment_options.replace(uncertainty=True, allow_mismatch=settings.allow_mismatch)
     result = None
     try:
         result, written = segment_file(
@@ -604,6 +603,11 @@ def _case_work(
         record["fallbacks"] = list(result.fallbacks)
         record["withheld"] = list(result.withheld)
         record["timings_s"]["network"] = float(result.timings_s.get("network", 0.0))
+        record["uncertainty"] = [dict(row) for row in result.uncertainty_summary]
+        record["ood_findings"] = [
+            {k: f.get(k) for k in ("check", "severity", "message", "structure") if f.get(k) is not None}
+            for f in (result.plausibility or {}).get("findings", [])
+        ]
     if settings.report and result is not None:
         t = time.perf_counter()
         report_options = ReportOptions(
@@ -631,6 +635,14 @@ def _case_work(
         values, counts = np.unique(result.labels.array, return_counts=True)
         found = dict(zip(values.tolist(), counts.tolist()))  # noqa: B905 - Python 3.9 has no strict=
         record["structures"] = {s.name: {"volume_ml": found.get(s.value, 0) * vox} for s in result.segments}
+    for row in record.get("uncertainty") or []:  # summary columns <structure>_mean_entropy_boundary, ...
+        columns = record["structures"].setdefault(row["name"], {})
+        for key in UNCERTAINTY_COLUMNS:
+            columns[key] = row.get(key)
+
+
+#: Per-structure uncertainty values copied into case.json's ``structures`` (and so summary.csv).
+UNCERTAINTY_COLUMNS = ("mean_entropy_inside", "mean_entropy_boundary", "uncertain_fraction")
 
 
 # ------------------------------------------------------------------------------------------------

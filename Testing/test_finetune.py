@@ -117,3 +117,80 @@ def test_train_cli_refuses_a_device_it_cannot_use_in_one_line(bone_data: Path, t
     assert run.returncode == 1
     assert message in run.stderr and "Traceback" not in run.stderr
     assert not (tmp_path / "m").exists()
+
+
+def _guard_data(bone_data: Path, tmp_path: Path) -> Path:
+    """A second case set (the 'original validation set'): another crop of the sample CT."""
+    import SimpleITK as sitk
+
+    sample = ROOT / "Resources" / "SampleData" / "openkbp_pt_236"
+    case = tmp_path / "guard" / "pt_9"
+    case.mkdir(parents=True)
+    for src, dst in (("ct.nii.gz", "ct.nii.gz"), ("mandible.nii.gz", "bone.nii.gz")):
+        sitk.WriteImage(sitk.ReadImage(str(sample / src))[44:84, 30:66, 30:62], str(case / dst))
+    return tmp_path / "guard"
+
+
+def _package_dice(package: Path, data: Path) -> dict:
+    """Dice of a saved package's network on ``data`` (model grid), computed apart from training."""
+    from SegDeepLogic.training.data import find_cases, load_cases
+    from SegDeepLogic.training.train import validate
+
+    names = ["bone", "soft_tissue"]  # the test model's label set; the data contour bone only
+    cfg = TrainConfig(train_data=[], labels=[{"name": n} for n in names], **package_settings(package))
+    cases = load_cases(find_cases([str(data)], names), names, cfg.spacing_ijk_mm, cfg.orientation)
+    network = load_model_package(package).network
+    network.eval()
+    return validate(network, cases, cfg)
+
+
+def test_fine_tuning_guard_reports_the_initial_and_the_shipped_models_dice_on_the_original_validation_set(
+    bone_data: Path, tmp_path: Path
+) -> None:
+    guard = _guard_data(bone_data, tmp_path)
+    out = tmp_path / "tuned"
+    run = _segdeep(
+        "train", "--train", str(bone_data), "--structures", "bone", "soft_tissue", "-o", str(out), "--work-dir",
+        str(tmp_path / "w"), "--init-from", str(TEST_MODEL), "--guard-validation", str(guard), "--device", "cpu", "--iterations", "3",
+        "--batch-size", "1", "--lr", "0.05", "--no-progress",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "forgetting guard: mean Dice" in run.stderr
+    printed = json.loads(run.stdout)["forgetting_guard"]
+    card = json.loads((out / "model.json").read_text())["training"]["forgetting_guard"]
+    history = json.loads((tmp_path / "w" / "history.json").read_text())["forgetting_guard"]
+    assert printed == card == history
+    assert card["data"] == [str(guard)] and card["cases"] == 1
+    before, after = _package_dice(TEST_MODEL, guard), _package_dice(out, guard)
+    assert card["before"]["dice"]["bone"] == pytest.approx(before["dice"]["bone"], abs=1e-4)
+    assert card["after"]["dice"]["bone"] == pytest.approx(after["dice"]["bone"], abs=1e-4)
+    # lr 0.05 for 3 steps moves the weights: the guard measured two different networks
+    assert card["before"]["dice"]["bone"] != card["after"]["dice"]["bone"]
+    assert card["change"]["bone"] == pytest.approx(card["after"]["dice"]["bone"] - card["before"]["dice"]["bone"], abs=1e-4)
+
+
+def test_fine_tuning_guards_with_the_validation_data_by_default_and_not_at_all_without_init_from(
+    bone_data: Path, tmp_path: Path
+) -> None:
+    settings = dict(
+        train_data=[str(bone_data)],
+        validation_data=[str(bone_data)],
+        labels=[{"name": "bone"}],
+        iterations=1,
+        batch_size=1,
+        threads=1,
+        **package_settings(TEST_MODEL),
+    )
+    tuned = train(TrainConfig(work_dir=str(tmp_path / "a"), init_from=str(TEST_MODEL), **settings), write_package=False)
+    assert tuned["forgetting_guard"]["data"] == [str(bone_data)] and tuned["forgetting_guard"]["before"] is not None
+    fresh = train(TrainConfig(work_dir=str(tmp_path / "b"), **settings), write_package=False)
+    assert fresh["forgetting_guard"] is None
+
+
+def test_guard_validation_without_init_from_is_a_usage_error(bone_data: Path, tmp_path: Path) -> None:
+    run = _segdeep(
+        "train", "--train", str(bone_data), "-o", str(tmp_path / "m"), "--work-dir", str(tmp_path / "w"),
+        "--guard-validation", str(bone_data), "--iterations", "1",
+    )  # fmt: skip
+    assert run.returncode == 2 and "--guard-validation needs --init-from" in run.stderr
+    assert not (tmp_path / "w").exists()

@@ -77,6 +77,14 @@ EXPECTED_WIDGETS = {
     "exportButton": "QPushButton",
     "exportStatusLabel": "QLabel",
     "printReportTableView": "qMRMLTableView",
+    "reviewBatchPathLineEdit": "ctkPathLineEdit",
+    "reviewRankButton": "QPushButton",
+    "reviewListWidget": "QListWidget",
+    "reviewLoadButton": "QPushButton",
+    "correctionReviewedLineEdit": "QLineEdit",
+    "correctionDatasetPathLineEdit": "ctkPathLineEdit",
+    "saveCorrectionButton": "QPushButton",
+    "reviewStatusLabel": "QLabel",
 }
 
 # Which widget classes the parameter node wrapper can bind to which field types.

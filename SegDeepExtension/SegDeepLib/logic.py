@@ -1238,6 +1238,53 @@ class SegDeepLogicBase:
         return tableNode
 
     # --- helpers -----------------------------------------------------------------------------
+    # --- review loop: next case to review, correction -> training case ------------------------
+    @staticmethod
+    def reviewQueue(batchDir: str | os.PathLike) -> list[Any]:
+        """The cases of a ``segdeep batch`` output folder, ranked for review (:func:`SegDeepLogic.review.review_queue`)."""
+        from SegDeepLogic.review import review_queue
+
+        return review_queue(batchDir)
+
+    def loadReviewCase(self, item: Any, scene: Any = None) -> dict[str, Any]:
+        """Load a review-queue case (CT, segmentation, uncertainty) with its most uncertain structure selected.
+
+        See :func:`SegDeepLib.review.loadReviewCase`; returns its dict of nodes and the segment ID.
+        """
+        from .review import loadReviewCase
+
+        return loadReviewCase(
+            item,
+            scene,
+            roleAttribute=ROLE_ATTRIBUTE,
+            roleSegmentation=ROLE_SEGMENTATION,
+            roleUncertainty=ROLE_UNCERTAINTY,
+            sourceReference=SOURCE_VOLUME_REFERENCE,
+            uncertaintyReference=UNCERTAINTY_REFERENCE,
+        )
+
+    def saveCorrectionAsTrainingCase(
+        self,
+        segmentationNode: Any,
+        datasetDir: str | os.PathLike,
+        reviewedStructures: Sequence[str],
+        **kwargs: Any,
+    ) -> Path:
+        """Save the edited segmentation and its CT as a training case ``segdeep train`` reads.
+
+        Reviewed structures become masks, the model's others stay unlabelled for this case;
+        provenance (model, annotator, time, reviewed structures) goes to ``correction.json``.
+        Keyword arguments: ``volumeNode``, ``caseId``, ``annotator``, ``model``, ``overwrite``,
+        ``notes`` (see :func:`SegDeepLib.review.saveCorrectionAsTrainingCase`).
+        """
+        from .review import saveCorrectionAsTrainingCase
+
+        path = saveCorrectionAsTrainingCase(
+            self, segmentationNode, datasetDir, reviewedStructures, sourceReference=SOURCE_VOLUME_REFERENCE, **kwargs
+        )
+        _log.info("SegDeep: saved the correction of %s as training case %s", ", ".join(reviewedStructures), path)
+        return path
+
     @staticmethod
     def _check_volume(volumeNode: Any) -> None:
         if volumeNode is None or not volumeNode.IsA("vtkMRMLScalarVolumeNode") or volumeNode.IsA("vtkMRMLLabelMapVolumeNode"):

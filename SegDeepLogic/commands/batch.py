@@ -32,6 +32,10 @@ SEGMENT_OPTIONS = (
 )
 
 
+#: The review table ``--review-queue`` writes into OUTDIR.
+REVIEW_TABLE = "review_queue.csv"
+
+
 def _segment_actions() -> list[argparse.Action]:
     from . import segment
 
@@ -118,6 +122,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=1.0,
         help="CPUs each Ray task declares (> 0, default 1)",
     )
+    p.add_argument(
+        "--review-queue",
+        action="store_true",
+        help="after the batch, rank its cases for review (as segdeep review-queue OUTDIR) into OUTDIR/review_queue.csv",
+    )
     p.add_argument("--retry-failed", action="store_true", help="redo the cases recorded as failed")
     p.add_argument("--no-parquet", action="store_true", help="write summary.csv only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (the per-case lines are still printed)")
@@ -194,6 +203,17 @@ def run(args: argparse.Namespace) -> int:
         f"{len(result.pending)} not started -> {', '.join(str(p) for p in result.summary_files)}",
         file=sys.stderr,
     )
+    if args.review_queue and not result.stopped:
+        from pathlib import Path
+
+        from ..review import review_queue
+        from .review_queue import write_review_table
+
+        table = Path(args.output) / REVIEW_TABLE
+        items = review_queue(args.output)
+        write_review_table(items, table)
+        first = f": first {items[0].case_id} ({items[0].reasons[0] if items[0].reasons else ''})" if items else ""
+        print(f"review queue of {len(items)} case(s) -> {table}{first}", file=sys.stderr)
     if result.stopped:
         print("stopped by Ctrl-C: run the same command again to continue", file=sys.stderr)
         return 130

@@ -65,6 +65,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "used; output channels of structures it knows are kept, new ones start fresh; the card records what was inherited)",
     )
     p.add_argument(
+        "--guard-validation",
+        nargs="+",
+        default=[],
+        metavar="DATA",
+        help="with --init-from, the guard against forgetting: Dice on these data (all cases; default: the --validation "
+        "data) with the initial package before training and with the result after, both printed and recorded in "
+        "history.json and the card (training.forgetting_guard); use the original model's validation set",
+    )
+    p.add_argument(
         "--device",
         default="auto",
         help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)",
@@ -120,6 +129,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     data = {f"--train {n + 1}": Path(x) for n, x in enumerate(args.train)}
     data.update({f"--validation {n + 1}": Path(x) for n, x in enumerate(args.validation)})
+    data.update({f"--guard-validation {n + 1}": Path(x) for n, x in enumerate(args.guard_validation)})
+    if args.guard_validation and not args.init_from:
+        print(
+            "segdeep train: --guard-validation needs --init-from (it compares the initial package with the result)",
+            file=sys.stderr,
+        )
+        return 2
     # The package folder is replaced at the end (only if it is a model package); check both folders now.
     validate_outputs(
         {"-o": args.output, "--work-dir": args.work_dir},
@@ -157,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         labels=[dict(labels.get(s, {"name": s, "color": None, "terminology": None})) for s in args.structures],
         **grid,
         init_from=args.init_from,
+        guard_validation_data=list(args.guard_validation),
         device=args.device,
         batch_size=args.batch_size,
         iterations=args.iterations,
@@ -176,7 +193,10 @@ def run(args: argparse.Namespace) -> int:
         limitations=list(OPENKBP_LIMITATIONS) if args.dataset == "openkbp" else [],
     )
     summary = train(cfg, resume=args.resume, progress_bar=not args.no_progress)
-    out = {k: summary[k] for k in ("steps", "seconds", "stopped_early", "package", "device", "precision", "init_from")}
+    keys = ("steps", "seconds", "stopped_early", "package", "device", "precision", "init_from", "forgetting_guard")
+    out = {k: summary.get(k) for k in keys}
+    if summary.get("forgetting_guard"):
+        print(f"forgetting guard: {summary['forgetting_guard']['verdict']}", file=sys.stderr)
     out["best"] = summary["best"]
     print(json.dumps(out, indent=2, default=str), file=sys.stdout)
     return 0

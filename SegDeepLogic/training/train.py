@@ -53,7 +53,15 @@ from .augment import (
 from .data import PreparedCase, find_cases, load_cases
 from .losses import marginal_dice_ce_loss, median_frequency_weights
 
-__all__ = ["DEFAULT_LABELS", "TrainConfig", "initialise_from_package", "package_settings", "train", "validate"]
+__all__ = [
+    "DEFAULT_LABELS",
+    "TrainConfig",
+    "forgetting_guard",
+    "initialise_from_package",
+    "package_settings",
+    "train",
+    "validate",
+]
 
 # name, RGB colour (0-1), terminology "scheme^code^meaning" (SNOMED CT), following 3D Slicer's
 # conventions for anatomical structures.
@@ -133,6 +141,13 @@ class TrainConfig:
         layer channel by channel for the structures whose names the package has; the other
         output channels keep their fresh initialisation. The network architecture must match
         the package's (:func:`initialise_from_package`); the card records what was inherited.
+    guard_validation_data : list of str
+        Fine-tuning's guard against forgetting: with ``init_from``, every case of these data
+        (default: ``validation_data``) is validated with the initial weights before the first
+        step (the package's network on the label set trained: the package itself when the
+        label set is the package's, as in the correction loop) and with the shipped weights at
+        the end; both, and the change per structure, are
+        logged and recorded in ``history.json`` and the card (``training.forgetting_guard``).
     """
 
     train_data: list[str]
@@ -169,6 +184,7 @@ class TrainConfig:
     precision: str = "fp32"
     device: str = "cpu"
     init_from: str | None = None
+    guard_validation_data: list[str] = dataclasses.field(default_factory=list)
     cache_dir: str | None = None
     max_minutes: float | None = None
     stop_at_step: int | None = None
@@ -316,6 +332,64 @@ def validate(
     return {"dice": dice, "mean_dice": float(np.mean(list(dice.values()))) if dice else float("nan"), "per_case": per_case}
 
 
+def _guard_result(result: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "mean_dice": round(result["mean_dice"], 4),
+        "dice": {k: round(v, 4) for k, v in result["dice"].items()},
+        "per_case": result["per_case"],
+    }
+
+
+def forgetting_guard(
+    before: dict[str, Any] | None, after: dict[str, Any], *, data: Sequence[str], n_cases: int
+) -> dict[str, Any]:
+    """Compare the guard set's Dice before (initial package) and after fine-tuning.
+
+    Parameters
+    ----------
+    before, after : dict
+        ``{"mean_dice", "dice": {structure: mean}, ...}`` of :func:`validate` (``before`` None:
+        unknown, e.g. a resumed run whose checkpoint predates the guard).
+    data : sequence of str
+        The guard data (recorded).
+    n_cases : int
+
+    Returns
+    -------
+    dict
+        ``data``, ``cases``, ``before``, ``after`` (mean and per-structure Dice), ``change`` (after
+        minus before, per structure and ``mean``), ``worst_structure`` and ``verdict``, a sentence.
+
+    Examples
+    --------
+    >>> g = forgetting_guard({"mean_dice": 0.8, "dice": {"a": 0.8}}, {"mean_dice": 0.7, "dice": {"a": 0.7}}, data=["v"], n_cases=2)
+    >>> g["change"], g["worst_structure"]
+    ({'a': -0.1, 'mean': -0.1}, 'a')
+    """
+    out: dict[str, Any] = {
+        "data": list(data),
+        "cases": int(n_cases),
+        "before": {k: before[k] for k in ("mean_dice", "dice")} if before else None,
+        "after": {k: after[k] for k in ("mean_dice", "dice")},
+        "change": None,
+        "worst_structure": None,
+    }
+    if before is None:
+        out["verdict"] = f"after fine-tuning mean Dice {after['mean_dice']:.4f} (initial model not measured)"
+        return out
+    change = {k: round(v - before["dice"][k], 4) for k, v in after["dice"].items() if k in before["dice"]}
+    change["mean"] = round(after["mean_dice"] - before["mean_dice"], 4)
+    out["change"] = change
+    per = {k: v for k, v in change.items() if k != "mean"}
+    worst = min(per, key=per.get) if per else None
+    out["worst_structure"] = worst
+    text = f"mean Dice {before['mean_dice']:.4f} before -> {after['mean_dice']:.4f} after ({change['mean']:+.4f})"
+    if worst is not None:
+        text += f"; largest change {worst} {per[worst]:+.4f}"
+    out["verdict"] = text
+    return out
+
+
 def _pick_validation_cases(cases: Sequence[PreparedCase], n: int) -> list[PreparedCase]:
     """The ``n`` cases with the most contoured structures (ties: data order)."""
     order = sorted(range(len(cases)), key=lambda i: (-int(cases[i].available.sum()), i))
@@ -454,6 +528,11 @@ def train(
             all_val = load_cases(val_files, structures, cfg.spacing_ijk_mm, cfg.orientation, cache_dir=cfg.cache_dir)
             val_cases = _pick_validation_cases(all_val, cfg.val_cases)
         log.info("loaded %d training and %d validation cases in %.1f s", len(cases), len(val_files), time.perf_counter() - t0)
+        guard_data = list(cfg.guard_validation_data or cfg.validation_data) if cfg.init_from else []
+        guard_cases: list[PreparedCase] = []
+        if guard_data:
+            guard_files = find_cases(guard_data, structures)
+            guard_cases = load_cases(guard_files, structures, cfg.spacing_ijk_mm, cfg.orientation, cache_dir=cfg.cache_dir)
         counts = {s: int(sum(c.available[i + 1] for c in cases)) for i, s in enumerate(structures)}
         log.info("training cases contouring each structure: %s", counts)
         if cfg.ce_weighting not in ("none", "median-frequency"):
@@ -482,6 +561,7 @@ def train(
         history: list[dict[str, float]] = []
         validations: list[dict[str, Any]] = []
         best = {"step": None, "mean_dice": -1.0}
+        guard_before: dict[str, Any] | None = None
         elapsed_before = 0.0
         ckpt_path = work / "checkpoint.pt"
         best_path = work / "best_weights.pt"
@@ -498,7 +578,11 @@ def train(
             torch.set_rng_state(state["torch_rng"])
             history, validations, best = state["history"], state["validations"], state["best"]
             elapsed_before = float(state.get("seconds", 0.0))
+            guard_before = state.get("guard_before")
             log.info("resumed from %s at step %d", ckpt_path, step)
+        elif guard_cases:  # the initial package's Dice on the guard set, before any step
+            guard_before = _guard_result(validate(network, guard_cases, cfg, device=device, dtype=amp_dtype))
+            log.info("forgetting guard: initial model mean Dice %.4f on %d cases", guard_before["mean_dice"], len(guard_cases))
 
         def checkpoint() -> None:
             _save_checkpoint(
@@ -515,6 +599,7 @@ def train(
                     "seconds": elapsed_before + time.perf_counter() - t_start,
                     "config": cfg.to_dict(),
                     "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "guard_before": guard_before,
                 },
             )
 
@@ -607,6 +692,11 @@ def train(
         )
         if best["step"] is not None and best_path.exists():
             network.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+        guard = None
+        if guard_cases:
+            after = _guard_result(validate(network, guard_cases, cfg, device=device, dtype=amp_dtype))
+            guard = forgetting_guard(guard_before, after, data=guard_data, n_cases=len(guard_cases))
+            log.info("forgetting guard: %s", guard["verdict"])
         summary = {
             "steps": step,
             "stopped_early": stopped_early,
@@ -618,6 +708,7 @@ def train(
             "device": _describe_device(device),
             "precision": precision_name(amp_dtype),
             "init_from": inherited,
+            "forgetting_guard": guard,
         }
         write_text(work / "history.json", json.dumps({k: v for k, v in summary.items()}, indent=1, default=str))
         if write_package:
@@ -782,6 +873,7 @@ def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_fil
             "device": summary.get("device"),
             "precision": summary.get("precision"),
             **({"init_from": summary["init_from"]} if summary.get("init_from") else {}),
+            **({"forgetting_guard": summary["forgetting_guard"]} if summary.get("forgetting_guard") else {}),
         },
         validation_metrics={
             "model_grid_dice_mean": {k: round(v, 4) for k, v in (best.get("dice") or {}).items()},
