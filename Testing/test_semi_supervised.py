@@ -185,3 +185,12 @@ def test_train_cli_rejects_an_ema_decay_of_one(data: dict[str, Path], tmp_path: 
         "--work-dir", str(tmp_path / "w"), "--ema-decay", "1",
     )  # fmt: skip
     assert result.returncode == 2 and "--ema-decay" in result.stderr
+
+
+def test_readme_semi_supervised_command_parses_with_the_real_cli() -> None:
+    from SegDeepLogic.cli import build_parser
+
+    line = next(x for x in (ROOT / "README.md").read_text().splitlines() if x.startswith("segdeep train") and "--unlabeled" in x)
+    args = build_parser().parse_args(line.split()[1:])
+    assert args.unlabeled == ["CT_ONLY"] and args.ema_decay == 0.99 and args.consistency_weight == 1.0
+    assert (ROOT / "docs" / "semi_supervised.md").exists()

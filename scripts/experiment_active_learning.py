@@ -3,7 +3,7 @@
 Usage::
 
     PYTHONPATH=. nice -n 10 python scripts/experiment_active_learning.py --data /path/to/openkbp \\
-        --work /tmp/segdeep_al [--pool 24 --initial 4 --k 4 --rounds 3 --iterations 80 --val-cases 4 ...]
+        --work /tmp/segdeep_al [--pool 20 --initial 4 --k 4 --rounds 3 --iterations 60 --val-cases 4 ...]
 
 The clinical training contours play the annotator. A seeded random ``--pool`` of OpenKBP
 training cases is the unlabelled pool; ``--initial`` of them start labelled. Round 0 trains on
@@ -18,7 +18,7 @@ curves compare data, not accumulated training):
 
 Every model is validated on the same ``--val-cases`` validation cases (Dice per structure on
 the model grid, final weights). Writes ``docs/active_learning.json`` and
-``docs/figures/active_learning.png``.
+``docs/img/active_learning.png``.
 """
 
 from __future__ import annotations
@@ -119,13 +119,13 @@ def _figure(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(parser, iterations=80)
-    parser.add_argument("--pool", type=int, default=24, help="training cases in the pool (seeded random draw)")
+    add_model_arguments(parser, iterations=60)
+    parser.add_argument("--pool", type=int, default=20, help="training cases in the pool (seeded random draw)")
     parser.add_argument("--initial", type=int, default=4, help="labelled cases to start from")
     parser.add_argument("--k", type=int, default=4, help="cases added per round")
     parser.add_argument("--rounds", type=int, default=3, help="models per arm, the shared initial one included")
     parser.add_argument("--out", default=str(ROOT / "docs" / "active_learning.json"))
-    parser.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "active_learning.png"))
+    parser.add_argument("--figure", default=str(ROOT / "docs" / "img" / "active_learning.png"))
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ same settings, steps and seed: (a) the labelled cases alone, (b) the same plus t
 through the mean teacher. Both are validated (Dice per structure on the model grid) on the
 ``--val-cases`` validation cases with the most contoured structures (``--curve-points`` times);
 the numbers reported are those of the final weights (no model selection). Writes
-``docs/semi_supervised.json`` and ``docs/figures/semi_supervised.png``.
+``docs/semi_supervised.json`` and ``docs/img/semi_supervised.png``.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--consistency-weight", type=float, default=1.0)
     parser.add_argument("--ema-decay", type=float, default=0.99)
     parser.add_argument("--out", default=str(ROOT / "docs" / "semi_supervised.json"))
-    parser.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "semi_supervised.png"))
+    parser.add_argument("--figure", default=str(ROOT / "docs" / "img" / "semi_supervised.png"))
     args = parser.parse_args(argv)
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
