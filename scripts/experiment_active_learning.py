@@ -3,13 +3,14 @@
 Usage::
 
     PYTHONPATH=. nice -n 10 python scripts/experiment_active_learning.py --data /path/to/openkbp \\
-        --work /tmp/segdeep_al [--pool 20 --initial 4 --k 4 --rounds 3 --iterations 60 --val-cases 4 ...]
+        --work /tmp/segdeep_al [--pool 16 --initial 4 --k 4 --rounds 3 --iterations 40 --val-cases 4 ...]
 
 The clinical training contours play the annotator. A seeded random ``--pool`` of OpenKBP
 training cases is the unlabelled pool; ``--initial`` of them start labelled. Round 0 trains on
 those (shared by both arms). In each later round each arm adds ``--k`` cases from its own
-remaining pool and retrains **from scratch** with the same settings, steps and seed (so the
-curves compare data, not accumulated training):
+remaining pool and **fine-tunes its previous round's model** (``--init-from``) for another
+``--iterations`` steps with the same settings and seed, so both arms get the same training per
+round and differ only in which cases they added:
 
 * ``uncertainty``: the ``k`` cases on which the arm's previous model is least certain -- the
   mean normalised predictive entropy (:func:`SegDeepLogic.uncertainty.normalized_entropy`) over
@@ -71,10 +72,10 @@ def case_uncertainty(network: torch.nn.Module, image: np.ndarray, cfg: TrainConf
 
 
 def _train_round(
-    args: argparse.Namespace, work: Path, name: str, labelled: list[CaseFiles]
+    args: argparse.Namespace, work: Path, name: str, labelled: list[CaseFiles], init_from: str | None = None
 ) -> tuple[dict[str, Any], TrainConfig, float]:
     case_list = write_case_list(work / f"{name}.json", labelled, labelled=True)
-    cfg = base_config(args, work, name, case_list)
+    cfg = base_config(args, work, name, case_list, init_from=init_from)
     t0 = time.perf_counter()
     summary = train(cfg, write_package=True, progress_bar=False)
     return summary, cfg, time.perf_counter() - t0
@@ -101,7 +102,7 @@ def _figure(result: dict, path: Path) -> None:
             )
     cfg = result["config"]
     axes[0].set_title(
-        f"mean validation Dice ({cfg['val_cases']} cases), {cfg['iterations']} steps per model, k={cfg['k']}", fontsize=9
+        f"mean validation Dice ({cfg['val_cases']} cases), +{cfg['iterations']} steps per round, k={cfg['k']}", fontsize=9
     )
     axes[1].set_title("per structure (the three the small models learn first)", fontsize=9)
     for ax in axes:
@@ -119,8 +120,8 @@ def _figure(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(parser, iterations=60)
-    parser.add_argument("--pool", type=int, default=20, help="training cases in the pool (seeded random draw)")
+    add_model_arguments(parser, iterations=40)
+    parser.add_argument("--pool", type=int, default=16, help="training cases in the pool (seeded random draw)")
     parser.add_argument("--initial", type=int, default=4, help="labelled cases to start from")
     parser.add_argument("--k", type=int, default=4, help="cases added per round")
     parser.add_argument("--rounds", type=int, default=3, help="models per arm, the shared initial one included")
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
                 score_seconds = 0.0
                 chosen = [remaining[i] for i in sorted(pick_rng.choice(len(remaining), args.k, replace=False))]
             labelled += chosen
-            summary_r, _, seconds = _train_round(args, work, f"{arm}_round{r}", labelled)
+            summary_r, _, seconds = _train_round(args, work, f"{arm}_round{r}", labelled, init_from=package)
             package = summary_r["package"]
             rounds.append(
                 {
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
             "initial": args.initial,
             "k": args.k,
             "rounds": args.rounds,
-            "retraining": "from scratch each round, same settings, steps and seed",
+            "retraining": "fine-tuned from the arm's previous model each round (--init-from), same steps and seed",
             "uncertainty": "mean normalised predictive entropy over body voxels (> -500 HU), model grid, "
             "sliding windows without overlap",
             "iterations": args.iterations,

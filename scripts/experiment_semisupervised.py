@@ -3,7 +3,7 @@
 Usage::
 
     PYTHONPATH=. nice -n 10 python scripts/experiment_semisupervised.py --data /path/to/openkbp \\
-        --work /tmp/segdeep_semisup [--labelled 20 --unlabelled 0 --iterations 180 ...]
+        --work /tmp/segdeep_semisup [--labelled 20 --unlabelled 0 --iterations 80 --val-cases 4 ...]
 
 A seeded random draw of ``--labelled`` OpenKBP training cases keeps its clinical contours; the
 other training cases (``--unlabelled`` of them, 0 = all) are given as CTs only. Two runs with the
@@ -91,7 +91,7 @@ def _figure(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_model_arguments(parser, iterations=150)
+    add_model_arguments(parser, iterations=80)
     parser.add_argument("--curve-points", type=int, default=1, help="validations during each run (the last at the end)")
     parser.add_argument("--labelled", type=int, default=20, help="labelled training cases (seeded random draw)")
     parser.add_argument("--unlabelled", type=int, default=0, help="unlabelled training cases (0: all the others)")
