@@ -37,11 +37,20 @@ def add_model_arguments(parser: argparse.ArgumentParser, iterations: int) -> Non
     parser.add_argument("--val-cases", type=int, default=6, help="validation cases (those with most structures)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--structures",
+        nargs="+",
+        default=STRUCTURES,
+        help="structures to train (default: the bundled model's seven); labelled cases are drawn among the cases "
+        "contouring at least one of them",
+    )
 
 
 def base_config(args: argparse.Namespace, work: Path, name: str, train_list: Path, **kw: Any) -> TrainConfig:
     """A :class:`TrainConfig` with the experiment's model settings, validated at the end only."""
+    labels = {d["name"]: d for d in DEFAULT_LABELS}
     settings: dict[str, Any] = dict(
+        labels=[dict(labels[s]) for s in args.structures],
         train_data=[str(train_list)],
         validation_data=[str(Path(args.data) / "validation")],
         output=str(work / name / "model"),
@@ -67,9 +76,9 @@ def base_config(args: argparse.Namespace, work: Path, name: str, train_list: Pat
     return TrainConfig(**settings)
 
 
-def training_cases(data: str | os.PathLike) -> list[CaseFiles]:
-    """The OpenKBP training split with the model's structures (natural case order)."""
-    return find_cases(Path(data) / "train", STRUCTURES)
+def training_cases(data: str | os.PathLike, structures: Sequence[str] = STRUCTURES) -> list[CaseFiles]:
+    """The OpenKBP training split with ``structures`` (natural case order)."""
+    return find_cases(Path(data) / "train", list(structures))
 
 
 def write_case_list(path: Path, cases: Sequence[CaseFiles], *, labelled: bool) -> Path:

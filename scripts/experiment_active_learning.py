@@ -37,7 +37,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _experiment_common import (  # noqa: E402
-    STRUCTURES,
     add_model_arguments,
     base_config,
     final_validation,
@@ -81,6 +80,10 @@ def _train_round(
     return summary, cfg, time.perf_counter() - t0
 
 
+def args_structures(result: dict) -> list[str]:
+    return list(result["config"]["structures"])
+
+
 def _figure(result: dict, path: Path) -> None:
     import matplotlib
 
@@ -92,7 +95,7 @@ def _figure(result: dict, path: Path) -> None:
     for arm, rounds in result["arms"].items():
         n = [r["n_labelled"] for r in rounds]
         axes[0].plot(n, [r["validation"]["mean_dice"] for r in rounds], "o-", color=colors[arm], label=arm)
-        for s, style in (("mandible", "o-"), ("brainstem", "s--"), ("spinal_cord", "^:")):
+        for s, style in zip(args_structures(result)[:3], ("o-", "s--", "^:")):
             axes[1].plot(
                 n,
                 [r["validation"]["dice"].get(s, float("nan")) for r in rounds],
@@ -104,7 +107,7 @@ def _figure(result: dict, path: Path) -> None:
     axes[0].set_title(
         f"mean validation Dice ({cfg['val_cases']} cases), +{cfg['iterations']} steps per round, k={cfg['k']}", fontsize=9
     )
-    axes[1].set_title("per structure (the three the small models learn first)", fontsize=9)
+    axes[1].set_title("per structure (up to three)", fontsize=9)
     for ax in axes:
         ax.set_xlabel("labelled training cases")
         ax.set_ylabel("validation Dice (model grid)")
@@ -131,9 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    cases = training_cases(args.data)
+    cases = training_cases(args.data, args.structures)
     order = np.random.default_rng(args.seed).permutation(len(cases))
-    pool = [cases[i] for i in order[: args.pool]]
+    pool = [cases[i] for i in order if cases[i].masks][: args.pool]  # the annotator contours at least one structure
     initial = pool[: args.initial]
     before = machine()
     print(f"pool {len(pool)}, initial {len(initial)}; load {before['load_average_1_5_15']}", flush=True)
@@ -147,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
         "train_seconds": round(seconds, 1),
     }
     print(f"round 0: {len(initial)} cases, mean Dice {first['validation']['mean_dice']}", flush=True)
-    prepared = {c.case_id: c for c in load_cases(pool, STRUCTURES, cfg.spacing_ijk_mm, cfg.orientation, cache_dir=cfg.cache_dir)}
+    prepared = {
+        c.case_id: c for c in load_cases(pool, args.structures, cfg.spacing_ijk_mm, cfg.orientation, cache_dir=cfg.cache_dir)
+    }
     torch.set_num_threads(max(1, args.threads))
     arms: dict[str, list[dict[str, Any]]] = {}
     for arm in ("uncertainty", "random"):
@@ -198,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "sliding windows without overlap",
             "iterations": args.iterations,
             "seed": args.seed,
+            "structures": args.structures,
             "random_pick_seed": [args.seed, 7],
             "channels": args.channels,
             "spacing_ijk_mm": args.spacing,

@@ -52,6 +52,7 @@ def _figure(result: dict, path: Path) -> None:
     sup, mt = result["arms"]["supervised"], result["arms"]["mean_teacher"]
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4), gridspec_kw={"width_ratios": [2.2, 1]})
     names = [s for s in STRUCTURES if s in sup["final"]["dice"]]
+    kw = {"rotation": 30, "ha": "right"} if len(names) > 2 else {}
     x = np.arange(len(names) + 1)
     series = [
         ("labelled only", [sup["final"]["dice"][s] for s in names] + [sup["final"]["mean_dice"]], "#777777"),
@@ -65,7 +66,7 @@ def _figure(result: dict, path: Path) -> None:
     for n, (label, values, color) in enumerate(series):
         ax.bar(x + (n - 1) * 0.27, values, 0.27, label=label, color=color)
     ax.set_xticks(x)
-    ax.set_xticklabels([*names, "mean"], rotation=30, ha="right")
+    ax.set_xticklabels([*names, "mean"], **kw)
     ax.set_ylabel("validation Dice (model grid)")
     cfg = result["config"]
     ax.set_title(
@@ -103,10 +104,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
 
-    cases = training_cases(args.data)
-    order = np.random.default_rng(args.seed).permutation(len(cases))
-    labelled = [cases[i] for i in sorted(order[: args.labelled])]
-    rest = [cases[i] for i in order[args.labelled :]]
+    cases = training_cases(args.data, args.structures)
+    order = [int(i) for i in np.random.default_rng(args.seed).permutation(len(cases))]
+    contoured = [i for i in order if cases[i].masks]  # labelled cases contour at least one structure
+    chosen = set(contoured[: args.labelled])
+    labelled = [cases[i] for i in sorted(chosen)]
+    rest = [cases[i] for i in order if i not in chosen]
     unlabelled = sorted(rest[: args.unlabelled] if args.unlabelled else rest, key=lambda c: cases.index(c))
     labelled_list = write_case_list(work / "labelled.json", labelled, labelled=True)
     unlabelled_list = write_case_list(work / "unlabelled.json", unlabelled, labelled=False)
@@ -154,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             "unlabelled": len(unlabelled),
             "iterations": args.iterations,
             "seed": args.seed,
+            "structures": args.structures,
             "channels": args.channels,
             "spacing_ijk_mm": args.spacing,
             "patch_kji": args.patch,
