@@ -74,6 +74,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "history.json and the card (training.forgetting_guard); use the original model's validation set",
     )
     p.add_argument(
+        "--unlabeled",
+        nargs="+",
+        default=[],
+        metavar="DIR",
+        help="semi-supervised: data folders or case lists of CTs without labels (label files there are ignored); trains "
+        "a mean teacher (EMA of the network) whose predictions the network must match on these CTs under different "
+        "augmentations; the teacher's weights are validated and shipped (docs/semi_supervised.md)",
+    )
+    p.add_argument(
+        "--consistency-weight",
+        type=number_in(0),
+        default=d.consistency_weight,
+        help=f"weight of the consistency term after its ramp-up (default {d.consistency_weight})",
+    )
+    p.add_argument(
+        "--consistency-rampup",
+        type=number_in(0, integer=True),
+        default=None,
+        metavar="STEPS",
+        help="steps of the sigmoid ramp-up of the consistency weight (default a quarter of --iterations)",
+    )
+    p.add_argument(
+        "--ema-decay",
+        type=number_in(0, 1, high_open=True),
+        default=d.ema_decay,
+        help=f"decay of the teacher's moving average of the weights (default {d.ema_decay})",
+    )
+    p.add_argument(
         "--device",
         default="auto",
         help="auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N or mps (default auto)",
@@ -136,6 +164,7 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
+    data.update({f"--unlabeled {n + 1}": Path(x) for n, x in enumerate(args.unlabeled)})
     # The package folder is replaced at the end (only if it is a model package); check both folders now.
     validate_outputs(
         {"-o": args.output, "--work-dir": args.work_dir},
@@ -174,6 +203,10 @@ def run(args: argparse.Namespace) -> int:
         **grid,
         init_from=args.init_from,
         guard_validation_data=list(args.guard_validation),
+        unlabeled_data=list(args.unlabeled),
+        consistency_weight=args.consistency_weight,
+        consistency_rampup=args.consistency_rampup,
+        ema_decay=args.ema_decay,
         device=args.device,
         batch_size=args.batch_size,
         iterations=args.iterations,
@@ -193,7 +226,17 @@ def run(args: argparse.Namespace) -> int:
         limitations=list(OPENKBP_LIMITATIONS) if args.dataset == "openkbp" else [],
     )
     summary = train(cfg, resume=args.resume, progress_bar=not args.no_progress)
-    keys = ("steps", "seconds", "stopped_early", "package", "device", "precision", "init_from", "forgetting_guard")
+    keys = (
+        "steps",
+        "seconds",
+        "stopped_early",
+        "package",
+        "device",
+        "precision",
+        "init_from",
+        "forgetting_guard",
+        "semi_supervised",
+    )
     out = {k: summary.get(k) for k in keys}
     if summary.get("forgetting_guard"):
         print(f"forgetting guard: {summary['forgetting_guard']['verdict']}", file=sys.stderr)

@@ -14,6 +14,7 @@ reproduces the uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import datetime
 import json
@@ -52,6 +53,7 @@ from .augment import (
 )
 from .data import PreparedCase, find_cases, load_cases
 from .losses import marginal_dice_ce_loss, median_frequency_weights
+from .mean_teacher import align_teacher, consistency_loss, ema_update, make_unlabeled_batch, sigmoid_rampup
 
 __all__ = [
     "DEFAULT_LABELS",
@@ -148,6 +150,20 @@ class TrainConfig:
         label set is the package's, as in the correction loop) and with the shipped weights at
         the end; both, and the change per structure, are
         logged and recorded in ``history.json`` and the card (``training.forgetting_guard``).
+    unlabeled_data : list of str
+        Data folders or case lists of CTs without labels (their label files, if any, are
+        ignored). Non-empty: semi-supervised training with a mean teacher
+        (:mod:`.mean_teacher`): an EMA teacher of the network gives consistency targets on
+        ``unlabeled_batch_size`` unlabelled patches per step; validation, model selection and
+        the package use the **teacher**'s weights (the student's validation Dice is recorded too).
+    consistency_weight : float
+        Weight of the consistency term once ramped up.
+    consistency_rampup : int or None
+        Steps of the sigmoid ramp-up of that weight (None: a quarter of ``iterations``).
+    ema_decay : float
+        Decay of the teacher's exponential moving average of the student's weights.
+    unlabeled_batch_size : int or None
+        Unlabelled patches per step (None: ``batch_size``).
     """
 
     train_data: list[str]
@@ -185,6 +201,11 @@ class TrainConfig:
     device: str = "cpu"
     init_from: str | None = None
     guard_validation_data: list[str] = dataclasses.field(default_factory=list)
+    unlabeled_data: list[str] = dataclasses.field(default_factory=list)
+    consistency_weight: float = 1.0
+    consistency_rampup: int | None = None
+    ema_decay: float = 0.99
+    unlabeled_batch_size: int | None = None
     cache_dir: str | None = None
     max_minutes: float | None = None
     stop_at_step: int | None = None
@@ -533,6 +554,7 @@ def train(
         if guard_data:
             guard_files = find_cases(guard_data, structures)
             guard_cases = load_cases(guard_files, structures, cfg.spacing_ijk_mm, cfg.orientation, cache_dir=cfg.cache_dir)
+        unlabeled_files, unlabeled = _load_unlabeled(cfg, val_files)
         counts = {s: int(sum(c.available[i + 1] for c in cases)) for i, s in enumerate(structures)}
         log.info("training cases contouring each structure: %s", counts)
         if cfg.ce_weighting not in ("none", "median-frequency"):
@@ -555,6 +577,15 @@ def train(
         if inherited is not None:
             log.info("initialised from %s: %s", cfg.init_from, json.dumps(inherited))
         network.to(device)
+        teacher: torch.nn.Module | None = None
+        if unlabeled:
+            teacher = copy.deepcopy(network)
+            teacher.requires_grad_(False)
+            teacher.eval()
+        rampup = cfg.consistency_rampup if cfg.consistency_rampup is not None else cfg.iterations // 4
+        u_batch = cfg.unlabeled_batch_size or cfg.batch_size
+        pairs = lateral_pairs(cfg.structures)
+        lateral = _lateral_axis(cfg.orientation)
         optimiser = torch.optim.AdamW(network.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         rng = np.random.default_rng(cfg.seed)
         step = 0
@@ -570,6 +601,13 @@ def train(
         if resume and ckpt_path.exists():
             state = load_checkpoint(ckpt_path)
             network.load_state_dict(state["network"])
+            if teacher is not None:
+                if state.get("teacher") is None:
+                    raise SegDeepError(
+                        f"{ckpt_path} has no mean-teacher weights (it comes from a run without --unlabeled); resume "
+                        "without --unlabeled or start a new --work-dir"
+                    )
+                teacher.load_state_dict(state["teacher"])
             optimiser.load_state_dict(state["optimizer"])  # moves the optimiser state to the weights' device
             if state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
@@ -600,6 +638,7 @@ def train(
                     "config": cfg.to_dict(),
                     "scaler": scaler.state_dict() if scaler.is_enabled() else None,
                     "guard_before": guard_before,
+                    "teacher": teacher.state_dict() if teacher is not None else None,
                 },
             )
 
@@ -607,7 +646,11 @@ def train(
             if not val_cases:
                 return
             tv = time.perf_counter()
-            result = validate(network, val_cases, cfg, device=device, dtype=amp_dtype)
+            result = validate(shipped, val_cases, cfg, device=device, dtype=amp_dtype)
+            if teacher is not None:  # the teacher is validated and shipped; the student is recorded too
+                student = validate(network, val_cases, cfg, device=device, dtype=amp_dtype)
+                result["model"] = "teacher"
+                result["student"] = {"dice": student["dice"], "mean_dice": student["mean_dice"]}
             result["step"] = step
             result["seconds"] = round(time.perf_counter() - tv, 1)
             validations.append(result)
@@ -621,8 +664,9 @@ def train(
             if result["mean_dice"] > best["mean_dice"]:
                 best.update(step=step, mean_dice=result["mean_dice"], dice=result["dice"])
                 with atomic_path(best_path) as tmp:
-                    torch.save(network.state_dict(), tmp)
+                    torch.save(shipped.state_dict(), tmp)
 
+        shipped = teacher if teacher is not None else network  # validated, selected and packaged
         network.train()
         t_start = time.perf_counter()
         bar = tqdm(
@@ -641,9 +685,38 @@ def train(
                 for g in optimiser.param_groups:
                     g["lr"] = lr
                 optimiser.zero_grad(set_to_none=True)
-                with autocast(device, amp_dtype):
-                    logits = network(x)
-                loss = marginal_dice_ce_loss(logits.float(), y, avail, class_weight)
+                extra: dict[str, float] = {}
+                if teacher is None:
+                    with autocast(device, amp_dtype):
+                        logits = network(x)
+                    loss = marginal_dice_ce_loss(logits.float(), y, avail, class_weight)
+                else:
+                    xs, xt, flipped = make_unlabeled_batch(
+                        unlabeled,
+                        u_batch,
+                        cfg.patch_size_kji,
+                        tuple(cfg.spacing_ijk_mm[::-1]),
+                        lambda a: _normalise(a, cfg),
+                        rng,
+                        p_spatial=cfg.p_spatial,
+                        p_flip=cfg.p_flip,
+                        lateral_axis=lateral,
+                        can_flip=bool(pairs is not None),
+                    )
+                    with torch.no_grad(), autocast(device, amp_dtype):
+                        target_p = torch.softmax(teacher(xt.to(device)).float(), dim=1)
+                    target_p = align_teacher(target_p, flipped, pairs or [], lateral)
+                    with autocast(device, amp_dtype):  # one pass: instance norm keeps the patches independent
+                        logits = network(torch.cat([x, xs.to(device)]))
+                    supervised = marginal_dice_ce_loss(logits[: x.shape[0]].float(), y, avail, class_weight)
+                    consistency = consistency_loss(logits[x.shape[0] :], target_p)
+                    weight = cfg.consistency_weight * sigmoid_rampup(step, rampup)
+                    loss = supervised + weight * consistency
+                    extra = {
+                        "supervised": round(float(supervised.detach()), 5),
+                        "consistency": round(float(consistency.detach()), 6),
+                        "consistency_weight": round(weight, 5),
+                    }
                 if not torch.isfinite(loss):
                     raise SegDeepError(f"training diverged at step {step} (loss {float(loss)})")
                 scaler.scale(loss).backward()
@@ -652,14 +725,21 @@ def train(
                 scaler.step(optimiser)
                 scaler.update()
                 step += 1
+                if teacher is not None:
+                    ema_update(teacher, network, cfg.ema_decay, step)
                 loss_value = float(loss.detach())
-                history.append({"step": step, "loss": round(loss_value, 5), "lr": lr, "s": round(time.perf_counter() - ts, 3)})
+                history.append(
+                    {"step": step, "loss": round(loss_value, 5), "lr": lr, **extra, "s": round(time.perf_counter() - ts, 3)}
+                )
                 if on_step is not None:
                     on_step(step, loss_value)
                 if step % cfg.log_every == 0:
                     recent = [h["loss"] for h in history[-cfg.log_every :]]
                     speed = np.mean([h["s"] for h in history[-cfg.log_every :]])
                     log.info("step %d loss %.4f lr %.2e %.2f s/it", step, float(np.mean(recent)), lr, speed)
+                    if teacher is not None:
+                        cons = float(np.mean([h["consistency"] for h in history[-cfg.log_every :]]))
+                        log.info("step %d consistency %.6f (weight %.4f)", step, cons, history[-1]["consistency_weight"])
                 if val_cases and (step % cfg.val_every == 0 or step == cfg.iterations):
                     run_validation()
                     last_val = f"{validations[-1]['mean_dice']:.3f}"
@@ -691,10 +771,10 @@ def train(
             best["mean_dice"],
         )
         if best["step"] is not None and best_path.exists():
-            network.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
+            shipped.load_state_dict(torch.load(best_path, map_location=device, weights_only=True))
         guard = None
         if guard_cases:
-            after = _guard_result(validate(network, guard_cases, cfg, device=device, dtype=amp_dtype))
+            after = _guard_result(validate(shipped, guard_cases, cfg, device=device, dtype=amp_dtype))
             guard = forgetting_guard(guard_before, after, data=guard_data, n_cases=len(guard_cases))
             log.info("forgetting guard: %s", guard["verdict"])
         summary = {
@@ -709,12 +789,13 @@ def train(
             "precision": precision_name(amp_dtype),
             "init_from": inherited,
             "forgetting_guard": guard,
+            "semi_supervised": _semi_supervised_info(cfg, unlabeled_files, rampup, u_batch) if teacher is not None else None,
         }
         write_text(work / "history.json", json.dumps({k: v for k, v in summary.items()}, indent=1, default=str))
         if write_package:
             summary["package"] = str(
                 write_model_package(
-                    network, cfg, train_files=train_files, val_files=val_files, summary=summary, reference=reference
+                    shipped, cfg, train_files=train_files, val_files=val_files, summary=summary, reference=reference
                 )
             )
             log.info("model package written to %s", summary["package"])
@@ -722,6 +803,50 @@ def train(
     finally:
         log.removeHandler(handler)
         handler.close()
+
+
+def _load_unlabeled(cfg: TrainConfig, val_files: Sequence[Any]) -> tuple[list[Any], list[PreparedCase]]:
+    """The ``--unlabeled`` cases (CT only; label files ignored) on the model grid."""
+    if not cfg.unlabeled_data:
+        return [], []
+    if cfg.consistency_weight < 0:
+        raise SegDeepError(f"the consistency weight must be >= 0, got {cfg.consistency_weight}")
+    if not 0.0 <= cfg.ema_decay < 1.0:
+        raise SegDeepError(f"the EMA decay must be in [0, 1), got {cfg.ema_decay}")
+    from .data import CaseFiles, TrainingDataError
+
+    files = []
+    for source in cfg.unlabeled_data:
+        try:
+            found = find_cases(source, [])
+        except TrainingDataError as exc:
+            raise TrainingDataError(f"--unlabeled {source}: {exc}") from exc
+        files.extend(CaseFiles(c.case_id, c.ct, {}) for c in found)
+    val_cts = {Path(v.ct).resolve() for v in val_files}
+    leaked = [c.case_id for c in files if Path(c.ct).resolve() in val_cts]
+    if leaked:
+        raise TrainingDataError(
+            f"--unlabeled holds validation CTs ({', '.join(leaked[:5])}{'...' if len(leaked) > 5 else ''}): validation "
+            "cases must stay unseen"
+        )
+    t0 = time.perf_counter()
+    cases = load_cases(files, [], cfg.spacing_ijk_mm, cfg.orientation, cache_dir=cfg.cache_dir)
+    log.info("loaded %d unlabelled cases in %.1f s (mean teacher)", len(cases), time.perf_counter() - t0)
+    return files, cases
+
+
+def _semi_supervised_info(cfg: TrainConfig, files: Sequence[Any], rampup: int, u_batch: int) -> dict[str, Any]:
+    return {
+        "method": "mean teacher (weight-averaged consistency targets, Perone & Cohen-Adad 2018)",
+        "unlabeled_data": list(cfg.unlabeled_data),
+        "unlabeled_cases": [c.case_id for c in files],
+        "consistency": "squared distance of softmax outputs (sum over classes, mean over voxels), unlabelled patches",
+        "consistency_weight": cfg.consistency_weight,
+        "consistency_rampup_steps": rampup,
+        "ema_decay": cfg.ema_decay,
+        "unlabeled_batch_size": u_batch,
+        "shipped_weights": "teacher",
+    }
 
 
 def _describe_device(device: torch.device) -> str:
@@ -874,6 +999,7 @@ def write_model_package(network: torch.nn.Module, cfg: TrainConfig, *, train_fil
             "precision": summary.get("precision"),
             **({"init_from": summary["init_from"]} if summary.get("init_from") else {}),
             **({"forgetting_guard": summary["forgetting_guard"]} if summary.get("forgetting_guard") else {}),
+            **({"semi_supervised": summary["semi_supervised"]} if summary.get("semi_supervised") else {}),
         },
         validation_metrics={
             "model_grid_dice_mean": {k: round(v, 4) for k, v in (best.get("dice") or {}).items()},
