@@ -177,7 +177,10 @@ def find_body_crop(
         box.append(slice(*_grow_to(lo, hi, int(patch_kji[axis]), shape[axis])))
     if all(s.start == 0 and s.stop == n for s, n in zip_strict(box, shape)):
         return BodyCrop(None, grid_shape, "the body's box is the whole grid", threshold_hu, margin_mm)
-    return BodyCrop((box[0], box[1], box[2]), grid_shape, "largest connected piece above the threshold", threshold_hu, margin_mm)
+    reason = "largest connected piece above the threshold"
+    if axial_axis is not None:
+        reason += f"; head-feet: every slice with >= {BODY_MIN_SLICE_VOXELS} voxels above it"
+    return BodyCrop((box[0], box[1], box[2]), grid_shape, reason, threshold_hu, margin_mm)
 
 
 def region_on_ct(

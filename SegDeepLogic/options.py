@@ -92,7 +92,8 @@ class SegmentOptions:
         CPU threads for the network.
     restrict_to_body : bool
         Run the network only on a box around the body (:func:`~SegDeepLogic.body.find_body_crop`:
-        the largest connected piece above -500 HU on the model grid, plus 10 mm); outside it the
+        the largest connected piece above -500 HU on the model grid, extended head-feet to every
+        slice with body voxels, plus 10 mm); outside it the
         labels are background and the uncertainty 0. False runs it on the whole grid (the
         behaviour before this option).
     """
