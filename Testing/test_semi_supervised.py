@@ -194,3 +194,29 @@ def test_readme_semi_supervised_command_parses_with_the_real_cli() -> None:
     args = build_parser().parse_args(line.split()[1:])
     assert args.unlabeled == ["CT_ONLY"] and args.ema_decay == 0.99 and args.consistency_weight == 1.0
     assert (ROOT / "docs" / "semi_supervised.md").exists()
+
+
+def test_the_experiment_numbers_in_the_docs_are_the_committed_results():
+    """docs/semi_supervised.md quotes the JSON files the two experiment scripts wrote."""
+    import json
+    import re
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    text = (docs / "semi_supervised.md").read_text()
+    semi = json.loads((docs / "semi_supervised.json").read_text())["arms"]
+    for label, value in (
+        ("| 20 labelled only |", semi["supervised"]["final"]),
+        ("| 20 labelled + 150 unlabelled, teacher", semi["mean_teacher"]["final"]),
+    ):
+        row = next(line for line in text.splitlines() if line.startswith(label))
+        numbers = [float(x) for x in re.findall(r"\d\.\d{3}", row)]
+        cases = [value["per_case"][c]["mandible"] for c in ("pt_201", "pt_202", "pt_207", "pt_209")]
+        assert numbers == [round(x, 3) for x in [*cases, value["mean_dice"]]], row
+    student = next(line for line in text.splitlines() if line.startswith("| 20 labelled + 150 unlabelled, student"))
+    assert f"{semi['mean_teacher']['final']['student']['mean_dice']:.3f}" in student
+    arms = json.loads((docs / "active_learning.json").read_text())["arms"]
+    for uncertain, random in zip(arms["uncertainty"], arms["random"]):  # noqa: B905 - Python 3.9
+        n = uncertain["n_labelled"]
+        row = next(line for line in text.splitlines() if re.match(rf"\| {n}( \(shared start\))? \|", line))
+        expected = [round(uncertain["validation"]["mean_dice"], 3), round(random["validation"]["mean_dice"], 3)]
+        assert [float(x) for x in re.findall(r"\d\.\d{3}", row)] == expected, row
