@@ -109,11 +109,6 @@ class ThresholdComparison:
         return out
 
 
-def _crop(volume: Volume, box: tuple[slice, ...]) -> Volume:
-    start = [box[2].start, box[1].start, box[0].start]
-    return Volume(volume.array[box], volume.spacing, volume.index_to_physical(start), volume.direction)
-
-
 def compare_with_threshold(
     ct: Volume,
     structure: Volume,
@@ -200,7 +195,7 @@ def compare_with_threshold(
             )
         else:  # an empty structure: an empty region (the CT's first voxel keeps the maths defined)
             crop_box = (slice(0, 1),) * 3
-        ct_crop = _crop(ct, crop_box)
+        ct_crop = ct.crop(crop_box)
         a_crop = ct_crop.with_array(mask[crop_box])
         roi_crop = grow_mask(a_crop, roi_margin_mm)
         thr = threshold_segment(ct_crop, **range_kwargs)  # validates every range parameter

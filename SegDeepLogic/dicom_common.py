@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,21 @@ from . import __version__
 from .atomic import write_all
 from .errors import WriteError
 from .segmentation_io import Segmentation, SegmentInfo
+
+
+def dicom_header_is(path: str | os.PathLike, sop_class_uid: str, modality: str) -> bool:
+    """True if ``path`` is a DICOM file of this SOP class or modality (reads only those two tags)."""
+    import pydicom
+
+    path = Path(path)
+    if not path.is_file():
+        return False
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "Modality"])
+    except Exception:  # not DICOM at all
+        return False
+    return str(ds.get("SOPClassUID", "")) == sop_class_uid or ds.get("Modality") == modality
+
 
 MANUFACTURER = "SegDeep"
 # SNOMED CT "Anatomical structure": the category of every organ segment unless its terminology says otherwise.

@@ -43,6 +43,7 @@ from .atomic import atomic_path
 from .dicom_common import (
     Algorithm,
     copy_patient_study,
+    dicom_header_is,
     format_ds,
     now_date_time,
     segments_on_series,
@@ -326,16 +327,7 @@ def _read_rt_dataset(path: Path) -> Any:
 
 def is_rtstruct(path: str | os.PathLike) -> bool:
     """True if ``path`` is a DICOM file holding an RT Structure Set (reads only the header)."""
-    import pydicom
-
-    path = Path(path)
-    if not path.is_file():
-        return False
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "Modality"])
-    except Exception:  # not DICOM at all
-        return False
-    return str(ds.get("SOPClassUID", "")) == RTSTRUCT_STORAGE or ds.get("Modality") == "RTSTRUCT"
+    return dicom_header_is(path, RTSTRUCT_STORAGE, "RTSTRUCT")
 
 
 def rtstruct_roi_names(path: str | os.PathLike) -> list[str]:

@@ -26,6 +26,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from .dicom_common import dicom_header_is
 from .errors import GeometryMismatchError
 from .segmentation_io import (
     Segmentation,
@@ -45,16 +46,7 @@ DICOM_SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 
 def is_dicom_seg(path: str | os.PathLike) -> bool:
     """True if ``path`` is a DICOM file holding a Segmentation (reads only the header)."""
-    import pydicom
-
-    path = Path(path)
-    if not path.is_file():
-        return False
-    try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID", "Modality"])
-    except Exception:  # not DICOM at all
-        return False
-    return str(ds.get("SOPClassUID", "")) == DICOM_SEG_STORAGE or ds.get("Modality") == "SEG"
+    return dicom_header_is(path, DICOM_SEG_STORAGE, "SEG")
 
 
 def read_segmentation(

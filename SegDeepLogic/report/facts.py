@@ -180,11 +180,6 @@ def _json_ready(value: Any) -> Any:
     return value
 
 
-def _crop(volume: Volume, box: tuple[slice, ...]) -> Volume:
-    start = [box[2].start, box[1].start, box[0].start]
-    return Volume(volume.array[box], volume.spacing, volume.index_to_physical(start), volume.direction)
-
-
 def _grow_box(box: tuple[slice, ...], margin: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
     return tuple(slice(max(0, s.start - m), min(n, s.stop + m)) for s, m, n in zip_strict(box, margin, shape))
 
@@ -452,7 +447,7 @@ def build_report(
             row |= {"voxels": 0, "volume_ml": 0.0, "empty": True, "threshold_comparison": {"applies": False}}
             ref_box = ref_boxes[ref_value - 1] if ref_value is not None and ref_value <= len(ref_boxes or []) else None
             if ref_box is not None:  # the reference has it: say how much was missed
-                ref_crop = _crop(ref_seg.labelmap, ref_box)  # type: ignore[union-attr]
+                ref_crop = ref_seg.labelmap.crop(ref_box)  # type: ignore[union-attr]
                 ref_mask = ref_crop.with_array(ref_crop.array == ref_value)
                 row["reference_comparison"] = _compare(ref_mask.with_array(np.zeros_like(ref_mask.array)), ref_mask, tolerance_mm)
             notes.append(f"{s.name}: the network found nothing; no threshold comparison, mesh or picture.")
@@ -467,8 +462,8 @@ def build_report(
                 slice(min(a.start, b.start), max(a.stop, b.stop))
                 for a, b in zip_strict(crop_box, _grow_box(ref_box, [2, 2, 2], labels.shape))
             )
-        mask = _crop(ct, crop_box).with_array(labels[crop_box] == s.value)
-        ct_crop = _crop(ct, crop_box)
+        mask = ct.crop(crop_box).with_array(labels[crop_box] == s.value)
+        ct_crop = ct.crop(crop_box)
         voxels = int(np.count_nonzero(mask.array))
         centroid_kji = np.array(ndi.center_of_mass(mask.array))
         row |= {
