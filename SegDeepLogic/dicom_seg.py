@@ -6,8 +6,11 @@ segment label, the card's coded anatomy (Segmented Property Category/Type from t
 terminology; "Tissue" otherwise), algorithm type ``AUTOMATIC`` with the model's identification
 (family Artificial Intelligence, name, version, the weights' SHA-256 as a parameter) when the
 segmentation came from a model, ``MANUAL`` otherwise, and the segment's colour as its
-recommended CIELab display value. Frames are on the CT slices (same plane positions and pixel
-grid), so :func:`read_dicom_seg` gives back the identical masks on the identical grid.
+recommended CIELab display value. A paired organ's laterality (the Left/Right modifier of its
+terminology) is its Segmented Property Type Modifier, so left and right parotid differ in code,
+not only in name. Frames are on the CT slices (same plane positions and pixel grid), so
+:func:`read_dicom_seg` gives back the identical masks on the identical grid, and
+:func:`read_dicom_seg_segmentation` also the segments' colours and terminology.
 """
 
 from __future__ import annotations
@@ -32,10 +35,12 @@ from .dicom_common import (
 )
 from .dicom_series import CTReference, new_uid
 from .errors import SegDeepError
-from .segmentation_io import Segmentation, SegmentInfo
+from .segmentation_io import Segmentation, SegmentInfo, labelmap_from_masks
+from .terminology import entry_from_codes
+from .terminology import terminology_codes as entry_codes
 from .volume import Volume
 
-__all__ = ["DicomSegError", "read_dicom_seg", "write_dicom_seg"]
+__all__ = ["DicomSegError", "read_dicom_seg", "read_dicom_seg_segmentation", "write_dicom_seg"]
 
 TISSUE = Code("SCT", "85756007", "Tissue")
 
@@ -57,6 +62,19 @@ def _srgb_to_lab(color: tuple[float, float, float]) -> list[int]:
     return list(
         CIELabColor(float(np.clip(lab[0], 0, 100)), float(np.clip(lab[1], -128, 127)), float(np.clip(lab[2], -128, 127))).value
     )
+
+
+def _lab_to_srgb(value: Any) -> tuple[float, float, float]:
+    """DICOM scaled CIELab (0..65535) -> sRGB 0..1: the inverse of :func:`_srgb_to_lab` (D65, as Slicer/dcmqi)."""
+    scaled = np.asarray([float(v) for v in value], dtype=float)
+    lab = (scaled[0] * 100 / 65535, scaled[1] * 255 / 65535 - 128, scaled[2] * 255 / 65535 - 128)
+    fy = (lab[0] + 16) / 116
+    f = np.array([fy + lab[1] / 500, fy, fy - lab[2] / 200])
+    xyz = np.where(f**3 > 216 / 24389, f**3, (116 * f - 16) / (24389 / 27)) * np.array([0.95047, 1.0, 1.08883])
+    m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    lin = np.clip(np.linalg.solve(m, xyz), 0, 1)
+    rgb = np.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin ** (1 / 2.4) - 0.055)
+    return tuple(round(float(c), 4) for c in np.clip(rgb, 0, 1))  # type: ignore[return-value]
 
 
 def write_dicom_seg(
@@ -106,6 +124,10 @@ def write_dicom_seg(
             tracking_id=info.name[:64],
             **kwargs,
         )
+        modifier = entry_codes(info.terminology)["type_modifier"] if info.terminology else None
+        if modifier is not None:  # laterality: part of the type's code item (Segmented Property Type Modifier)
+            item = description.SegmentedPropertyTypeCodeSequence[0]
+            item.SegmentedPropertyTypeModifierCodeSequence = [hd.sr.CodedConcept(modifier[1], modifier[0], modifier[2][:64])]
         description.RecommendedDisplayCIELabValue = _srgb_to_lab(info.color)
         descriptions.append(description)
     pixels = np.stack([np.asarray(m.array, dtype=bool) for _, m in items], axis=-1).astype(np.uint8)
@@ -141,6 +163,45 @@ def read_dicom_seg(path: str | os.PathLike, reference: CTReference, ct_grid: Vol
     Frames are placed by their referenced source SOP Instance UID; a SEG that references
     images not in ``reference`` is an error.
     """
+    return {info.name: mask for info, mask in _read_segments(path, reference, ct_grid)}
+
+
+def read_dicom_seg_segmentation(path: str | os.PathLike, reference: CTReference, ct_grid: Volume) -> Segmentation:
+    """A DICOM SEG as one label map on the CT series' grid, with each segment's colour and terminology.
+
+    The value of a segment is its segment number; its colour comes from the recommended CIELab
+    display value (None without one: the default colour); its terminology is the full 3D Slicer
+    entry of its Segmented Property Category, Type and Type Modifier (laterality). Overlapping
+    segments are an error (:class:`~SegDeepLogic.errors.SegmentationFileError`), as for any
+    label map.
+    """
+    items = _read_segments(path, reference, ct_grid)
+    if not items:
+        raise DicomSegError(f"{Path(path).name} has no segments")
+    return labelmap_from_masks(dict(items), reference=ct_grid)
+
+
+def _coded(item: Any) -> tuple[str, str, str]:
+    return (str(item.CodingSchemeDesignator), str(item.CodeValue), str(item.CodeMeaning))
+
+
+def _segment_info(description: Any, number: int) -> SegmentInfo:
+    label = str(description.SegmentLabel)
+    color = None
+    if "RecommendedDisplayCIELabValue" in description:
+        color = _lab_to_srgb(description.RecommendedDisplayCIELabValue)
+    terminology = None
+    types = description.get("SegmentedPropertyTypeCodeSequence") or []
+    if types:
+        categories = description.get("SegmentedPropertyCategoryCodeSequence") or []
+        modifiers = types[0].get("SegmentedPropertyTypeModifierCodeSequence") or []
+        terminology = entry_from_codes(
+            _coded(categories[0]) if categories else None, _coded(types[0]), _coded(modifiers[0]) if modifiers else None
+        )
+    return SegmentInfo(label, number, color, terminology)
+
+
+def _read_segments(path: str | os.PathLike, reference: CTReference, ct_grid: Volume) -> list[tuple[SegmentInfo, Volume]]:
     import highdicom as hd
 
     path = Path(path)
@@ -153,7 +214,7 @@ def read_dicom_seg(path: str | os.PathLike, reference: CTReference, ct_grid: Vol
             f"{path.name} is in Frame of Reference {seg.FrameOfReferenceUID}, the CT in {reference.frame_of_reference_uid}"
         )
     numbers = list(seg.segment_numbers)
-    out = {}
+    out = []
     nk, nj, ni = ct_grid.array.shape
     present = {uid for _, _, uid in seg.get_source_image_uids()}
     missing = [u for u in present if u not in reference.sop_instance_uids]
@@ -166,9 +227,9 @@ def read_dicom_seg(path: str | os.PathLike, reference: CTReference, ct_grid: Vol
         ignore_spatial_locations=False,
     )
     for c, number in enumerate(numbers):
-        label = str(seg.get_segment_description(number).segment_label)
+        info = _segment_info(seg.get_segment_description(number), int(number))
         mask = np.asarray(pixels[..., c] > 0)
         if mask.shape != (nk, nj, ni):
             raise DicomSegError(f"{path.name}: frames of {mask.shape[1:]} pixels, the CT slices {(nj, ni)}")
-        out[label] = ct_grid.with_array(mask)
+        out.append((info, ct_grid.with_array(mask)))
     return out

@@ -10,9 +10,9 @@ report and the README use. It calls the format's own reader:
   the file);
 * a DICOM RT Structure Set -- :func:`~SegDeepLogic.rtstruct.rtstruct_segmentation`, rasterised onto
   its CT series (``ct_series``, default the referenced series next to the file);
-* a DICOM Segmentation (SEG) -- :func:`~SegDeepLogic.dicom_seg.read_dicom_seg`, on the CT series
-  given as ``ct_series`` (a SEG is placed by the CT images it references); its segment labels and
-  masks are read, colours and terminology are not (the segments get default colours).
+* a DICOM Segmentation (SEG) -- :func:`~SegDeepLogic.dicom_seg.read_dicom_seg_segmentation`, on the CT series
+  given as ``ct_series`` (a SEG is placed by the CT images it references), with each segment's
+  label, colour and terminology (category, type and laterality).
 
 With ``reference`` the label map comes back on the reference's grid: exactly (the same voxels in
 another axis order, or a Slicer crop pasted back) where the grids allow it, otherwise by
@@ -32,7 +32,6 @@ from .segmentation_io import (
     Segmentation,
     SegmentationFileError,
     SegmentInfo,
-    labelmap_from_masks,
     read_labelmap_nifti,
     read_seg_nrrd,
     sidecar_paths,
@@ -104,12 +103,11 @@ def read_segmentation(
     elif is_dicom_seg(path):
         if ct_series is None:
             raise SegmentationFileError(f"{path.name} is a DICOM SEG: give its CT series folder (ct_series) to place it")
-        from .dicom_seg import read_dicom_seg
+        from .dicom_seg import read_dicom_seg_segmentation
         from .dicom_series import read_dicom_series
 
         ct, ct_reference = read_dicom_series(ct_series)
-        masks = read_dicom_seg(path, ct_reference, ct)
-        seg = labelmap_from_masks(dict(masks.items()), reference=ct)
+        seg = read_dicom_seg_segmentation(path, ct_reference, ct)
     elif path.name.lower().endswith(".seg.nrrd"):
         seg = read_seg_nrrd(path)
         if reference is not None and not seg.labelmap.same_grid(reference):

@@ -28,6 +28,7 @@ __all__ = [
     "ANATOMIC_CONTEXT",
     "CATEGORY_CONTEXT",
     "TerminologyError",
+    "entry_from_codes",
     "is_full_entry",
     "slicer_terminology_entry",
     "terminology_codes",
@@ -172,3 +173,36 @@ def terminology_codes(entry: str | None) -> dict[str, tuple[str, str, str] | Non
         fields = part.split("^")
         out[key] = None if not any(fields) else (fields[0], fields[1], fields[2])
     return out
+
+
+def entry_from_codes(
+    category: tuple[str, str, str] | None,
+    type_: tuple[str, str, str],
+    type_modifier: tuple[str, str, str] | None = None,
+) -> str:
+    """The full 3D Slicer entry of coded concepts read from a file (a DICOM SEG's segment).
+
+    The inverse of :func:`terminology_codes` for the category, type and type modifier; the
+    region stays empty, as SegDeep writes it. A missing category becomes *Anatomical Structure*.
+
+    Examples
+    --------
+    >>> entry = entry_from_codes(None, ("SCT", "45289007", "Parotid gland"), ("SCT", "7771000", "Left"))
+    >>> entry == terminology_entry("SCT^45289007^Parotid gland (left)")
+    True
+    """
+
+    def part(code: tuple[str, str, str] | None) -> str:
+        return EMPTY_CODE if code is None else "^".join(str(f).replace("~", " ").replace("^", " ") for f in code)
+
+    return "~".join(
+        [
+            CATEGORY_CONTEXT,
+            part(category) if category is not None else ANATOMICAL_STRUCTURE,
+            part(type_),
+            part(type_modifier),
+            ANATOMIC_CONTEXT,
+            EMPTY_CODE,
+            EMPTY_CODE,
+        ]
+    )

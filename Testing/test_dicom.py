@@ -287,6 +287,39 @@ def test_dicom_seg_round_trip_is_identical_with_its_geometry(
     assert len(idx) == int(mask.sum()) and mask[ijk[:, 2], ijk[:, 1], ijk[:, 0]].all()
 
 
+def test_dicom_seg_keeps_colours_terminology_and_laterality(true_case: dict, tmp_path: Path) -> None:
+    from highdicom.color import CIELabColor
+
+    from SegDeepLogic.segmentation_read import read_segmentation
+    from SegDeepLogic.terminology import terminology_entry
+
+    seg = segmentation_of(true_case)
+    path = write_dicom_seg(seg, true_case["reference"], tmp_path / "seg.dcm", ct_grid=true_case["grid"], algorithm=ALGORITHM)
+    assert dciodvfy_errors(path) == []
+    # independent reader (pydicom): laterality is the type's modifier, the colour highdicom's CIELab
+    ds = pydicom.dcmread(path)
+    by_label = {str(d.SegmentLabel): d for d in ds.SegmentSequence}
+    for name, side in (("parotid_left", ("7771000", "Left")), ("parotid_right", ("24028007", "Right"))):
+        kind = by_label[name].SegmentedPropertyTypeCodeSequence[0]
+        assert (kind.CodeValue, kind.CodeMeaning) == ("45289007", "Parotid gland")
+        modifier = kind.SegmentedPropertyTypeModifierCodeSequence[0]
+        assert (modifier.CodingSchemeDesignator, modifier.CodeValue, modifier.CodeMeaning) == ("SCT", *side)
+    assert "SegmentedPropertyTypeModifierCodeSequence" not in by_label["mandible"].SegmentedPropertyTypeCodeSequence[0]
+    for lab in CARD["labels"]:
+        rgb = CIELabColor.from_dicom_value(by_label[lab["name"]].RecommendedDisplayCIELabValue).to_rgb()
+        np.testing.assert_allclose(rgb, np.multiply(lab["color"], 255), atol=1.01)
+    # ours: every segment comes back with its value, colour and full terminology entry, voxels identical
+    back = read_segmentation(path, ct_series=true_case["folder"])
+    assert back.labelmap.same_grid(true_case["grid"])
+    assert [s.name for s in back.segments] == [s.name for s in seg.segments]
+    for original, read in zip(seg.segments, back.segments):
+        np.testing.assert_allclose(read.color, original.color, atol=1 / 255)
+        assert read.terminology == terminology_entry(TERMS[original.name]) == original.terminology
+        np.testing.assert_array_equal(back.mask(read.name).array, seg.mask(original.name).array)
+    left, right = (next(s for s in back.segments if s.name == n).terminology for n in ("parotid_left", "parotid_right"))
+    assert left != right and left.split("~")[3] == "SCT^7771000^Left" and right.split("~")[3] == "SCT^24028007^Right"
+
+
 # --------------------------------------------------------------------------------------------
 # RTSTRUCT in: specific errors, nothing written
 # --------------------------------------------------------------------------------------------
