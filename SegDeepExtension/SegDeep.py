@@ -164,7 +164,8 @@ class SegDeepParameterNode:
     (keep a result the out-of-distribution check calls a mismatch; default off).
     Compare: ``segmentation``, ``segmentName``, ``thresholdPreset`` (``preset:<name>``,
     ``method:<name>`` or ``custom``), ``lowerHU``/``upperHU``, clean-up options, ``toleranceMm``, ``roiMarginMm``
-    (the threshold is compared inside the segment grown by this margin),
+    (the threshold is compared inside the segment grown by this margin), ``compareWholeCT`` (over
+    the whole CT instead),
     ``comparisonTable``. Export: ``exportSegmentation``, ``exportFormat``, ``smoothing``,
     ``decimation``, ``coordinateSystem``, ``merge``, ``outputFolder``, ``printReportTable``; print
     preparation: ``hollowWallMm`` (0: solid), ``drainHoles``, ``drainDiameterMm``, ``kerfMm``,
@@ -190,6 +191,7 @@ class SegDeepParameterNode:
     fillHoles: bool = False
     toleranceMm: Annotated[float, WithinRange(0.0, 100.0)] = 1.0
     roiMarginMm: Annotated[float, WithinRange(0.0, 200.0)] = 10.0  # SegDeepLogic.compare.DEFAULT_ROI_MARGIN_MM
+    compareWholeCT: bool = False  # True: roiMarginMm=None (the threshold over the whole CT)
     comparisonTable: vtkMRMLTableNode
     exportSegmentation: vtkMRMLSegmentationNode
     exportFormat: Annotated[str, Choice(["STL", "OBJ", "PLY", "3MF"])] = "STL"
@@ -357,6 +359,7 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         method = p.thresholdPreset.startswith("method:")
         self.ui.lowerHUSpinBox.enabled = custom
         self.ui.upperHUSpinBox.enabled = custom or method
+        self.ui.roiMarginSpinBox.enabled = not p.compareWholeCT
         self._refreshSegmentNames()
         running = self._job is not None or self._busy is not None
         hasModel = bool(p.model) or bool(self.ui.modelComboBox.currentData)
@@ -709,7 +712,7 @@ class SegDeepWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 minIslandMm3=p.minIslandMm3,
                 fillHoles=p.fillHoles,
                 toleranceMm=p.toleranceMm,
-                roiMarginMm=p.roiMarginMm,
+                roiMarginMm=None if p.compareWholeCT else p.roiMarginMm,
                 progress=self._progress,
                 **options,
             )

@@ -147,7 +147,12 @@ def test_every_front_end_defaults_to_the_same_region_margin() -> None:
     assert values["SlicerParameterName"].findtext("string") == "roiMarginMm"
     module = (ROOT / "SegDeepExtension" / "SegDeep.py").read_text(encoding="utf-8")
     assert float(re.search(r"\n    roiMarginMm: [^=]+= ([0-9.]+)", module).group(1)) == DEFAULT_ROI_MARGIN_MM
-    assert "roiMarginMm=p.roiMarginMm" in module, "the panel passes its margin to the logic"
+    assert "roiMarginMm=None if p.compareWholeCT else p.roiMarginMm" in module, "the panel passes its margin to the logic"
+    # the "Whole CT" switch: bound to the parameter node, off by default, disables the margin
+    box = next(w for w in ui.iter("widget") if w.get("name") == "compareWholeCTCheckBox")
+    assert {p.get("name"): p for p in box.findall("property")}["SlicerParameterName"].findtext("string") == "compareWholeCT"
+    assert re.search(r"\n    compareWholeCT: bool = False", module)
+    assert "self.ui.roiMarginSpinBox.enabled = not p.compareWholeCT" in module
     logic = ast.parse((ROOT / "SegDeepExtension" / "SegDeepLib" / "logic.py").read_text(encoding="utf-8"))
     method = next(n for n in ast.walk(logic) if isinstance(n, ast.FunctionDef) and n.name == "compareWithThreshold")
     defaults = dict(zip([a.arg for a in method.args.args][-len(method.args.defaults) :], method.args.defaults))  # noqa: B905

@@ -50,6 +50,7 @@ EXPECTED_WIDGETS = {
     "presetComboBox": "QComboBox",
     "lowerHUSpinBox": "QDoubleSpinBox",
     "upperHUSpinBox": "QDoubleSpinBox",
+    "roiMarginSpinBox": "QDoubleSpinBox",
     "keepLargestCheckBox": "QCheckBox",
     "minIslandSpinBox": "QDoubleSpinBox",
     "fillHolesCheckBox": "QCheckBox",
