@@ -106,3 +106,36 @@ def test_readme_ray_example_runs_as_written(local_ray: None, tmp_path: Path, mon
     monkeypatch.chdir(ROOT)
     assert cli.main([*args, "--no-progress"]) == 0
     assert [r["status"] for r in _summary(tmp_path / "out")] == ["done", "done"]
+
+
+def test_ray_batch_of_a_dicom_series_writes_the_rtstruct_and_dicom_seg_of_the_local_batch(
+    local_ray: None, tmp_path: Path
+) -> None:
+    """A DICOM series case on Ray workers: the same contours and segments as in-process, valid DICOM."""
+    from cohort_data import make_dicom_case
+    from test_dicom import dciodvfy_errors
+
+    from SegDeepLogic.dicom_seg import read_dicom_seg
+    from SegDeepLogic.dicom_series import read_dicom_series
+    from SegDeepLogic.rtstruct import read_rtstruct
+
+    series, rtstruct = make_dicom_case(tmp_path / "in", "series0")
+    rtstruct.unlink()  # the folder holds one case: the series
+    grid, reference = read_dicom_series(series)
+    for fmt, name in (("rtstruct", "rtstruct.dcm"), ("dicom-seg", "segmentation.dcm")):
+        settings = BatchSettings(output_format=fmt, report=False)
+        on_ray = segment_cohort(tmp_path / "in", tmp_path / f"ray_{fmt}", TEST_MODEL, settings=settings, ray="local")
+        local = segment_cohort(tmp_path / "in", tmp_path / f"local_{fmt}", TEST_MODEL, settings=settings)
+        assert on_ray.done == local.done == ["series0"] and not on_ray.failed
+        a, b = tmp_path / f"ray_{fmt}" / "cases" / "series0" / name, tmp_path / f"local_{fmt}" / "cases" / "series0" / name
+        assert sorted(p.name for p in a.parent.iterdir()) == ["case.json", name]
+        assert dciodvfy_errors(a) == []
+        read = (lambda p: read_rtstruct(p, series)) if fmt == "rtstruct" else (lambda p: read_dicom_seg(p, reference, grid))
+        masks_ray, masks_local = read(a), read(b)
+        assert list(masks_ray) == list(masks_local) and "bone" in masks_ray and masks_ray["bone"].array.any()
+        for label in masks_ray:
+            np.testing.assert_array_equal(masks_ray[label].array, masks_local[label].array)
+        assert (
+            read_record(tmp_path / f"ray_{fmt}", "series0")["worker"]
+            != read_record(tmp_path / f"local_{fmt}", "series0")["worker"]
+        )
