@@ -259,3 +259,17 @@ def dataclasses_replace_box(crop, box):
     import dataclasses
 
     return dataclasses.replace(crop, box=box)
+
+
+def test_check_outside_body_script_finds_no_reference_voxel_outside_the_sample_box(tmp_path: Path) -> None:
+    """``scripts/check_outside_body.py`` (the evidence in docs/speed_accuracy) runs on the current engine."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "outside.json"
+    cmd = [sys.executable, "scripts/check_outside_body.py", str(SAMPLE_CT), str(SAMPLE_CT.parent), "--json", str(out)]
+    subprocess.run(cmd, cwd=ROOT, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    (row,) = json.loads(out.read_text())
+    assert row["box_kji"] is not None and 0 < row["fraction_of_grid"] < 1
+    assert row["outside_voxels"] == {}

@@ -23,16 +23,9 @@ import numpy as np
 
 from SegDeepLogic import read_volume
 from SegDeepLogic.body import find_body_crop, region_on_ct
-from SegDeepLogic.segment import (
-    Grid,
-    _axial_axis,
-    _ct_to_model_grid,
-    axis_maps,
-    load_model,
-    model_grid,
-    reorient_grid,
-    segment_volume,
-)
+from SegDeepLogic.grid import Grid, axis_maps
+from SegDeepLogic.model_input import prepare_ct
+from SegDeepLogic.segment import _axial_axis, load_model, segment_volume
 from SegDeepLogic.segmentation_io import read_labelmap_nifti, read_seg_nrrd
 
 
@@ -52,17 +45,9 @@ def outside_counts(ct_path: Path, seg_path: Path, package) -> dict:  # noqa: ANN
         seg = read_seg_nrrd(seg_path, reference=ct) if seg_path.name.endswith(".seg.nrrd") else read_labelmap_nifti(seg_path)
         labels = seg.labelmap
     assert labels.array.shape == ct.array.shape, f"{seg_path}: not on the CT's grid"
-    grid = model_grid(ct, str(card.orientation), [float(s) for s in card.spacing_ijk_mm])
-    forward = axis_maps(Grid.of(ct), grid)
-    if forward is None:
+    grid, array = prepare_ct(ct, str(card.orientation), [float(s) for s in card.spacing_ijk_mm])  # as segment_volume
+    if axis_maps(Grid.of(ct), grid) is None:
         return {"case": str(ct_path), "skipped": "oblique grid (the check uses the separable resampling only)"}
-    _oriented, perm, _flips = reorient_grid(ct, str(card.orientation))
-    sigma_mm = [0.0, 0.0, 0.0]  # the anti-aliasing of segment_volume (default antialias=True)
-    for t in range(3):
-        sigma_mm[perm[t]] = max(0.0, (grid.spacing[t] - ct.spacing[perm[t]]) / 2.0)
-    if not max(sigma_mm) > 0.25 * min(ct.spacing):
-        sigma_mm = [0.0, 0.0, 0.0]
-    array = _ct_to_model_grid(ct, grid, forward, sigma_mm)
     crop = find_body_crop(array, grid.spacing[::-1], card.patch_size_kji, axial_axis=_axial_axis(str(card.orientation)))
     row = {"case": str(ct_path), "box_kji": crop.as_dict()["box_kji"], "fraction_of_grid": round(crop.fraction, 3)}
     if crop.box is None:
