@@ -23,8 +23,8 @@ import numpy as np
 
 from SegDeepLogic import read_volume
 from SegDeepLogic.body import find_body_crop, region_on_ct
-from SegDeepLogic.grid import Grid, axis_maps
-from SegDeepLogic.model_input import prepare_ct
+from SegDeepLogic.grid import Grid, axis_maps, model_grid
+from SegDeepLogic.model_input import antialias_sigma_mm, resample_to_model_grid
 from SegDeepLogic.segment import _axial_axis, load_model, segment_volume
 from SegDeepLogic.segmentation_io import read_labelmap_nifti, read_seg_nrrd
 
@@ -45,9 +45,10 @@ def outside_counts(ct_path: Path, seg_path: Path, package) -> dict:  # noqa: ANN
         seg = read_seg_nrrd(seg_path, reference=ct) if seg_path.name.endswith(".seg.nrrd") else read_labelmap_nifti(seg_path)
         labels = seg.labelmap
     assert labels.array.shape == ct.array.shape, f"{seg_path}: not on the CT's grid"
-    grid, array = prepare_ct(ct, str(card.orientation), [float(s) for s in card.spacing_ijk_mm])  # as segment_volume
-    if axis_maps(Grid.of(ct), grid) is None:
+    grid = model_grid(ct, str(card.orientation), [float(s) for s in card.spacing_ijk_mm])
+    if axis_maps(Grid.of(ct), grid) is None:  # checked first: the separable resampling refuses such a grid
         return {"case": str(ct_path), "skipped": "oblique grid (the check uses the separable resampling only)"}
+    array = resample_to_model_grid(ct, grid, antialias_sigma_mm(ct, grid))  # as segment_volume prepares the CT
     crop = find_body_crop(array, grid.spacing[::-1], card.patch_size_kji, axial_axis=_axial_axis(str(card.orientation)))
     row = {"case": str(ct_path), "box_kji": crop.as_dict()["box_kji"], "fraction_of_grid": round(crop.fraction, 3)}
     if crop.box is None:
